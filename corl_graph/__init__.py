@@ -1,0 +1,1 @@
+"""corl_graph: budget-aware expert routing for LangChain / LangGraph applications."""

@@ -1,0 +1,179 @@
+"""The ledger protocol: reserve the worst case before a call, settle the real cost after.
+
+Life of a reservation::
+
+    reserve(request) ──► HELD ──settle(usage)──► SETTLED   (charged: the real cost)
+                           │ ──release()──────► RELEASED   (charged: 0, the call was never sent)
+                           └─ lease runs out ─► EXPIRED    (charged: the reserved amount)
+                                                  └─settle(usage)──► SETTLED (late settle)
+
+Every operation is idempotent by reservation id: a retried ``reserve`` returns the same
+reservation, a retried ``settle`` or ``release`` changes nothing. Spend is never
+under-counted: a reservation whose holder died stays charged at its reserved amount.
+
+What counts against a cap ("committed" spend) is, per query and per tenant period:
+settled cost + the amount of every HELD or EXPIRED reservation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from corl_graph.budget._tiers import BudgetTier, TenantBudget
+
+__all__ = [
+    "AuditEntry",
+    "AuditEvent",
+    "Ledger",
+    "ReconcileReport",
+    "Reservation",
+    "ReservationRequest",
+    "ReservationStatus",
+    "SpendSummary",
+    "Usage",
+]
+
+ReservationStatus = Literal["held", "settled", "released", "expired"]
+AuditEvent = Literal["reserved", "settled", "released", "expired", "denied", "overrun"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    """What a caller asks the ledger to hold before an expert call.
+
+    ``amount_usd`` is the worst case: input tokens + ``max_output_tokens`` at the expert's price.
+    """
+
+    tenant: str
+    query_id: str
+    tier: BudgetTier
+    expert: str
+    amount_usd: float
+    input_tokens: int
+    max_output_tokens: int
+    lease_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A held amount; pass ``id`` to ``settle`` or ``release``."""
+
+    id: str
+    tenant: str
+    query_id: str
+    tier: str
+    expert: str
+    amount_usd: float
+    created_at: float
+    expires_at: float
+    period: str
+    status: ReservationStatus = "held"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a call really used. ``estimated`` is True when the provider reported no usage."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SpendSummary:
+    """Spend of one query or one tenant period.
+
+    ``committed_usd`` = ``settled_usd`` + ``held_usd`` + ``expired_usd``: what counts against a cap.
+    """
+
+    settled_usd: float = 0.0
+    held_usd: float = 0.0
+    expired_usd: float = 0.0
+    calls: int = 0
+    tokens: int = 0
+
+    @property
+    def committed_usd(self) -> float:
+        return self.settled_usd + self.held_usd + self.expired_usd
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the audit trail: who spent what, when, on which expert, for which query."""
+
+    at: float
+    event: AuditEvent
+    reservation_id: str
+    tenant: str
+    query_id: str
+    tier: str
+    expert: str
+    amount_usd: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """What ``reconcile`` did: reservations it expired, and the amount they stay charged at."""
+
+    expired: Sequence[str] = field(default_factory=tuple)
+    expired_usd: float = 0.0
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Where spend is reserved, settled and audited. Backends: memory, SQLite, PostgreSQL.
+
+    ``reserve`` raises ``BudgetExceededError`` (scope "query", "tenant", "calls" or "tokens")
+    *before* any money is spent, ``UnknownTenantError`` for a tenant it has no budget for,
+    and ``LedgerError`` when its storage fails. See ``corl_graph.budget.open_ledger``.
+    """
+
+    async def set_tenant(self, budget: TenantBudget) -> None:
+        """Create or replace a tenant's budget."""
+        ...
+
+    async def reserve(
+        self, request: ReservationRequest, *, reservation_id: str | None = None
+    ) -> Reservation:
+        """Hold ``request.amount_usd`` or raise ``BudgetExceededError``; idempotent by id."""
+        ...
+
+    async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
+        """Charge the real cost; a second settle of the same id changes nothing."""
+        ...
+
+    async def release(self, reservation_id: str) -> Reservation:
+        """Charge nothing: the call was never sent. A settled reservation stays settled."""
+        ...
+
+    async def query_spend(self, query_id: str) -> SpendSummary:
+        """Spend of one query across all its reservations."""
+        ...
+
+    async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
+        """Spend of a tenant in the period that contains ``at`` (now by default)."""
+        ...
+
+    async def reconcile(self, *, now: float | None = None) -> ReconcileReport:
+        """Expire reservations whose lease ran out; they stay charged at the reserved amount."""
+        ...
+
+    async def audit(
+        self,
+        *,
+        tenant: str | None = None,
+        query_id: str | None = None,
+        since: float | None = None,
+    ) -> list[AuditEntry]:
+        """The audit trail, oldest first, optionally filtered."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files."""
+        ...

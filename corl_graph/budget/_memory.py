@@ -1,0 +1,231 @@
+"""In-memory ledger: exact and fast, for tests and single-process use. Lost on exit."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+
+from corl_graph._exceptions import ConfigError, UnknownTenantError
+from corl_graph.budget._caps import check_caps
+from corl_graph.budget._ledger import (
+    AuditEntry,
+    AuditEvent,
+    ReconcileReport,
+    Reservation,
+    ReservationRequest,
+    SpendSummary,
+    Usage,
+)
+from corl_graph.budget._tiers import TenantBudget, period_key
+
+__all__ = ["InMemoryLedger"]
+
+
+class InMemoryLedger:
+    """A ``Ledger`` kept in a dict behind a lock.
+
+    ``default_budget`` applies to tenants never passed to ``set_tenant``; with None, an unknown
+    tenant is refused.
+
+    >>> import asyncio
+    >>> from corl_graph.budget import BudgetTier, ReservationRequest, Usage
+    >>> ledger = InMemoryLedger(default_budget=TenantBudget("*", 1.0, "total"))
+    >>> req = ReservationRequest("t", "q1", BudgetTier("low", 0.01), "gpt", 0.004, 100, 100)
+    >>> r = asyncio.run(ledger.reserve(req))
+    >>> asyncio.run(ledger.settle(r.id, Usage(100, 20, 0.001))).status
+    'settled'
+    """
+
+    def __init__(
+        self,
+        *,
+        default_budget: TenantBudget | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._default = default_budget
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tenants: dict[str, TenantBudget] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._charged: dict[str, float] = {}  # settled cost per reservation id
+        self._tokens: dict[str, int] = {}  # worst case while held, real once settled
+        self._audit: list[AuditEntry] = []
+
+    async def set_tenant(self, budget: TenantBudget) -> None:
+        with self._lock:
+            self._tenants[budget.tenant] = budget
+
+    def _budget(self, tenant: str) -> TenantBudget:
+        budget = self._tenants.get(tenant)
+        if budget is not None:
+            return budget
+        if self._default is None:
+            raise UnknownTenantError(
+                f"tenant {tenant!r} has no budget; call ledger.set_tenant(TenantBudget({tenant!r},"
+                " limit_usd=..., period=...)) or give the ledger a default_budget"
+            )
+        return replace(self._default, tenant=tenant)
+
+    def _summary(self, keep: Callable[[Reservation], bool]) -> SpendSummary:
+        settled = held = expired = 0.0
+        calls = tokens = 0
+        for r in self._reservations.values():
+            if not keep(r) or r.status == "released":
+                continue
+            calls += 1
+            tokens += self._tokens[r.id]
+            if r.status == "settled":
+                settled += self._charged[r.id]
+            elif r.status == "held":
+                held += r.amount_usd
+            else:
+                expired += r.amount_usd
+        return SpendSummary(settled, held, expired, calls, tokens)
+
+    def _log(
+        self,
+        event: AuditEvent,
+        r: Reservation,
+        *,
+        amount_usd: float | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        detail: str = "",
+    ) -> None:
+        self._audit.append(
+            AuditEntry(
+                at=self._clock(),
+                event=event,
+                reservation_id=r.id,
+                tenant=r.tenant,
+                query_id=r.query_id,
+                tier=r.tier,
+                expert=r.expert,
+                amount_usd=r.amount_usd if amount_usd is None else amount_usd,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                detail=detail,
+            )
+        )
+
+    async def reserve(
+        self, request: ReservationRequest, *, reservation_id: str | None = None
+    ) -> Reservation:
+        if request.amount_usd < 0 or request.input_tokens < 0 or request.max_output_tokens < 0:
+            raise ConfigError(f"reservation amounts must be >= 0, got {request!r}")
+        rid = reservation_id or uuid.uuid4().hex
+        now = self._clock()
+        with self._lock:
+            if rid in self._reservations:
+                return self._reservations[rid]
+            budget = self._budget(request.tenant)
+            period = period_key(budget.period, now)
+            candidate = Reservation(
+                id=rid,
+                tenant=request.tenant,
+                query_id=request.query_id,
+                tier=request.tier.name,
+                expert=request.expert,
+                amount_usd=request.amount_usd,
+                created_at=now,
+                expires_at=now + request.lease_s,
+                period=period,
+            )
+            try:
+                check_caps(
+                    request,
+                    query=self._summary(lambda r: r.query_id == request.query_id),
+                    tenant=self._summary(
+                        lambda r: r.tenant == request.tenant and r.period == period
+                    ),
+                    budget=budget,
+                )
+            except Exception as exc:
+                self._log("denied", candidate, detail=str(exc))
+                raise
+            self._reservations[rid] = candidate
+            self._tokens[rid] = request.input_tokens + request.max_output_tokens
+            self._log("reserved", candidate, input_tokens=request.input_tokens)
+            return candidate
+
+    def _get(self, reservation_id: str) -> Reservation:
+        try:
+            return self._reservations[reservation_id]
+        except KeyError:
+            raise ConfigError(f"no reservation with id {reservation_id!r}") from None
+
+    async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
+        with self._lock:
+            r = self._get(reservation_id)
+            if r.status in ("settled", "released"):
+                return r
+            settled = replace(r, status="settled")
+            self._reservations[r.id] = settled
+            self._charged[r.id] = usage.cost_usd
+            self._tokens[r.id] = usage.input_tokens + usage.output_tokens
+            self._log(
+                "settled",
+                settled,
+                amount_usd=usage.cost_usd,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                detail="estimated" if usage.estimated else "",
+            )
+            if usage.cost_usd > r.amount_usd:
+                self._log("overrun", settled, amount_usd=usage.cost_usd - r.amount_usd)
+            return settled
+
+    async def release(self, reservation_id: str) -> Reservation:
+        with self._lock:
+            r = self._get(reservation_id)
+            if r.status in ("settled", "released"):
+                return r
+            released = replace(r, status="released")
+            self._reservations[r.id] = released
+            self._log("released", released, amount_usd=0.0)
+            return released
+
+    async def query_spend(self, query_id: str) -> SpendSummary:
+        with self._lock:
+            return self._summary(lambda r: r.query_id == query_id)
+
+    async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
+        with self._lock:
+            period = period_key(self._budget(tenant).period, self._clock() if at is None else at)
+            return self._summary(lambda r: r.tenant == tenant and r.period == period)
+
+    async def reconcile(self, *, now: float | None = None) -> ReconcileReport:
+        now = self._clock() if now is None else now
+        expired: list[str] = []
+        total = 0.0
+        with self._lock:
+            for r in list(self._reservations.values()):
+                if r.status == "held" and r.expires_at <= now:
+                    gone = replace(r, status="expired")
+                    self._reservations[r.id] = gone
+                    self._log("expired", gone, detail="lease ran out; charged at reserved amount")
+                    expired.append(r.id)
+                    total += r.amount_usd
+        return ReconcileReport(tuple(expired), total)
+
+    async def audit(
+        self,
+        *,
+        tenant: str | None = None,
+        query_id: str | None = None,
+        since: float | None = None,
+    ) -> list[AuditEntry]:
+        with self._lock:
+            return [
+                e
+                for e in self._audit
+                if (tenant is None or e.tenant == tenant)
+                and (query_id is None or e.query_id == query_id)
+                and (since is None or e.at >= since)
+            ]
+
+    async def aclose(self) -> None:
+        return None

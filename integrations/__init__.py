@@ -1,0 +1,1 @@
+"""Integrations: LangChain drop-in, OpenAI-compatible server, vLLM helpers (imported as corl_graph.integrations)."""
