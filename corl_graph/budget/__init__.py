@@ -1,5 +1,6 @@
 """Budget tiers, tenants and the ledger that enforces them before money is spent."""
 
+from corl_graph.budget._audit import export_audit
 from corl_graph.budget._caps import check_caps
 from corl_graph.budget._ledger import (
     AuditEntry,
@@ -13,6 +14,8 @@ from corl_graph.budget._ledger import (
     Usage,
 )
 from corl_graph.budget._memory import InMemoryLedger
+from corl_graph.budget._postgres import PostgresLedger
+from corl_graph.budget._sqlite import SQLiteLedger
 from corl_graph.budget._tiers import (
     BudgetTier,
     Period,
@@ -21,6 +24,7 @@ from corl_graph.budget._tiers import (
     default_tiers,
     period_key,
 )
+from corl_graph.budget._url import open_ledger
 
 __all__ = [
     "AuditEntry",
@@ -29,15 +33,19 @@ __all__ = [
     "InMemoryLedger",
     "Ledger",
     "Period",
+    "PostgresLedger",
     "ReconcileReport",
     "Reservation",
     "ReservationRequest",
     "ReservationStatus",
+    "SQLiteLedger",
     "SpendSummary",
     "TenantBudget",
     "TierSet",
     "Usage",
     "check_caps",
     "default_tiers",
+    "export_audit",
+    "open_ledger",
     "period_key",
 ]

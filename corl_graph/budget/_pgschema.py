@@ -1,0 +1,126 @@
+"""Table names and DDL of the PostgreSQL ledger; created on first use, versioned in a meta table."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from corl_graph._exceptions import ConfigError, LedgerError
+from corl_graph.budget._rows import SCHEMA_VERSION
+
+__all__ = ["Tables", "create_schema", "drop_schema"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAMES = ("meta", "tenants", "reservations", "query_totals", "tenant_totals", "audit")
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """Quoted, schema-qualified table names built from a validated schema and prefix."""
+
+    schema: str | None
+    prefix: str
+
+    def __post_init__(self) -> None:
+        # Names are pasted into SQL, so only plain identifiers are allowed; 40 characters leave
+        # room for the longest suffix within PostgreSQL's 63-byte identifier limit.
+        for what, value in (("schema", self.schema), ("table_prefix", self.prefix)):
+            if value is not None and (not _IDENT.match(value) or len(value) > 40):
+                raise ConfigError(
+                    f"{what} {value!r} must be letters, digits and '_' (not starting with a "
+                    "digit), at most 40 characters"
+                )
+
+    def name(self, table: str) -> str:
+        quoted = f'"{self.prefix}{table}"'
+        return quoted if self.schema is None else f'"{self.schema}".{quoted}'
+
+    @property
+    def meta(self) -> str:
+        return self.name("meta")
+
+    @property
+    def tenants(self) -> str:
+        return self.name("tenants")
+
+    @property
+    def reservations(self) -> str:
+        return self.name("reservations")
+
+    @property
+    def query_totals(self) -> str:
+        return self.name("query_totals")
+
+    @property
+    def tenant_totals(self) -> str:
+        return self.name("tenant_totals")
+
+    @property
+    def audit(self) -> str:
+        return self.name("audit")
+
+
+_TOTALS = (
+    "settled_usd double precision NOT NULL, held_usd double precision NOT NULL, "
+    "expired_usd double precision NOT NULL, calls bigint NOT NULL, tokens bigint NOT NULL, "
+    "held_n bigint NOT NULL, expired_n bigint NOT NULL"
+)
+
+
+def _ddl(t: Tables) -> list[str]:
+    p = t.prefix
+    return [
+        f"CREATE TABLE IF NOT EXISTS {t.meta} (key text PRIMARY KEY, value text NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {t.tenants} (tenant text PRIMARY KEY, "
+        "limit_usd double precision NOT NULL, period text NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {t.reservations} (id text PRIMARY KEY, "
+        "tenant text NOT NULL, query_id text NOT NULL, tier text NOT NULL, expert text NOT NULL, "
+        "amount_usd double precision NOT NULL, created_at double precision NOT NULL, "
+        "expires_at double precision NOT NULL, period text NOT NULL, status text NOT NULL, "
+        "charged_usd double precision NOT NULL, tokens bigint NOT NULL)",
+        f'CREATE INDEX IF NOT EXISTS "{p}reservations_held" ON {t.reservations} (expires_at) '
+        "WHERE status = 'held'",
+        f"CREATE TABLE IF NOT EXISTS {t.query_totals} (query_id text PRIMARY KEY, {_TOTALS})",
+        f"CREATE TABLE IF NOT EXISTS {t.tenant_totals} (tenant text NOT NULL, "
+        f"period text NOT NULL, {_TOTALS}, PRIMARY KEY (tenant, period))",
+        f"CREATE TABLE IF NOT EXISTS {t.audit} (seq bigserial PRIMARY KEY, "
+        "at double precision NOT NULL, event text NOT NULL, reservation_id text NOT NULL, "
+        "tenant text NOT NULL, query_id text NOT NULL, tier text NOT NULL, expert text NOT NULL, "
+        "amount_usd double precision NOT NULL, input_tokens bigint NOT NULL, "
+        "output_tokens bigint NOT NULL, detail text NOT NULL)",
+        f'CREATE INDEX IF NOT EXISTS "{p}audit_tenant" ON {t.audit} (tenant, seq)',
+        f'CREATE INDEX IF NOT EXISTS "{p}audit_query" ON {t.audit} (query_id, seq)',
+    ]
+
+
+async def create_schema(conn: Any, tables: Tables) -> None:
+    """Create the tables if missing and refuse a schema newer than this code understands."""
+    async with conn.transaction():
+        # Two replicas starting together would race on CREATE TABLE IF NOT EXISTS (it is not
+        # atomic against itself in PostgreSQL); an advisory lock per table set serialises them.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"corl_ledger:{tables.meta}",)
+        )
+        if tables.schema is not None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"')
+        for statement in _ddl(tables):
+            await conn.execute(statement)
+        await conn.execute(
+            f"INSERT INTO {tables.meta} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+            (str(SCHEMA_VERSION),),
+        )
+        cur = await conn.execute(f"SELECT value FROM {tables.meta} WHERE key = 'schema_version'")
+        (version,) = await cur.fetchone()
+    if int(version) > SCHEMA_VERSION:
+        raise LedgerError(
+            f"ledger tables {tables.meta} have schema version {version}, newer than this "
+            f"corl_graph supports ({SCHEMA_VERSION}); upgrade corl_graph"
+        )
+
+
+async def drop_schema(conn: Any, tables: Tables) -> None:
+    """Drop every ledger table of ``tables`` (tests, or tearing down a tenant's ledger)."""
+    async with conn.transaction():
+        for table in reversed(_NAMES):
+            await conn.execute(f"DROP TABLE IF EXISTS {tables.name(table)}")

@@ -1,0 +1,447 @@
+"""PostgreSQL ledger: one database shared by several router replicas.
+
+Each operation is one short READ COMMITTED transaction that locks the rows it changes, always
+in the same order — reservation, then the query's totals row, then the tenant period's totals
+row — so two replicas can never both pass a cap check on stale totals (no lost updates) and
+never deadlock each other. A deadlock or serialization failure anyway (say a DBA's manual
+transaction) is retried: every operation is idempotent by reservation id, so a retry after an
+unknown outcome is safe too.
+
+psycopg is imported when the first connection opens, so routing without the ``postgres``
+extra never needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
+from typing import Any, TypeVar
+
+from corl_graph._exceptions import (
+    BudgetExceededError,
+    ConfigError,
+    LedgerError,
+    UnknownTenantError,
+)
+from corl_graph.budget._caps import check_caps
+from corl_graph.budget._ledger import (
+    AuditEntry,
+    ReconcileReport,
+    Reservation,
+    ReservationRequest,
+    SpendSummary,
+    Usage,
+)
+from corl_graph.budget._pgschema import Tables, create_schema
+from corl_graph.budget._rows import (
+    AUDIT_COLUMNS,
+    RESERVATION_COLUMNS,
+    TOTALS_COLUMNS,
+    Action,
+    StoredReservation,
+    Totals,
+    audit_from_row,
+    audit_select,
+    audit_values,
+    denied_entry,
+    new_reservation,
+    reservation_from_row,
+    reservation_values,
+    reserved_entry,
+    totals_from_row,
+    transition,
+    validate_request,
+)
+from corl_graph.budget._tiers import TenantBudget, period_key
+
+__all__ = ["PostgresLedger"]
+
+T = TypeVar("T")
+_RETRIES = 8
+_TOTALS_SET = ", ".join(f"{c} = %s" for c in TOTALS_COLUMNS.split(", "))
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise ConfigError(
+            "the PostgreSQL ledger needs psycopg: pip install 'corl-graph[postgres]'"
+        ) from exc
+    return psycopg
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ***, for error messages and logs."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+
+
+class _Pool:
+    """A few reusable connections; a broken or mid-transaction connection is never reused."""
+
+    def __init__(self, open_conn: Callable[[], Awaitable[Any]], size: int):
+        self._open = open_conn
+        self._size = size
+        self._idle: list[Any] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def _bind(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or loop is not self._loop:
+            # A new event loop (asyncio.run twice): connections of the old loop cannot be
+            # awaited here, so close their sockets synchronously and start over.
+            for conn in self._idle:
+                conn.pgconn.finish()
+            self._idle.clear()
+            self._loop, self._slots = loop, asyncio.Semaphore(self._size)
+        return self._slots
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        async with self._bind():
+            conn = self._idle.pop() if self._idle else await self._open()
+            try:
+                yield conn
+            finally:
+                idle = conn.info.transaction_status == conn.info.transaction_status.IDLE
+                if not conn.closed and idle:
+                    self._idle.append(conn)
+                else:
+                    await conn.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+class PostgresLedger:
+    """A ``Ledger`` in PostgreSQL, shared by any number of router replicas.
+
+    Tables are created on first use, named ``<table_prefix>reservations`` etc., in ``schema``
+    (the connection's search path when None). ``pool_size`` connections are opened lazily.
+
+    >>> import asyncio
+    >>> from corl_graph.budget import BudgetTier, ReservationRequest, TenantBudget, Usage
+    >>> async def main() -> str:
+    ...     async with PostgresLedger("postgresql://postgres@127.0.0.1/test",
+    ...                               table_prefix="doctest_") as ledger:
+    ...         await ledger.set_tenant(TenantBudget("acme", 10.0, "month"))
+    ...         req = ReservationRequest("acme", "q1", BudgetTier("low", 0.01), "gpt", 0.004, 9, 9)
+    ...         r = await ledger.reserve(req)
+    ...         return (await ledger.settle(r.id, Usage(9, 2, 0.001))).status
+    >>> asyncio.run(main())  # doctest: +SKIP
+    'settled'
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        default_budget: TenantBudget | None = None,
+        schema: str | None = None,
+        table_prefix: str = "corl_ledger_",
+        pool_size: int = 4,
+        connect_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        if pool_size < 1:
+            raise ConfigError(f"pool_size must be >= 1, got {pool_size}")
+        self._url = url
+        self._tables = Tables(schema, table_prefix)
+        self._default = default_budget
+        self._clock = clock
+        self._connect_timeout_s = connect_timeout_s
+        self._pool = _Pool(self._open, pool_size)
+        self._ready = False
+        self._closed = False
+
+    async def __aenter__(self) -> PostgresLedger:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        """Open a connection and create the tables now; raise ``LedgerError`` if unreachable."""
+        await self._run(lambda conn: asyncio.sleep(0))
+
+    async def _open(self) -> Any:
+        psycopg = _psycopg()
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._url,
+                autocommit=True,  # transactions are explicit: conn.transaction()
+                connect_timeout=max(1, round(self._connect_timeout_s)),
+            )
+        except psycopg.Error as exc:
+            raise LedgerError(
+                f"cannot connect to the PostgreSQL ledger at {redact(self._url)}: "
+                f"{str(exc).strip()}; check that the server is running and the URL "
+                "(host, port, database, user) is right"
+            ) from exc
+        if not self._ready:
+            try:
+                await create_schema(conn, self._tables)
+            except BaseException:
+                await conn.close()
+                raise
+            self._ready = True
+        return conn
+
+    async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op`` on a pooled connection; retry conflicts, map storage errors to LedgerError."""
+        if self._closed:
+            raise ConfigError("this PostgresLedger is closed; open a new one")
+        psycopg = _psycopg()
+        for attempt in range(_RETRIES):
+            try:
+                async with self._pool.connection() as conn:
+                    return await op(conn)
+            except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization failure
+                if attempt == _RETRIES - 1:
+                    msg = f"ledger conflict persisted after {_RETRIES} tries: {exc}"
+                    raise LedgerError(msg) from exc
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
+            except psycopg.Error as exc:
+                raise LedgerError(
+                    f"PostgreSQL ledger at {redact(self._url)} failed: {str(exc).strip()}"
+                ) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    # --- reads and writes inside a transaction ------------------------------------------------
+
+    async def _budget(self, conn: Any, tenant: str) -> TenantBudget:
+        cur = await conn.execute(
+            f"SELECT limit_usd, period FROM {self._tables.tenants} WHERE tenant = %s", (tenant,)
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            return TenantBudget(tenant, float(row[0]), row[1])
+        if self._default is None:
+            raise UnknownTenantError(
+                f"tenant {tenant!r} has no budget; call ledger.set_tenant(TenantBudget({tenant!r},"
+                " limit_usd=..., period=...)) or give the ledger a default_budget"
+            )
+        return replace(self._default, tenant=tenant)
+
+    async def _load(
+        self, conn: Any, reservation_id: str, *, lock: bool
+    ) -> StoredReservation | None:
+        cur = await conn.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM {self._tables.reservations} WHERE id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (reservation_id,),
+        )
+        row = await cur.fetchone()
+        return None if row is None else reservation_from_row(row)
+
+    async def _lock_totals(
+        self, conn: Any, query_id: str, tenant: str, period: str
+    ) -> tuple[Totals, Totals]:
+        """Lock (creating if needed) the query's and the tenant period's totals rows, in order."""
+        t = self._tables
+        zeros = "0, 0, 0, 0, 0, 0, 0"
+        # ON CONFLICT DO UPDATE locks an existing row and returns its latest committed values
+        # in one round trip; a plain SELECT ... FOR UPDATE would need a second one to create it.
+        cur = await conn.execute(
+            f"INSERT INTO {t.query_totals} (query_id, {TOTALS_COLUMNS}) VALUES (%s, {zeros}) "
+            f"ON CONFLICT (query_id) DO UPDATE SET query_id = excluded.query_id "
+            f"RETURNING {TOTALS_COLUMNS}",
+            (query_id,),
+        )
+        query = totals_from_row(await cur.fetchone())
+        cur = await conn.execute(
+            f"INSERT INTO {t.tenant_totals} (tenant, period, {TOTALS_COLUMNS}) "
+            f"VALUES (%s, %s, {zeros}) ON CONFLICT (tenant, period) "
+            f"DO UPDATE SET tenant = excluded.tenant RETURNING {TOTALS_COLUMNS}",
+            (tenant, period),
+        )
+        return query, totals_from_row(await cur.fetchone())
+
+    async def _write(
+        self,
+        conn: Any,
+        new: StoredReservation,
+        totals: tuple[Totals, Totals],
+        entries: list[AuditEntry],
+    ) -> None:
+        t, r = self._tables, new.reservation
+        query, tenant = totals
+        await conn.execute(
+            f"INSERT INTO {t.reservations} ({RESERVATION_COLUMNS}) "
+            f"VALUES ({', '.join(['%s'] * 12)}) ON CONFLICT (id) DO UPDATE SET "
+            "status = excluded.status, charged_usd = excluded.charged_usd, "
+            "tokens = excluded.tokens",
+            reservation_values(new),
+        )
+        await conn.execute(
+            f"UPDATE {t.query_totals} SET {_TOTALS_SET} WHERE query_id = %s",
+            (*query.as_tuple(), r.query_id),
+        )
+        await conn.execute(
+            f"UPDATE {t.tenant_totals} SET {_TOTALS_SET} WHERE tenant = %s AND period = %s",
+            (*tenant.as_tuple(), r.tenant, r.period),
+        )
+        await self._log(conn, entries)
+
+    async def _log(self, conn: Any, entries: list[AuditEntry]) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                f"INSERT INTO {self._tables.audit} ({AUDIT_COLUMNS}) "
+                f"VALUES ({', '.join(['%s'] * 11)})",
+                [audit_values(e) for e in entries],
+            )
+
+    # --- the Ledger protocol -------------------------------------------------------------------
+
+    async def set_tenant(self, budget: TenantBudget) -> None:
+        async def op(conn: Any) -> None:
+            await conn.execute(
+                f"INSERT INTO {self._tables.tenants} VALUES (%s, %s, %s) ON CONFLICT (tenant) "
+                "DO UPDATE SET limit_usd = excluded.limit_usd, period = excluded.period",
+                (budget.tenant, budget.limit_usd, budget.period),
+            )
+
+        await self._run(op)
+
+    async def reserve(
+        self, request: ReservationRequest, *, reservation_id: str | None = None
+    ) -> Reservation:
+        validate_request(request)
+        rid = reservation_id or uuid.uuid4().hex
+
+        async def op(conn: Any) -> Reservation | BudgetExceededError:
+            now = self._clock()
+            async with conn.transaction():
+                budget = await self._budget(conn, request.tenant)
+                row = new_reservation(request, rid, now, period_key(budget.period, now))
+                totals = await self._lock_totals(
+                    conn, request.query_id, request.tenant, row.reservation.period
+                )
+                # Looked up after the query row is locked, so a concurrent retry of this same
+                # reserve has either committed (we return it) or not started (we insert).
+                existing = await self._load(conn, rid, lock=False)
+                if existing is not None:
+                    return existing.reservation
+                query, tenant = totals
+                try:
+                    check_caps(
+                        request, query=query.summary(), tenant=tenant.summary(), budget=budget
+                    )
+                except BudgetExceededError as exc:
+                    await self._log(conn, [denied_entry(row, exc, now)])  # denials are audited
+                    return exc
+                query.move(None, row)
+                tenant.move(None, row)
+                await self._write(conn, row, totals, [reserved_entry(row, request, now)])
+                return row.reservation
+
+        result = await self._run(op)
+        if isinstance(result, BudgetExceededError):
+            raise result
+        return result
+
+    async def _apply(
+        self, conn: Any, reservation_id: str, action: Action, usage: Usage | None
+    ) -> tuple[Reservation, bool]:
+        """Settle, release or expire one reservation; also says whether anything changed."""
+        async with conn.transaction():
+            row = await self._load(conn, reservation_id, lock=True)
+            if row is None:
+                raise ConfigError(f"no reservation with id {reservation_id!r}")
+            changed = transition(row, action, self._clock(), usage)
+            if changed is None:
+                return row.reservation, False
+            new, entries = changed
+            r = row.reservation
+            query, tenant = await self._lock_totals(conn, r.query_id, r.tenant, r.period)
+            query.move(row, new)
+            tenant.move(row, new)
+            await self._write(conn, new, (query, tenant), entries)
+            return new.reservation, True
+
+    async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
+        done = await self._run(lambda conn: self._apply(conn, reservation_id, "settle", usage))
+        return done[0]
+
+    async def release(self, reservation_id: str) -> Reservation:
+        done = await self._run(lambda conn: self._apply(conn, reservation_id, "release", None))
+        return done[0]
+
+    async def _totals(self, conn: Any, table: str, where: str, key: tuple[str, ...]) -> Totals:
+        cur = await conn.execute(f"SELECT {TOTALS_COLUMNS} FROM {table} WHERE {where}", key)
+        return totals_from_row(await cur.fetchone())
+
+    async def query_spend(self, query_id: str) -> SpendSummary:
+        async def op(conn: Any) -> Totals:
+            return await self._totals(conn, self._tables.query_totals, "query_id = %s", (query_id,))
+
+        return (await self._run(op)).summary()
+
+    async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
+        async def op(conn: Any) -> Totals:
+            budget = await self._budget(conn, tenant)
+            period = period_key(budget.period, self._clock() if at is None else at)
+            where = "tenant = %s AND period = %s"
+            return await self._totals(conn, self._tables.tenant_totals, where, (tenant, period))
+
+        return (await self._run(op)).summary()
+
+    async def reconcile(self, *, now: float | None = None) -> ReconcileReport:
+        cutoff = self._clock() if now is None else now
+
+        async def due(conn: Any) -> list[str]:
+            cur = await conn.execute(
+                f"SELECT id FROM {self._tables.reservations} "
+                "WHERE status = 'held' AND expires_at <= %s ORDER BY expires_at",
+                (cutoff,),
+            )
+            return [rid for (rid,) in await cur.fetchall()]
+
+        expired: list[str] = []
+        total = 0.0
+        # One transaction per reservation keeps lock order and lock time the same as a settle's;
+        # a replica reconciling at the same moment just finds the reservation already expired.
+        for rid in await self._run(due):
+            r, changed = await self._run(
+                partial(self._apply, reservation_id=rid, action="expire", usage=None)
+            )
+            if changed:
+                expired.append(r.id)
+                total += r.amount_usd
+        return ReconcileReport(tuple(expired), total)
+
+    async def audit(
+        self,
+        *,
+        tenant: str | None = None,
+        query_id: str | None = None,
+        since: float | None = None,
+    ) -> list[AuditEntry]:
+        sql, params = audit_select(
+            self._tables.audit, "%s", tenant=tenant, query_id=query_id, since=since
+        )
+
+        async def op(conn: Any) -> list[Any]:
+            cur = await conn.execute(sql, params)
+            return list(await cur.fetchall())
+
+        return [audit_from_row(row) for row in await self._run(op)]
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._pool.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger({redact(self._url)!r}, tables={self._tables.prefix!r})"
