@@ -1,1 +1,32 @@
-"""experts."""
+"""Experts: LangChain chat models or recorded outcomes, each with a price sheet and limits."""
+
+from corl_graph.experts._answers import AnswerExtractor, extract_answer, normalize_answer
+from corl_graph.experts._chat import ChatModelExpert
+from corl_graph.experts._expert import (
+    Expert,
+    ExpertReply,
+    ExpertRequest,
+    PriceSheet,
+    estimate_tokens,
+    input_token_bound,
+)
+from corl_graph.experts._replay import ReplayExpert, replay_experts
+from corl_graph.experts._table import Outcome, OutcomeTable, QueryInfo
+
+__all__ = [
+    "AnswerExtractor",
+    "ChatModelExpert",
+    "Expert",
+    "ExpertReply",
+    "ExpertRequest",
+    "Outcome",
+    "OutcomeTable",
+    "PriceSheet",
+    "QueryInfo",
+    "ReplayExpert",
+    "estimate_tokens",
+    "extract_answer",
+    "input_token_bound",
+    "normalize_answer",
+    "replay_experts",
+]

@@ -1,0 +1,158 @@
+"""An expert: something that answers a sub-query, with a price sheet and call limits."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.protocol import ExpertDescriptor, is_valid_name
+
+__all__ = [
+    "Expert",
+    "ExpertReply",
+    "ExpertRequest",
+    "PriceSheet",
+    "estimate_tokens",
+    "input_token_bound",
+]
+
+# Chat templates wrap each message in a few special tokens; 16 covers the common templates.
+_MESSAGE_OVERHEAD_TOKENS = 16
+
+
+def input_token_bound(text: str) -> int:
+    """An upper bound on the tokens of ``text`` in one chat message.
+
+    Byte-level BPE tokenizers (GPT, Llama, Qwen, Mistral) never emit more tokens than UTF-8
+    bytes, so reserving by bytes cannot under-reserve, whatever the provider's tokenizer.
+    """
+    return len(text.encode("utf-8")) + _MESSAGE_OVERHEAD_TOKENS
+
+
+def estimate_tokens(text: str) -> int:
+    """A typical token count (about 3 bytes a token), used when a provider reports no usage."""
+    return math.ceil(len(text.encode("utf-8")) / 3)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSheet:
+    """Dollars per million input and output tokens.
+
+    >>> PriceSheet(0.15, 0.60).cost(1000, 500)
+    0.00045
+    """
+
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+
+    def __post_init__(self) -> None:
+        for field, value in (
+            ("input_usd_per_mtok", self.input_usd_per_mtok),
+            ("output_usd_per_mtok", self.output_usd_per_mtok),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"PriceSheet.{field} must be a finite number >= 0, got {value!r}")
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (
+            input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok
+        ) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertRequest:
+    """One call: the sub-query, and the query it serves (replayed experts key on ``query_id``)."""
+
+    query_id: str
+    query: str
+    subquery: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertReply:
+    """What came back. ``cost_usd`` is set when the source knows it better than the price sheet
+    (recorded outcomes); ``answer`` when the source has an extracted answer already."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+    finish_reason: str | None = None
+    response_model: str | None = None
+    answer: str | None = None
+    cost_usd: float | None = None
+
+
+class Expert(ABC):
+    """Base of all experts: name, prices, and the limits that every call obeys.
+
+    ``max_output_tokens`` is enforced on the call and used for the worst-case reservation;
+    ``timeout_s`` bounds one attempt; ``max_retries`` more attempts follow a failure, each
+    reserved and settled on its own so a retry never double-charges.
+    """
+
+    provider: str = "unknown"
+
+    def __init__(
+        self,
+        name: str,
+        price: PriceSheet,
+        *,
+        description: str = "",
+        max_output_tokens: int = 1024,
+        timeout_s: float = 60.0,
+        max_retries: int = 2,
+        retry_backoff_s: float = 0.5,
+    ):
+        if not is_valid_name(name):
+            raise ConfigError(
+                f"expert name {name!r} must be 1-128 characters of letters, digits and ._:/@+-"
+            )
+        if max_output_tokens <= 0:
+            raise ConfigError(f"expert {name!r}: max_output_tokens must be > 0")
+        if not timeout_s > 0:
+            raise ConfigError(f"expert {name!r}: timeout_s must be > 0, got {timeout_s!r}")
+        if max_retries < 0 or retry_backoff_s < 0:
+            raise ConfigError(f"expert {name!r}: max_retries and retry_backoff_s must be >= 0")
+        self.name = name
+        self.price = price
+        self.description = description
+        self.max_output_tokens = max_output_tokens
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
+
+    @property
+    def descriptor(self) -> ExpertDescriptor:
+        return ExpertDescriptor(
+            self.name,
+            self.price.input_usd_per_mtok,
+            self.price.output_usd_per_mtok,
+            self.description,
+            self.max_output_tokens,
+        )
+
+    def worst_case_input_tokens(self, request: ExpertRequest) -> int:
+        """Upper bound on the input tokens of ``request``; replayed experts know them exactly."""
+        return input_token_bound(request.subquery)
+
+    def worst_case(self, request: ExpertRequest) -> tuple[int, float]:
+        """(input-token bound, dollars) to reserve before calling."""
+        tokens = self.worst_case_input_tokens(request)
+        return tokens, self.price.cost(tokens, self.max_output_tokens)
+
+    def cost_of(self, reply: ExpertReply) -> float:
+        if reply.cost_usd is not None:
+            return reply.cost_usd
+        return self.price.cost(reply.input_tokens, reply.output_tokens)
+
+    @abstractmethod
+    async def agenerate(self, request: ExpertRequest) -> ExpertReply:
+        """One attempt, without timeout or retry (the caller adds both)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+

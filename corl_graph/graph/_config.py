@@ -1,0 +1,124 @@
+"""RouterConfig: the one typed configuration of a router, validated when it is built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from opentelemetry.trace import TracerProvider
+
+from corl_graph._exceptions import ConfigError, UnknownExpertError
+from corl_graph.budget import BudgetTier, InMemoryLedger, Ledger, TenantBudget, TierSet, default_tiers
+from corl_graph.experts import AnswerExtractor, Expert, extract_answer
+from corl_graph.policies import Policy
+from corl_graph.protocol import ExpertDescriptor
+from corl_graph.tracing import RouterTracer
+
+__all__ = ["RouterConfig", "RouterContext"]
+
+# A tenant limit that no real bill reaches; used by the default in-memory ledger so that
+# only the per-query caps of the tiers apply until the user configures tenants.
+_NO_TENANT_LIMIT = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class RouterContext:
+    """Per-run settings, passed as LangGraph's run context: which tier and tenant to charge.
+
+    >>> RouterContext(tier="low", tenant="acme").tier
+    'low'
+    """
+
+    tier: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything a router needs. Invalid values raise ``ConfigError`` naming the fix.
+
+    ``fallback_expert`` is called with the query when the policy's output is unusable and no
+    expert has answered yet ("cheapest" = the expert with the lowest output price; None =
+    answer nothing instead).
+
+    >>> from langchain_core.language_models import FakeListChatModel
+    >>> from corl_graph.experts import ChatModelExpert, PriceSheet
+    >>> from corl_graph.policies import ControllerOnly
+    >>> small = ChatModelExpert("small", FakeListChatModel(responses=["4"]), PriceSheet(0.1, 0.4))
+    >>> RouterConfig(experts=[small], policy=ControllerOnly("small")).default_tier
+    'medium'
+    """
+
+    experts: Sequence[Expert]
+    policy: Policy
+    tiers: TierSet = field(default_factory=default_tiers)
+    ledger: Ledger | None = None
+    tracer_provider: TracerProvider | None = None
+    record_content: bool = False
+    max_steps: int = 8
+    default_tier: str = "medium"
+    default_tenant: str = "default"
+    fallback_expert: str | Literal["cheapest"] | None = "cheapest"
+    answer_extractor: AnswerExtractor = extract_answer
+    # Derived in __post_init__.
+    expert_map: Mapping[str, Expert] = field(init=False, repr=False)
+    descriptors: tuple[ExpertDescriptor, ...] = field(init=False, repr=False)
+    tracer: RouterTracer = field(init=False, repr=False)
+    resolved_ledger: Ledger = field(init=False, repr=False)
+    resolved_fallback: str | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        experts = list(self.experts)
+        if not experts:
+            raise ConfigError("RouterConfig.experts is empty: give at least one Expert")
+        for e in experts:
+            if not isinstance(e, Expert):
+                raise ConfigError(
+                    f"RouterConfig.experts must hold Expert objects (ChatModelExpert, "
+                    f"ReplayExpert…), got {type(e).__name__}"
+                )
+        names = [e.name for e in experts]
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigError(f"expert names must be unique, repeated: {dupes}")
+        if not isinstance(self.policy, Policy):
+            raise ConfigError(
+                f"RouterConfig.policy must have a name and an async decide(view), got "
+                f"{type(self.policy).__name__}"
+            )
+        if not isinstance(self.tiers, TierSet):
+            raise ConfigError("RouterConfig.tiers must be a TierSet, e.g. TierSet([BudgetTier(...)])")
+        self.tiers[self.default_tier]  # raises UnknownTierError naming the configured tiers
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.ledger is not None and not isinstance(self.ledger, Ledger):
+            raise ConfigError("RouterConfig.ledger must implement the Ledger protocol")
+        expert_map = {e.name: e for e in experts}
+        set_ = object.__setattr__
+        set_(self, "expert_map", expert_map)
+        set_(self, "descriptors", tuple(e.descriptor for e in experts))
+        set_(self, "tracer", RouterTracer(self.tracer_provider, record_content=self.record_content))
+        set_(self, "resolved_ledger", self.ledger or InMemoryLedger(
+            default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")))
+        set_(self, "resolved_fallback", _resolve_fallback(self.fallback_expert, expert_map))
+
+    def tier(self, name: str | None) -> BudgetTier:
+        return self.tiers[name or self.default_tier]
+
+
+def _resolve_fallback(choice: str | None, experts: Mapping[str, Expert]) -> str | None:
+    if choice is None:
+        return None
+    if choice == "cheapest":
+        return min(
+            experts.values(),
+            key=lambda e: (e.price.cost(1000, e.max_output_tokens), e.name),
+        ).name
+    if choice not in experts:
+        raise UnknownExpertError(
+            f"fallback_expert {choice!r} is not an expert; experts: {', '.join(experts)}"
+        )
+    return choice
+
+

@@ -1,0 +1,54 @@
+"""create_router_graph: the one factory that wires the nodes into a compiled StateGraph."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from corl_graph.graph._config import RouterConfig, RouterContext
+from corl_graph.graph._nodes import aggregate, answer, call_expert, route_after_think, think
+from corl_graph.graph._state import RouterInput, RouterState
+
+__all__ = ["create_router_graph"]
+
+
+def create_router_graph(
+    config: RouterConfig,
+    *,
+    checkpointer: Any = None,
+    name: str = "corl_router",
+) -> CompiledStateGraph[RouterState, RouterContext, RouterInput, RouterState]:
+    """Build the routing graph::
+
+        START → think ─┬─► call_expert ─► think …
+                 ▲     ├─► aggregate ──► answer → END
+                 └─────┤   (think)
+                       └─► answer ─────────────► END
+
+    Invoke it with ``{"query": ...}`` and, per run, ``context=RouterContext(tier, tenant)``
+    (defaults come from ``config``). ``Router`` wraps it with tracing and a typed result.
+
+    >>> from langchain_core.language_models import FakeListChatModel
+    >>> from corl_graph.experts import ChatModelExpert, PriceSheet
+    >>> from corl_graph.policies import ControllerOnly
+    >>> small = ChatModelExpert("small", FakeListChatModel(responses=["4"]), PriceSheet(0.1, 0.4))
+    >>> graph = create_router_graph(RouterConfig(experts=[small], policy=ControllerOnly("small")))
+    >>> sorted(n for n in graph.get_graph().nodes if not n.startswith("__"))
+    ['aggregate', 'answer', 'call_expert', 'think']
+    """
+    builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=RouterInput)
+    builder.add_node("think", partial(think, router=config))
+    builder.add_node("call_expert", partial(call_expert, router=config))
+    builder.add_node("aggregate", partial(aggregate, router=config))
+    builder.add_node("answer", partial(answer, router=config))
+    builder.add_edge(START, "think")
+    builder.add_conditional_edges(
+        "think", route_after_think, ["think", "call_expert", "aggregate", "answer"]
+    )
+    builder.add_edge("call_expert", "think")
+    builder.add_edge("aggregate", "answer")
+    builder.add_edge("answer", END)
+    return builder.compile(checkpointer=checkpointer, name=name)

@@ -1,0 +1,265 @@
+"""The graph's nodes, as module-level async functions testable with a hand-made state.
+
+Each takes the state, LangGraph's ``Runtime[RouterContext]`` (tier and tenant of this run)
+and the router's ``RouterConfig`` (bound with ``functools.partial`` by the factory), and
+returns a state delta.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any, Literal
+
+from langgraph.runtime import Runtime
+
+from corl_graph._exceptions import PolicyError
+from corl_graph.budget import BudgetTier
+from corl_graph.experts import ExpertRequest, normalize_answer
+from corl_graph.graph._calls import call_expert_with_budget
+from corl_graph.graph._config import RouterConfig, RouterContext
+from corl_graph.graph._state import RouterState
+from corl_graph.policies import Decision, PolicyView, Turn
+from corl_graph.protocol import (
+    Action,
+    Aggregate,
+    Answer,
+    CallExpert,
+    ExpertCall,
+    StepRecord,
+    StopReason,
+    Think,
+    escape_text,
+    render_budget_exhausted,
+    render_expert_error,
+    render_expert_reply,
+)
+
+__all__ = ["aggregate", "answer", "call_expert", "route_after_think", "think"]
+
+NextNode = Literal["think", "call_expert", "aggregate", "answer"]
+
+
+def _run_settings(runtime: Runtime[RouterContext] | None, router: RouterConfig) -> tuple[BudgetTier, str]:
+    ctx = runtime.context if runtime is not None else None
+    tier = router.tier(ctx.tier if ctx else None)
+    return tier, (ctx.tenant if ctx and ctx.tenant else router.default_tenant)
+
+
+def _spent(state: RouterState) -> float:
+    return sum(c.cost_usd for c in state.get("calls", ()))
+
+
+def build_view(state: RouterState, tier: BudgetTier, router: RouterConfig) -> PolicyView:
+    """What the policy sees at this step."""
+    spent = _spent(state)
+    features = state.get("features")
+    return PolicyView(
+        query=state["query"],
+        query_id=state.get("query_id", ""),
+        tier=tier,
+        tier_names=tuple(router.tiers),
+        experts=router.descriptors,
+        transcript=tuple(state.get("transcript", ())),
+        steps=tuple(state.get("steps", ())),
+        calls=tuple(state.get("calls", ())),
+        spent_usd=spent,
+        remaining_usd=max(tier.max_usd_per_query - spent, 0.0),
+        step=len(state.get("steps", ())),
+        max_steps=router.max_steps,
+        budget_exhausted=bool(state.get("budget_exhausted", False)),
+        features=tuple(features) if features is not None else None,
+    )
+
+
+async def think(
+    state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
+) -> dict[str, Any]:
+    """Ask the policy for the next action; on unusable output record why and fall back."""
+    tier, _ = _run_settings(runtime, router)
+    view = build_view(state, tier, router)
+    delta: dict[str, Any] = {}
+    if "run_id" not in state:
+        delta["run_id"] = f"{state.get('query_id') or 'q'}:{uuid.uuid4().hex[:12]}"
+    with router.tracer.step_span("think", view.step) as span:
+        if view.step >= router.max_steps:
+            action = fallback_action(view, router, terminal=True)
+            record = StepRecord(view.step, action.kind, _detail(action), None,
+                                f"step limit {router.max_steps} reached", fallback=True)
+            delta.update(stop_reason="step_limit")
+            decision = Decision(action)
+        else:
+            decision, stop = await _decide(view, router)
+            chosen, error = _validate(decision, view)
+            if stop:
+                delta["stop_reason"] = stop
+            action = chosen or fallback_action(view, router, terminal=stop is not None)
+            record = StepRecord(view.step, action.kind, _detail(action), decision.raw, error,
+                                fallback=chosen is None)
+        router.tracer.record_decision(span, record)
+    delta.update(
+        pending=action,
+        steps=[record],
+        transcript=[Turn("controller", decision.raw if decision.raw is not None else _render(action))],
+        segments=list(decision.segments),
+        format_errors=[record.format_error] if record.format_error else [],
+    )
+    return delta
+
+
+async def _decide(view: PolicyView, router: RouterConfig) -> tuple[Decision, StopReason | None]:
+    try:
+        decision = await router.policy.decide(view)
+    except PolicyError as exc:
+        return Decision(None, format_error=str(exc)), "policy_error"
+    except Exception as exc:  # a policy bug must not lose the run: record it and fall back
+        msg = f"policy {router.policy.name} raised {type(exc).__name__}: {exc}"
+        return Decision(None, format_error=msg), "policy_error"
+    if not isinstance(decision, Decision):
+        return Decision(None, format_error=f"policy returned {type(decision).__name__}, not a Decision"), None
+    return decision, None
+
+
+def _validate(decision: Decision, view: PolicyView) -> tuple[Action | None, str | None]:
+    action = decision.action
+    if action is None:
+        return None, decision.format_error or "policy gave no action"
+    if not isinstance(action, Think | CallExpert | Aggregate | Answer):
+        return None, f"unknown action {action!r}"
+    if isinstance(action, CallExpert):
+        if action.expert not in {e.name for e in view.experts}:
+            known = ", ".join(e.name for e in view.experts)
+            return None, f"unknown expert {action.expert!r}; known: {known}"
+        if view.budget_exhausted:
+            return None, "budget exhausted: the controller must answer with what it has"
+        if not action.subquery.strip():
+            return None, f"empty sub-query for expert {action.expert!r}"
+    return action, decision.format_error
+
+
+def fallback_action(view: PolicyView, router: RouterConfig, *, terminal: bool = False) -> Action:
+    """The safe action after unusable output: vote if experts answered, else the last reply,
+    else (if allowed and affordable) ask the fallback expert, else answer nothing."""
+    if view.answers:
+        return Aggregate()
+    texts = [c.text for c in view.calls if c.status in ("ok", "truncated") and c.text]
+    if texts:
+        return Answer(texts[-1])
+    fallback = router.resolved_fallback
+    tried = {c.expert for c in view.calls}
+    if not terminal and fallback and fallback not in tried and not view.budget_exhausted:
+        return CallExpert(fallback, view.query)
+    return Answer("")
+
+
+def route_after_think(state: RouterState) -> NextNode:
+    action = state.get("pending")
+    if isinstance(action, CallExpert):
+        return "call_expert"
+    if isinstance(action, Aggregate):
+        return "aggregate"
+    if isinstance(action, Think):
+        return "think"
+    return "answer"
+
+
+async def call_expert(
+    state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
+) -> dict[str, Any]:
+    """Run the pending call under the ledger; its outcome becomes an observation."""
+    action = state.get("pending")
+    if not isinstance(action, CallExpert):  # only reachable by invoking the node by hand
+        raise PolicyError(f"call_expert needs a pending CallExpert, got {action!r}")
+    tier, tenant = _run_settings(runtime, router)
+    step = len(state.get("steps", ()))
+    with router.tracer.step_span("call_expert", step):
+        call = await call_expert_with_budget(
+            router.expert_map[action.expert],
+            ExpertRequest(state.get("query_id", ""), state["query"], action.subquery),
+            ledger=router.resolved_ledger,
+            tier=tier,
+            tenant=tenant,
+            run_id=state.get("run_id") or state.get("query_id") or uuid.uuid4().hex,
+            tracer=router.tracer,
+            extract=router.answer_extractor,
+            remaining_usd=max(tier.max_usd_per_query - _spent(state), 0.0),
+        )
+    remaining = max(tier.max_usd_per_query - _spent(state) - call.cost_usd, 0.0)
+    delta: dict[str, Any] = {"calls": [call], "transcript": [Turn("observation", _observe(call, remaining))]}
+    if call.status == "denied":
+        delta["budget_exhausted"] = True
+    return delta
+
+
+def _observe(call: ExpertCall, remaining_usd: float) -> str:
+    if call.status == "denied":
+        return render_budget_exhausted(remaining_usd)
+    if call.status in ("ok", "truncated"):
+        return render_expert_reply(call.expert, call.text)
+    return render_expert_error(call.expert, call.error or call.status)
+
+
+def majority_vote(calls: list[ExpertCall], router: RouterConfig) -> str | None:
+    """The most common extracted answer; ties go to the answer backed by the priciest expert
+    (a proxy for the strongest), then to the earliest."""
+    votes = [(normalize_answer(c.answer), c) for c in calls if c.status == "ok" and c.answer is not None]
+    if not votes:
+        return None
+    counts = Counter(a for a, _ in votes)
+    def strength(a: str) -> float:
+        return max(router.expert_map[c.expert].price.output_usd_per_mtok for b, c in votes if b == a)
+    best = max(counts, key=lambda a: (counts[a], strength(a)))
+    return best
+
+
+async def aggregate(
+    state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
+) -> dict[str, Any]:
+    """Majority vote over the experts' answers; without any, the last reply's text."""
+    with router.tracer.step_span("aggregate", len(state.get("steps", ()))):
+        calls = list(state.get("calls", ()))
+        voted = majority_vote(calls, router)
+        if voted is not None:
+            return {"pending": Answer(voted), "answer_source": "vote"}
+        texts = [c for c in calls if c.status in ("ok", "truncated") and c.text]
+        if texts:
+            return {"pending": Answer(texts[-1].text), "answer_source": texts[-1].expert}
+        return {"pending": Answer(""), "answer_source": None}
+
+
+async def answer(
+    state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
+) -> dict[str, Any]:
+    """Finish the run: the final answer and why the run stopped."""
+    with router.tracer.step_span("answer", len(state.get("steps", ()))):
+        action = state.get("pending")
+        text = action.text if isinstance(action, Answer) else ""
+        source = state.get("answer_source")
+        if source is None and text:
+            source = "controller"
+        stop: StopReason | None = state.get("stop_reason")
+        if stop is None:
+            if state.get("budget_exhausted"):
+                stop = "budget_exhausted"
+            else:
+                stop = "aggregated" if source == "vote" else "answered"
+        return {"answer": text or None, "answer_source": source if text else None, "stop_reason": stop}
+
+
+def _detail(action: Action) -> str:
+    if isinstance(action, CallExpert):
+        return f"{action.expert}: {action.subquery}"
+    if isinstance(action, Answer | Think):
+        return action.text
+    return ""
+
+
+def _render(action: Action) -> str:
+    """The protocol text of an action, for policies that do not write text themselves."""
+    if isinstance(action, CallExpert):
+        return f'<call expert="{action.expert}">{escape_text(action.subquery)}</call>'
+    if isinstance(action, Answer):
+        return f"<answer>{escape_text(action.text)}</answer>"
+    if isinstance(action, Think):
+        return f"<think>{escape_text(action.text)}</think>"
+    return "<aggregate/>"

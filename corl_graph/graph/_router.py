@@ -1,0 +1,165 @@
+"""Router: run a query through the graph with tracing, and get a typed result back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.graph._config import RouterConfig, RouterContext
+from corl_graph.graph._factory import create_router_graph
+from corl_graph.protocol import ExpertCall, StepRecord
+from corl_graph.trajectories import Trajectory
+
+__all__ = ["RouteResult", "Router", "TrajectorySink"]
+
+TrajectorySink = Callable[[Trajectory], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """The outcome of one routed query.
+
+    ``budget_exhausted`` is True when the ledger refused a call and the controller had to
+    answer with what it had; ``stop_reason`` says how the run ended.
+    """
+
+    answer: str | None
+    answer_source: str | None
+    stop_reason: str
+    tier: str
+    tenant: str
+    query_id: str
+    run_id: str
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+    calls: Sequence[ExpertCall]
+    steps: Sequence[StepRecord]
+    format_errors: Sequence[str]
+    budget_exhausted: bool
+    trace_id: str | None
+    trajectory: Trajectory = field(repr=False)
+
+    @property
+    def expert_calls(self) -> int:
+        """Calls that reached an expert (refused ones did not)."""
+        return sum(1 for c in self.calls if c.status != "denied")
+
+
+class Router:
+    """Routes queries with a ``RouterConfig``; async first, with one sync wrapper.
+
+    ``trajectory_sink`` receives every run's ``Trajectory`` (for example a store's append).
+
+    >>> from langchain_core.language_models import FakeListChatModel
+    >>> from corl_graph.experts import ChatModelExpert, PriceSheet
+    >>> from corl_graph.policies import ControllerOnly
+    >>> small = ChatModelExpert("small", FakeListChatModel(responses=["It is 4."]), PriceSheet(0.1, 0.4))
+    >>> router = Router(RouterConfig(experts=[small], policy=ControllerOnly("small")))
+    >>> result = router.run("What is 2 + 2?", tier="low")
+    >>> result.answer, result.stop_reason, result.expert_calls
+    ('4', 'aggregated', 1)
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        trajectory_sink: TrajectorySink | None = None,
+        checkpointer: Any = None,
+    ):
+        if not isinstance(config, RouterConfig):
+            raise ConfigError(f"Router needs a RouterConfig, got {type(config).__name__}")
+        self.config = config
+        self.graph = create_router_graph(config, checkpointer=checkpointer)
+        self._sink = trajectory_sink
+        self._recursion_limit = 3 * config.max_steps + 10
+
+    async def arun(
+        self,
+        query: str,
+        *,
+        tier: str | None = None,
+        tenant: str | None = None,
+        query_id: str | None = None,
+        features: Sequence[float] | None = None,
+    ) -> RouteResult:
+        """Route one query. Raises only ``ConfigError`` (bad arguments); run failures end up
+        in the result as fallbacks, denied calls and format errors."""
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("query must be a non-empty string")
+        tier_obj = self.config.tier(tier)
+        tenant = tenant or self.config.default_tenant
+        qid = query_id or uuid.uuid4().hex
+        with self.config.tracer.query_span(
+            qid, tier=tier_obj.name, tenant=tenant, policy=self.config.policy.name, query=query
+        ) as span:
+            state = await self.graph.ainvoke(
+                {"query": query, "query_id": qid, "features": list(features) if features is not None else None},
+                context=RouterContext(tier=tier_obj.name, tenant=tenant),
+                config={"recursion_limit": self._recursion_limit},
+            )
+            ctx = span.get_span_context()
+            trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
+            result = _result(state, tier_obj.name, tenant, self.config.policy.name, trace_id)
+            self.config.tracer.record_result(
+                span,
+                cost_usd=result.cost_usd,
+                calls=result.expert_calls,
+                stop_reason=result.stop_reason,
+                remaining_usd=max(tier_obj.max_usd_per_query - result.cost_usd, 0.0),
+            )
+        if self._sink is not None:
+            await self._sink(result.trajectory)
+        return result
+
+    def run(self, query: str, **kwargs: Any) -> RouteResult:
+        """Blocking ``arun`` for scripts and notebooks without a running event loop."""
+        return asyncio.run(self.arun(query, **kwargs))
+
+
+def _result(state: dict[str, Any], tier: str, tenant: str, policy: str, trace_id: str | None) -> RouteResult:
+    calls: list[ExpertCall] = state.get("calls", [])
+    cost = sum(c.cost_usd for c in calls)
+    trajectory = Trajectory(
+        query=state["query"],
+        tier=tier,
+        tenant=tenant,
+        query_id=state["query_id"],
+        policy=policy,
+        segments=list(state.get("segments", [])),
+        steps=list(state.get("steps", [])),
+        calls=list(calls),
+        answer=state.get("answer"),
+        answer_source=state.get("answer_source"),
+        stop_reason=state.get("stop_reason"),
+        cost_usd=cost,
+        format_errors=list(state.get("format_errors", [])),
+        trace_id=trace_id,
+        metadata={"run_id": state.get("run_id", "")},
+    )
+    return RouteResult(
+        answer=state.get("answer"),
+        answer_source=state.get("answer_source"),
+        stop_reason=state.get("stop_reason") or "answered",
+        tier=tier,
+        tenant=tenant,
+        query_id=state["query_id"],
+        run_id=state.get("run_id", ""),
+        cost_usd=cost,
+        input_tokens=sum(c.input_tokens for c in calls),
+        output_tokens=sum(c.output_tokens for c in calls),
+        calls=tuple(calls),
+        steps=tuple(state.get("steps", [])),
+        format_errors=tuple(state.get("format_errors", [])),
+        budget_exhausted=bool(state.get("budget_exhausted", False)),
+        trace_id=trace_id,
+        trajectory=trajectory,
+    )
+
+

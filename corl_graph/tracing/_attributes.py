@@ -1,0 +1,47 @@
+"""Attribute names: OpenTelemetry GenAI conventions, OpenInference (Phoenix), and ours."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BUDGET_REMAINING",
+    "BUDGET_TIER",
+    "COST_ESTIMATED",
+    "COST_RESERVED",
+    "GEN_AI_COST",
+    "GEN_AI_ERROR_TYPE",
+    "GEN_AI_FINISH_REASONS",
+    "GEN_AI_INPUT_TOKENS",
+    "GEN_AI_OPERATION",
+    "GEN_AI_OUTPUT_TOKENS",
+    "GEN_AI_PROVIDER",
+    "GEN_AI_REQUEST_MAX_TOKENS",
+    "GEN_AI_REQUEST_MODEL",
+    "GEN_AI_RESPONSE_MODEL",
+    "LLM_COST_TOTAL",
+    "LLM_TOKENS_COMPLETION",
+    "LLM_TOKENS_PROMPT",
+    "LLM_TOKENS_TOTAL",
+    "OPENINFERENCE_KIND",
+    "TENANT",
+]
+
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_PROVIDER = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_ERROR_TYPE = "error.type"
+GEN_AI_COST = "gen_ai.usage.cost"  # read by Langfuse
+LLM_COST_TOTAL = "llm.cost.total"  # OpenInference / Phoenix
+LLM_TOKENS_PROMPT = "llm.token_count.prompt"
+LLM_TOKENS_COMPLETION = "llm.token_count.completion"
+LLM_TOKENS_TOTAL = "llm.token_count.total"
+OPENINFERENCE_KIND = "openinference.span.kind"
+BUDGET_TIER = "corl.budget.tier"
+BUDGET_REMAINING = "corl.budget.remaining_usd"
+TENANT = "corl.tenant"
+COST_ESTIMATED = "corl.cost.estimated"
+COST_RESERVED = "corl.cost.reserved_usd"
