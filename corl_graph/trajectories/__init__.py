@@ -1,5 +1,22 @@
-"""Run records for training and reports: segments with token ids and a loss mask."""
+"""Run records for training and reports: segments with token ids and a loss mask, and stores."""
 
 from corl_graph.trajectories._record import Segment, SegmentKind, Trajectory, TrajectoryBuilder
+from corl_graph.trajectories._store import (
+    SCHEMA_VERSION,
+    JsonlTrajectoryStore,
+    SQLiteTrajectoryStore,
+    TrajectoryStore,
+    open_store,
+)
 
-__all__ = ["Segment", "SegmentKind", "Trajectory", "TrajectoryBuilder"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "JsonlTrajectoryStore",
+    "SQLiteTrajectoryStore",
+    "Segment",
+    "SegmentKind",
+    "Trajectory",
+    "TrajectoryBuilder",
+    "TrajectoryStore",
+    "open_store",
+]
