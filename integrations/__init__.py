@@ -1,1 +1,37 @@
-"""Integrations: LangChain drop-in, OpenAI-compatible server, vLLM helpers (imported as corl_graph.integrations)."""
+"""Integrations: the router as a LangChain chat model and a LangGraph node, an
+OpenAI-compatible HTTP server, and helpers for serving the controller with vLLM.
+
+Imported as ``corl_graph.integrations``. The server needs the ``serve`` extra (FastAPI,
+uvicorn); it is imported only when one of its names is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from corl_graph.integrations._chat_model import CORLChatModel, messages_to_query
+from corl_graph.integrations._checkpoint import open_checkpointer, router_serde
+from corl_graph.integrations._subgraph import router_node
+
+if TYPE_CHECKING:
+    from corl_graph.integrations._server import create_app
+
+__all__ = [
+    "CORLChatModel",
+    "create_app",
+    "messages_to_query",
+    "open_checkpointer",
+    "router_node",
+    "router_serde",
+]
+
+# Names whose modules import FastAPI / uvicorn: loaded on first use.
+_LAZY = {"create_app": "corl_graph.integrations._server"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'corl_graph.integrations' has no attribute {name!r}")
