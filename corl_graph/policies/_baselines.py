@@ -67,14 +67,14 @@ class Cascade:
     'cascade(small>mid>big,agree=2)'
     """
 
-    def __init__(self, experts: Sequence[str], *, agree: int = 2):
+    def __init__(self, experts: Sequence[str], *, agree: int = 2, name: str | None = None):
         if not experts:
             raise ConfigError("Cascade needs at least one expert name")
         if agree < 1:
             raise ConfigError(f"Cascade agree must be >= 1, got {agree}")
         self.experts = list(experts)
         self.agree = agree
-        self.name = f"cascade({'>'.join(self.experts)},agree={agree})"
+        self.name = name or f"cascade({'>'.join(self.experts)},agree={agree})"
 
     async def decide(self, view: PolicyView) -> Decision:
         answers = view.answers

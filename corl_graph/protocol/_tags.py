@@ -187,6 +187,8 @@ def _parse_tag(
         if _AGGREGATE.match(rest, at) is None:
             return ParsedAction(None, "malformed <aggregate>: write <aggregate/>", think)
         action = Aggregate()
-    else:  # a second <think> after the action position
+    elif "</think>" not in rest[at:]:
+        return ParsedAction(None, "unterminated <think>: the turn ended before </think>", think)
+    else:  # a second <think>, or one that does not come first
         return ParsedAction(None, "a <think> block must come first and only once", think)
     return ParsedAction(action, think=think)
