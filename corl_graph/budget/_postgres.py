@@ -65,6 +65,7 @@ __all__ = ["PostgresLedger"]
 
 T = TypeVar("T")
 _RETRIES = 8
+_ZEROS = "0, 0, 0, 0, 0, 0, 0"
 _TOTALS_SET = ", ".join(f"{c} = %s" for c in TOTALS_COLUMNS.split(", "))
 
 
@@ -221,11 +222,15 @@ class PostgresLedger:
 
     # --- reads and writes inside a transaction ------------------------------------------------
 
-    async def _budget(self, conn: Any, tenant: str) -> TenantBudget:
-        cur = await conn.execute(
-            f"SELECT limit_usd, period FROM {self._tables.tenants} WHERE tenant = %s", (tenant,)
-        )
-        row = await cur.fetchone()
+    # Methods named _ask_* send a statement and return its cursor without waiting, so several
+    # can travel in one pipeline round trip; fetching from a cursor waits for its result.
+
+    async def _ask_budget(self, conn: Any, tenant: str) -> Any:
+        sql = f"SELECT limit_usd, period FROM {self._tables.tenants} WHERE tenant = %s"
+        return await conn.execute(sql, (tenant,))
+
+    async def _budget(self, tenant: str, cursor: Any) -> TenantBudget:
+        row = await cursor.fetchone()
         if row is not None:
             return TenantBudget(tenant, float(row[0]), row[1])
         if self._default is None:
@@ -235,39 +240,27 @@ class PostgresLedger:
             )
         return replace(self._default, tenant=tenant)
 
-    async def _load(
-        self, conn: Any, reservation_id: str, *, lock: bool
-    ) -> StoredReservation | None:
-        cur = await conn.execute(
-            f"SELECT {RESERVATION_COLUMNS} FROM {self._tables.reservations} WHERE id = %s"
-            + (" FOR UPDATE" if lock else ""),
-            (reservation_id,),
-        )
-        row = await cur.fetchone()
-        return None if row is None else reservation_from_row(row)
+    async def _ask_reservation(self, conn: Any, reservation_id: str, *, lock: bool) -> Any:
+        sql = f"SELECT {RESERVATION_COLUMNS} FROM {self._tables.reservations} WHERE id = %s"
+        return await conn.execute(sql + (" FOR UPDATE" if lock else ""), (reservation_id,))
 
-    async def _lock_totals(
-        self, conn: Any, query_id: str, tenant: str, period: str
-    ) -> tuple[Totals, Totals]:
-        """Lock (creating if needed) the query's and the tenant period's totals rows, in order."""
-        t = self._tables
-        zeros = "0, 0, 0, 0, 0, 0, 0"
+    async def _ask_lock_query(self, conn: Any, query_id: str) -> Any:
         # ON CONFLICT DO UPDATE locks an existing row and returns its latest committed values
-        # in one round trip; a plain SELECT ... FOR UPDATE would need a second one to create it.
-        cur = await conn.execute(
-            f"INSERT INTO {t.query_totals} (query_id, {TOTALS_COLUMNS}) VALUES (%s, {zeros}) "
-            f"ON CONFLICT (query_id) DO UPDATE SET query_id = excluded.query_id "
-            f"RETURNING {TOTALS_COLUMNS}",
+        # in one statement; SELECT ... FOR UPDATE would need a second one to create the row.
+        return await conn.execute(
+            f"INSERT INTO {self._tables.query_totals} (query_id, {TOTALS_COLUMNS}) "
+            f"VALUES (%s, {_ZEROS}) ON CONFLICT (query_id) DO UPDATE SET "
+            f"query_id = excluded.query_id RETURNING {TOTALS_COLUMNS}",
             (query_id,),
         )
-        query = totals_from_row(await cur.fetchone())
-        cur = await conn.execute(
-            f"INSERT INTO {t.tenant_totals} (tenant, period, {TOTALS_COLUMNS}) "
-            f"VALUES (%s, %s, {zeros}) ON CONFLICT (tenant, period) "
+
+    async def _ask_lock_tenant(self, conn: Any, tenant: str, period: str) -> Any:
+        return await conn.execute(
+            f"INSERT INTO {self._tables.tenant_totals} (tenant, period, {TOTALS_COLUMNS}) "
+            f"VALUES (%s, %s, {_ZEROS}) ON CONFLICT (tenant, period) "
             f"DO UPDATE SET tenant = excluded.tenant RETURNING {TOTALS_COLUMNS}",
             (tenant, period),
         )
-        return query, totals_from_row(await cur.fetchone())
 
     async def _write(
         self,
@@ -323,18 +316,23 @@ class PostgresLedger:
 
         async def op(conn: Any) -> Reservation | BudgetExceededError:
             now = self._clock()
-            async with conn.transaction():
-                budget = await self._budget(conn, request.tenant)
-                row = new_reservation(request, rid, now, period_key(budget.period, now))
-                totals = await self._lock_totals(
-                    conn, request.query_id, request.tenant, row.reservation.period
-                )
-                # Looked up after the query row is locked, so a concurrent retry of this same
+            # Three round trips: (budget, lock query row, look up id), (lock tenant row), writes.
+            async with conn.pipeline(), conn.transaction():
+                budget_cur = await self._ask_budget(conn, request.tenant)
+                query_cur = await self._ask_lock_query(conn, request.query_id)
+                # Runs after the query row is locked, so a concurrent retry of this same
                 # reserve has either committed (we return it) or not started (we insert).
-                existing = await self._load(conn, rid, lock=False)
+                existing_cur = await self._ask_reservation(conn, rid, lock=False)
+                budget = await self._budget(request.tenant, budget_cur)
+                query = totals_from_row(await query_cur.fetchone())
+                existing = await existing_cur.fetchone()
                 if existing is not None:
-                    return existing.reservation
-                query, tenant = totals
+                    return reservation_from_row(existing).reservation
+                row = new_reservation(request, rid, now, period_key(budget.period, now))
+                tenant_cur = await self._ask_lock_tenant(
+                    conn, request.tenant, row.reservation.period
+                )
+                tenant = totals_from_row(await tenant_cur.fetchone())
                 try:
                     check_caps(
                         request, query=query.summary(), tenant=tenant.summary(), budget=budget
@@ -344,7 +342,7 @@ class PostgresLedger:
                     return exc
                 query.move(None, row)
                 tenant.move(None, row)
-                await self._write(conn, row, totals, [reserved_entry(row, request, now)])
+                await self._write(conn, row, (query, tenant), [reserved_entry(row, request, now)])
                 return row.reservation
 
         result = await self._run(op)
@@ -356,16 +354,21 @@ class PostgresLedger:
         self, conn: Any, reservation_id: str, action: Action, usage: Usage | None
     ) -> tuple[Reservation, bool]:
         """Settle, release or expire one reservation; also says whether anything changed."""
-        async with conn.transaction():
-            row = await self._load(conn, reservation_id, lock=True)
-            if row is None:
+        async with conn.pipeline(), conn.transaction():
+            cursor = await self._ask_reservation(conn, reservation_id, lock=True)
+            found = await cursor.fetchone()
+            if found is None:
                 raise ConfigError(f"no reservation with id {reservation_id!r}")
+            row = reservation_from_row(found)
             changed = transition(row, action, self._clock(), usage)
             if changed is None:
                 return row.reservation, False
             new, entries = changed
             r = row.reservation
-            query, tenant = await self._lock_totals(conn, r.query_id, r.tenant, r.period)
+            query_cur = await self._ask_lock_query(conn, r.query_id)
+            tenant_cur = await self._ask_lock_tenant(conn, r.tenant, r.period)
+            query = totals_from_row(await query_cur.fetchone())
+            tenant = totals_from_row(await tenant_cur.fetchone())
             query.move(row, new)
             tenant.move(row, new)
             await self._write(conn, new, (query, tenant), entries)
@@ -391,7 +394,7 @@ class PostgresLedger:
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
         async def op(conn: Any) -> Totals:
-            budget = await self._budget(conn, tenant)
+            budget = await self._budget(tenant, await self._ask_budget(conn, tenant))
             period = period_key(budget.period, self._clock() if at is None else at)
             where = "tenant = %s AND period = %s"
             return await self._totals(conn, self._tables.tenant_totals, where, (tenant, period))

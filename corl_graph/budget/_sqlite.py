@@ -1,10 +1,11 @@
 """SQLite ledger: the embedded default. One file, WAL mode, safe across processes on one host.
 
-Every operation is one ``BEGIN IMMEDIATE`` transaction: it takes SQLite's write lock *before*
-reading, so the cap check and the insert that follows it cannot interleave with another
+Every operation runs inside a ``BEGIN IMMEDIATE`` transaction: it takes SQLite's write lock
+*before* reading, so the cap check and the insert that follows it cannot interleave with another
 process doing the same (a plain ``BEGIN`` would read first and fail to upgrade under load).
-Calls run on one worker thread per ledger, so a writer waiting on ``busy_timeout`` for another
-process never blocks the event loop, and the connection is never used by two threads at once.
+Operations run on one thread per ledger (``_batch.CommitThread``) which group-commits whatever is
+queued, so a writer waiting on ``busy_timeout`` for another process never blocks the event loop,
+and one fsync is shared by many concurrent callers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +26,7 @@ from corl_graph._exceptions import (
     LedgerError,
     UnknownTenantError,
 )
+from corl_graph.budget._batch import CommitThread
 from corl_graph.budget._caps import check_caps
 from corl_graph.budget._ledger import (
     AuditEntry,
@@ -130,10 +131,8 @@ class SQLiteLedger:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._conn = self._connect(synchronous)
-        # One worker thread: SQLite serialises writers anyway, and one thread owns the connection.
-        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="corl-sqlite-ledger"
-        )
+        # One thread owns the connection and group-commits whatever operations are queued.
+        self._worker: CommitThread | None = CommitThread(self._conn, "corl-sqlite-ledger")
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -204,11 +203,12 @@ class SQLiteLedger:
     # --- running blocking work off the event loop ---------------------------------------------
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
+        if self._worker is None:
             raise ConfigError(f"ledger {self.path!r} is closed; open a new one")
-        future = self._executor.submit(fn)
+        future = self._worker.submit(fn)
         try:
-            return await asyncio.wrap_future(future)
+            result: T = await asyncio.wrap_future(future)
+            return result
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise LedgerError(
@@ -292,11 +292,10 @@ class SQLiteLedger:
 
     async def set_tenant(self, budget: TenantBudget) -> None:
         def work() -> None:
-            with _immediate(self._conn):
-                self._conn.execute(
-                    f"INSERT OR REPLACE INTO {_P}tenants VALUES (?, ?, ?)",
-                    (budget.tenant, budget.limit_usd, budget.period),
-                )
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO {_P}tenants VALUES (?, ?, ?)",
+                (budget.tenant, budget.limit_usd, budget.period),
+            )
 
         await self._run(work)
 
@@ -308,26 +307,24 @@ class SQLiteLedger:
 
         def work() -> Reservation | BudgetExceededError:
             now = self._clock()
-            with _immediate(self._conn):
-                existing = self._load(rid)
-                if existing is not None:
-                    return existing.reservation
-                budget = self._budget(request.tenant)
-                row = new_reservation(request, rid, now, period_key(budget.period, now))
-                try:
-                    check_caps(
-                        request,
-                        query=self._query_totals(request.query_id).summary(),
-                        tenant=self._tenant_totals(
-                            request.tenant, row.reservation.period
-                        ).summary(),
-                        budget=budget,
-                    )
-                except BudgetExceededError as exc:
-                    self._log([denied_entry(row, exc, now)])  # committed: denials are audited
-                    return exc
-                self._store(None, row, [reserved_entry(row, request, now)])
-                return row.reservation
+            existing = self._load(rid)
+            if existing is not None:
+                return existing.reservation
+            budget = self._budget(request.tenant)
+            row = new_reservation(request, rid, now, period_key(budget.period, now))
+            period = row.reservation.period
+            try:
+                check_caps(
+                    request,
+                    query=self._query_totals(request.query_id).summary(),
+                    tenant=self._tenant_totals(request.tenant, period).summary(),
+                    budget=budget,
+                )
+            except BudgetExceededError as exc:
+                self._log([denied_entry(row, exc, now)])  # returned, so the denial is committed
+                return exc
+            self._store(None, row, [reserved_entry(row, request, now)])
+            return row.reservation
 
         result = await self._run(work)
         if isinstance(result, BudgetExceededError):
@@ -335,7 +332,7 @@ class SQLiteLedger:
         return result
 
     def _apply(self, reservation_id: str, action: Action, usage: Usage | None) -> Reservation:
-        """Settle, release or expire one reservation inside the caller's transaction."""
+        """Settle, release or expire one reservation inside the current transaction."""
         row = self._load(reservation_id)
         if row is None:
             raise ConfigError(f"no reservation with id {reservation_id!r}")
@@ -347,18 +344,10 @@ class SQLiteLedger:
         return new.reservation
 
     async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
-        def work() -> Reservation:
-            with _immediate(self._conn):
-                return self._apply(reservation_id, "settle", usage)
-
-        return await self._run(work)
+        return await self._run(lambda: self._apply(reservation_id, "settle", usage))
 
     async def release(self, reservation_id: str) -> Reservation:
-        def work() -> Reservation:
-            with _immediate(self._conn):
-                return self._apply(reservation_id, "release", None)
-
-        return await self._run(work)
+        return await self._run(lambda: self._apply(reservation_id, "release", None))
 
     async def query_spend(self, query_id: str) -> SpendSummary:
         return await self._run(lambda: self._query_totals(query_id).summary())
@@ -373,19 +362,13 @@ class SQLiteLedger:
     async def reconcile(self, *, now: float | None = None) -> ReconcileReport:
         def work() -> ReconcileReport:
             cutoff = self._clock() if now is None else now
-            expired: list[str] = []
-            total = 0.0
-            with _immediate(self._conn):
-                ids = self._conn.execute(
-                    f"SELECT id FROM {_P}reservations WHERE status = 'held' AND expires_at <= ? "
-                    "ORDER BY expires_at",
-                    (cutoff,),
-                ).fetchall()
-                for (rid,) in ids:
-                    r = self._apply(rid, "expire", None)
-                    expired.append(r.id)
-                    total += r.amount_usd
-            return ReconcileReport(tuple(expired), total)
+            ids = self._conn.execute(
+                f"SELECT id FROM {_P}reservations WHERE status = 'held' AND expires_at <= ? "
+                "ORDER BY expires_at",
+                (cutoff,),
+            ).fetchall()
+            expired = [self._apply(rid, "expire", None) for (rid,) in ids]
+            return ReconcileReport(tuple(r.id for r in expired), sum(r.amount_usd for r in expired))
 
         return await self._run(work)
 
@@ -401,11 +384,9 @@ class SQLiteLedger:
         return [audit_from_row(row) for row in rows]
 
     async def aclose(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        await asyncio.wrap_future(executor.submit(self._conn.close))
-        executor.shutdown(wait=False)
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await asyncio.wrap_future(worker.close())
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({self.path!r})"

@@ -211,7 +211,8 @@ async def test_audit_filters_and_export(make_ledger: MakeLedger, tmp_path: Path)
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert lines[-1]["event"] == "settled" and lines[-1]["amount_usd"] == 0.003
     assert await export_audit(ledger, tmp_path / "b.csv", "csv", tenant="b") == 2
-    rows = list(csv.DictReader((tmp_path / "b.csv").open()))
+    with (tmp_path / "b.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [r["event"] for r in rows] == ["reserved", "settled"] and rows[1]["output_tokens"] == "2"
 
 
