@@ -11,13 +11,31 @@ from typing import TYPE_CHECKING, Any
 
 from corl_graph.integrations._chat_model import CORLChatModel, messages_to_query
 from corl_graph.integrations._checkpoint import open_checkpointer, router_serde
+from corl_graph.integrations._server_config import (
+    OpenAIExpertConfig,
+    PolicyConfig,
+    ReplayExpertConfig,
+    ServerConfig,
+    TenantConfig,
+    TierConfig,
+)
 from corl_graph.integrations._subgraph import router_node
+from corl_graph.integrations._tracking import TrackingLedger
 
 if TYPE_CHECKING:
     from corl_graph.integrations._server import create_app
+    from corl_graph.integrations._server_thread import ServerThread
 
 __all__ = [
     "CORLChatModel",
+    "OpenAIExpertConfig",
+    "PolicyConfig",
+    "ReplayExpertConfig",
+    "ServerConfig",
+    "ServerThread",
+    "TenantConfig",
+    "TierConfig",
+    "TrackingLedger",
     "create_app",
     "messages_to_query",
     "open_checkpointer",
@@ -26,7 +44,10 @@ __all__ = [
 ]
 
 # Names whose modules import FastAPI / uvicorn: loaded on first use.
-_LAZY = {"create_app": "corl_graph.integrations._server"}
+_LAZY = {
+    "create_app": "corl_graph.integrations._server",
+    "ServerThread": "corl_graph.integrations._server_thread",
+}
 
 
 def __getattr__(name: str) -> Any:

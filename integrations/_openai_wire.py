@@ -1,0 +1,156 @@
+"""OpenAI's chat-completions wire format: requests in, completions, chunks and errors out.
+
+Errors follow OpenAI's shape, ``{"error": {"message", "type", "code", "param"}}``, with these
+statuses::
+
+    400 invalid_request   malformed JSON, a missing field, n > 1, non-text content
+    401 invalid_api_key   no key, or a key no tenant owns
+    404 model_not_found   a model that is not "<prefix><tier>"
+    413 request_too_large the body is larger than max_request_bytes
+    429 budget_exhausted  the tenant's period budget (or the tier's cap) cannot pay for an
+                          answer; type "insufficient_quota" as OpenAI's own quota errors, and
+                          ``x-should-retry: false`` so clients do not retry what only more
+                          budget can fix
+    502 upstream_error    every expert (or the controller) failed
+    503 shutting_down     the server is draining for shutdown
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from corl_graph.integrations._common import chunk_text, render_query, result_metadata
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from corl_graph.graph import RouteResult
+
+__all__ = ["ApiError", "ChatRequest", "completion", "parse_request", "sse_chunks"]
+
+
+class ApiError(Exception):
+    """An error the server answers with, in OpenAI's format."""
+
+    def __init__(self, status: int, message: str, *, type: str, code: str,
+                 param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code,
+                          "param": self.param}}
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, type="invalid_request_error", code="invalid_request", param=param)
+
+
+def budget_exhausted(message: str) -> ApiError:
+    return ApiError(429, message, type="insufficient_quota", code="budget_exhausted",
+                    headers={"x-should-retry": "false"})
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(p.type != "text" for p in self.content):
+            raise bad_request("only text content is supported", param="messages")
+        return "".join(p.text or "" for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields the router uses; sampling fields (temperature, max_tokens…) are accepted
+    and ignored, since the experts' own settings apply."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    metadata: dict[str, str] | None = None
+
+    def query(self) -> str:
+        query = render_query([(m.role, m.text()) for m in self.messages])
+        if not query.strip():
+            raise bad_request("the messages hold no text", param="messages")
+        return query
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from exc
+    try:
+        request = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise bad_request(f"{where}: {first['msg']}", param=where or None) from exc
+    if request.n != 1:
+        raise bad_request("only n=1 is supported", param="n")
+    return request
+
+
+def _usage(result: RouteResult) -> dict[str, Any]:
+    # cost_usd rides along as an extra field; OpenAI clients keep unknown fields.
+    return {"prompt_tokens": result.input_tokens, "completion_tokens": result.output_tokens,
+            "total_tokens": result.input_tokens + result.output_tokens,
+            "cost_usd": result.cost_usd}
+
+
+def completion(result: RouteResult, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object; routing facts under the extension key ``corl``."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": result.answer or ""}}],
+        "usage": _usage(result),
+        "corl": result_metadata(result),
+    }
+
+
+def sse_chunks(result: RouteResult, model: str, *, include_usage: bool) -> Iterator[str]:
+    """``chat.completion.chunk`` events for the answer, then ``data: [DONE]``."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    for piece in chunk_text(result.answer or ""):
+        yield event({"content": piece})
+    yield event({}, "stop", corl=result_metadata(result))
+    if include_usage:
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(result)})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,265 @@
+"""An OpenAI-compatible HTTP server for the router (FastAPI; run with uvicorn).
+
+    GET  /health               liveness, and whether the server is draining
+    GET  /v1/models            one model per tier: "corl-low", "corl-medium", "corl-high"
+    POST /v1/chat/completions  routes the chat under the tier the model names (SSE or not)
+    GET  /v1/budget            the caller's own tenant spend in the current period
+
+Each API key acts for one tenant: the tenant is never read from the request, so a key can
+neither spend nor see another tenant's budget. Shutdown drains: new requests get 503, the
+ones in flight get ``shutdown_grace_s`` to finish, and reservations still open after that
+(their calls were cancelled) are settled at their reserved amount, so spend is never
+under-counted; then expired leases are reconciled and the ledger is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from corl_graph.integrations._common import unanswered_error
+from corl_graph.integrations._openai_wire import (
+    ApiError,
+    ChatRequest,
+    budget_exhausted,
+    completion,
+    parse_request,
+    sse_chunks,
+)
+from corl_graph.integrations._server_config import ServerConfig
+from corl_graph.integrations._tracking import TrackingLedger
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corl_graph._exceptions import BudgetExceededError, ConfigError, RunError
+from corl_graph.budget import TenantBudget
+from corl_graph.experts import ReplayExpert
+from corl_graph.graph import Router, RouterConfig, RouteResult
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("corl_graph.server")
+
+
+@dataclass
+class _State:
+    config: ServerConfig
+    router: Router
+    ledger: TrackingLedger
+    keys: dict[str, str]
+    budgets: dict[str, TenantBudget]
+    query_ids: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+def create_app(config: ServerConfig, *, router_config: RouterConfig | None = None) -> FastAPI:
+    """The FastAPI app for ``config``; ``router_config`` replaces the file's experts, policy and
+    tiers (for programmatic use, e.g. LangChain chat models as experts).
+
+    >>> from corl_graph.integrations import ServerConfig
+    >>> cfg = ServerConfig.parse({"tenants": [{"name": "acme", "limit_usd": 5, "api_keys": ["k"]}],
+    ...     "experts": [{"name": "small", "model": "gpt-4o-mini",
+    ...                  "price": {"input_usd_per_mtok": 0.15, "output_usd_per_mtok": 0.6}}],
+    ...     "ledger_url": "memory://"})
+    >>> sorted(r.path for r in create_app(cfg).routes if r.path.startswith("/v1"))
+    ['/v1/budget', '/v1/chat/completions', '/v1/models']
+    """
+    base_ledger = (router_config.ledger if router_config and router_config.ledger
+                   else config.open_ledger())
+    ledger = TrackingLedger(base_ledger)
+    rc = (replace(router_config, ledger=ledger) if router_config is not None
+          else config.router_config(ledger))
+    state = _State(
+        config=config,
+        router=Router(rc),
+        ledger=ledger,
+        keys=config.api_keys(),
+        budgets={t.name: TenantBudget(t.name, t.limit_usd, t.period) for t in config.tenants},
+        query_ids=_recorded_prompts(rc),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for budget in state.budgets.values():
+            await state.ledger.set_tenant(budget)
+        yield
+        await _drain(state)
+
+    app = FastAPI(title="corl_graph router", lifespan=lifespan)
+    app.state.corl = state
+    _add_routes(app, state)
+    return app
+
+
+def _recorded_prompts(config: RouterConfig) -> dict[str, str]:
+    """Prompt -> query id of replayed experts' tables, so that recorded queries sent as plain
+    chats find their recordings (a request may also name it: metadata.query_id)."""
+    found: dict[str, str] = {}
+    for expert in config.experts:
+        if isinstance(expert, ReplayExpert):
+            for qid, info in expert.table.queries.items():
+                if info.prompt:
+                    found.setdefault(info.prompt, qid)
+    return found
+
+
+def _add_routes(app: FastAPI, state: _State) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "invalid_request"
+        body = ApiError(exc.status_code, str(exc.detail), type="invalid_request_error", code=code)
+        return JSONResponse(body.body(), status_code=exc.status_code)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "draining" if state.draining else "ok",
+                "in_flight": len(state.tasks), "policy": state.router.config.policy.name}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        _tenant(request, state)
+        data = [{"id": f"{state.config.model_prefix}{tier}", "object": "model", "created": 0,
+                 "owned_by": "corl_graph"} for tier in state.router.config.tiers]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/budget")
+    async def budget(request: Request) -> dict[str, Any]:
+        tenant = _tenant(request, state)
+        spend = await state.ledger.tenant_spend(tenant)
+        limit = state.budgets[tenant]
+        return {"tenant": tenant, "period": limit.period, "limit_usd": limit.limit_usd,
+                "committed_usd": spend.committed_usd, "settled_usd": spend.settled_usd,
+                "held_usd": spend.held_usd, "calls": spend.calls,
+                "remaining_usd": max(limit.limit_usd - spend.committed_usd, 0.0)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        tenant = _tenant(request, state)
+        if state.draining:
+            raise ApiError(503, "the server is shutting down", type="server_error",
+                           code="shutting_down")
+        chat = parse_request(await _body(request, state.config.max_request_bytes))
+        tier = _tier_of(chat.model, state)
+        await _check_tenant_budget(state, tenant)
+        result = await _route(state, chat, tier, tenant)
+        if chat.stream:
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            return StreamingResponse(sse_chunks(result, chat.model, include_usage=include_usage),
+                                     media_type="text/event-stream")
+        return JSONResponse(completion(result, chat.model))
+
+
+def _tenant(request: Request, state: _State) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
+                       type="invalid_request_error", code="invalid_api_key")
+    key = key.strip()
+    # Compare against every key in constant time, so timing does not reveal a key's prefix.
+    owner = None
+    for known, tenant in state.keys.items():
+        if hmac.compare_digest(known.encode(), key.encode()):
+            owner = tenant
+    if owner is None:
+        raise ApiError(401, "incorrect API key", type="invalid_request_error",
+                       code="invalid_api_key")
+    return owner
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    too_large = ApiError(413, f"the request body exceeds {limit} bytes",
+                         type="invalid_request_error", code="request_too_large")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for part in request.stream():  # also bounds chunked bodies with no length
+        body += part
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _tier_of(model: str, state: _State) -> str:
+    prefix = state.config.model_prefix
+    tier = model[len(prefix):] if model.startswith(prefix) else None
+    if tier is None or tier not in state.router.config.tiers:
+        names = ", ".join(f"{prefix}{t}" for t in state.router.config.tiers)
+        raise ApiError(404, f"the model {model!r} does not exist; models: {names}",
+                       type="invalid_request_error", code="model_not_found", param="model")
+    return tier
+
+
+async def _check_tenant_budget(state: _State, tenant: str) -> None:
+    """Refuse before routing when the tenant has nothing left (the ledger refuses each call
+    anyway; this saves the controller's work and gives a clear 429)."""
+    spend = await state.ledger.tenant_spend(tenant)
+    if spend.committed_usd >= state.budgets[tenant].limit_usd:
+        raise budget_exhausted(
+            f"tenant {tenant!r} has spent its {state.budgets[tenant].period} budget of "
+            f"${state.budgets[tenant].limit_usd:g}"
+        )
+
+
+async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> RouteResult:
+    query = chat.query()
+    query_id = (chat.metadata or {}).get("query_id") or state.query_ids.get(query)
+    task = asyncio.create_task(
+        state.router.arun(query, tier=tier, tenant=tenant, query_id=query_id)
+    )
+    # Tracked so that shutdown can wait for it, and cancel it after the grace period.
+    state.tasks.add(task)
+    try:
+        result = await asyncio.shield(task)
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), type="invalid_request_error", code="invalid_request") from exc
+    except asyncio.CancelledError:
+        raise ApiError(503, "the request was cancelled by shutdown", type="server_error",
+                       code="shutting_down") from None
+    finally:
+        if task.done():
+            state.tasks.discard(task)
+        else:
+            task.add_done_callback(state.tasks.discard)
+    return _checked(result)
+
+
+def _checked(result: RouteResult) -> RouteResult:
+    error: RunError | None = unanswered_error(result)
+    if isinstance(error, BudgetExceededError):
+        raise budget_exhausted(str(error))
+    if error is not None:
+        raise ApiError(502, str(error), type="api_error", code="upstream_error")
+    return result
+
+
+async def _drain(state: _State) -> None:
+    """Stop taking requests, let the running ones finish, then settle what is left."""
+    state.draining = True
+    grace = state.config.shutdown_grace_s
+    pending = set(state.tasks)
+    if pending:
+        log.info("draining %d in-flight request(s) for up to %.0fs", len(pending), grace)
+        _, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+    settled = await state.ledger.settle_open(reason="server shutdown")
+    if settled:
+        log.warning("settled %d reservation(s) of cancelled calls at their reserved amount",
+                    settled)
+    await state.ledger.reconcile()
+    await state.ledger.aclose()

@@ -1,0 +1,253 @@
+"""ServerConfig: the one typed configuration of ``corl-graph serve``, loadable from JSON or TOML.
+
+A minimal TOML file::
+
+    ledger_url = "sqlite:///corl-ledger.db"
+
+    [[experts]]
+    kind = "openai"                      # any OpenAI-compatible endpoint
+    name = "small"
+    model = "gpt-4o-mini"
+    api_key_env = "OPENAI_API_KEY"
+    price = { input_usd_per_mtok = 0.15, output_usd_per_mtok = 0.6 }
+
+    [policy]
+    kind = "cascade"
+    experts = ["small"]
+
+    [[tenants]]
+    name = "acme"
+    limit_usd = 50.0
+    period = "month"
+    api_key_envs = ["ACME_API_KEY"]
+
+See docs/integrations.md for every field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget import BudgetTier, Ledger, TierSet, default_tiers, open_ledger
+from corl_graph.experts import ChatModelExpert, Expert, OutcomeTable, PriceSheet, ReplayExpert
+from corl_graph.graph import RouterConfig
+from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, LLMPolicy, Policy
+
+__all__ = [
+    "OpenAIExpertConfig",
+    "PolicyConfig",
+    "ReplayExpertConfig",
+    "ServerConfig",
+    "TenantConfig",
+    "TierConfig",
+]
+
+
+class _Strict(BaseModel):
+    # A misspelt key must fail loudly rather than silently take a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Strict):
+    input_usd_per_mtok: float = Field(ge=0)
+    output_usd_per_mtok: float = Field(ge=0)
+
+
+class OpenAIExpertConfig(_Strict):
+    """An expert behind an OpenAI-compatible endpoint (OpenAI, vLLM, Together, Ollama…)."""
+
+    kind: Literal["openai"] = "openai"
+    name: str
+    model: str
+    price: PriceConfig
+    base_url: str | None = None
+    api_key_env: str | None = None
+    description: str = ""
+    system_prompt: str | None = None
+    max_output_tokens: int = Field(1024, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+
+    def build(self) -> Expert:
+        from langchain_openai import ChatOpenAI
+
+        model = ChatOpenAI(model=self.model, base_url=self.base_url,
+                           api_key=SecretStr(_env_key(self.api_key_env)), max_retries=0)
+        return ChatModelExpert(
+            self.name, model,
+            PriceSheet(self.price.input_usd_per_mtok, self.price.output_usd_per_mtok),
+            description=self.description, system_prompt=self.system_prompt,
+            max_output_tokens=self.max_output_tokens, timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+
+
+class ReplayExpertConfig(_Strict):
+    """An expert answering from a recorded outcome table (offline demos and evaluation)."""
+
+    kind: Literal["replay"]
+    table: Path
+    model: str
+    name: str | None = None
+    description: str = ""
+
+    def build(self, base: Path) -> Expert:
+        table = OutcomeTable.load(self.table if self.table.is_absolute() else base / self.table)
+        return ReplayExpert(table, self.model, name=self.name, description=self.description)
+
+
+ExpertConfig = Annotated[OpenAIExpertConfig | ReplayExpertConfig, Field(discriminator="kind")]
+
+
+class PolicyConfig(_Strict):
+    """The controller: a fixed baseline over named experts, or an LLM (e.g. served by vLLM)."""
+
+    kind: Literal["cascade", "always", "controller_only", "llm"] = "cascade"
+    experts: list[str] = Field(default_factory=list)
+    agree: int = Field(2, ge=1)
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = Field(256, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+    def build(self, expert_names: list[str]) -> Policy:
+        names = self.experts or expert_names
+        if self.kind == "cascade":
+            return Cascade(names, agree=self.agree)
+        if self.kind == "always":
+            return AlwaysExpert(names)
+        if self.kind == "controller_only":
+            return ControllerOnly(names[0])
+        if not self.model:
+            raise ConfigError("policy kind 'llm' needs policy.model (and usually policy.base_url)")
+        from langchain_openai import ChatOpenAI
+
+        chat = ChatOpenAI(model=self.model, base_url=self.base_url, temperature=self.temperature,
+                          max_completion_tokens=self.max_tokens,
+                          api_key=SecretStr(_env_key(self.api_key_env)), max_retries=0)
+        return LLMPolicy(chat, timeout_s=self.timeout_s)
+
+
+class TierConfig(_Strict):
+    name: str
+    max_usd_per_query: float = Field(ge=0)
+    max_expert_calls: int | None = None
+    max_tokens_per_query: int | None = None
+
+
+class TenantConfig(_Strict):
+    """A tenant, its period budget and the API keys that act for it (literal or from env)."""
+
+    name: str
+    limit_usd: float = Field(ge=0)
+    period: Literal["day", "month", "total"] = "month"
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_key_envs: list[str] = Field(default_factory=list)
+
+    def resolved_keys(self) -> list[str]:
+        found = [k.get_secret_value() for k in self.api_keys]
+        for env in self.api_key_envs:
+            value = os.environ.get(env)
+            if not value:
+                raise ConfigError(f"tenant {self.name!r}: environment variable {env} is not set")
+            found.append(value)
+        if not found:
+            raise ConfigError(f"tenant {self.name!r} has no API key: set api_keys or api_key_envs")
+        return found
+
+
+class ServerConfig(_Strict):
+    """Everything ``corl-graph serve`` needs. Load with ``ServerConfig.load(path)``."""
+
+    tenants: list[TenantConfig] = Field(min_length=1)
+    experts: list[ExpertConfig] = Field(default_factory=list)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    tiers: list[TierConfig] = Field(default_factory=list)
+    default_tier: str | None = None
+    ledger_url: str = "sqlite:///corl-ledger.db"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_prefix: str = "corl-"
+    max_request_bytes: int = Field(1_000_000, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    max_steps: int = Field(8, ge=1)
+    record_content: bool = False
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_tenants(self) -> ServerConfig:
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tenant names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> ServerConfig:
+        """Read a ``.json`` or ``.toml`` file; relative table paths are taken from its folder."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data: dict[str, Any] = (
+                tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read server config {str(path)!r}: {exc}") from exc
+        return cls.parse(data, base_dir=path.parent)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], *, base_dir: Path = Path(".")) -> ServerConfig:
+        try:
+            return cls.model_validate({**data, "base_dir": base_dir})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid server config: {exc}") from exc
+
+    def api_keys(self) -> dict[str, str]:
+        """API key -> tenant; a key shared by two tenants is refused (who would pay?)."""
+        owners: dict[str, str] = {}
+        for tenant in self.tenants:
+            for key in tenant.resolved_keys():
+                if owners.setdefault(key, tenant.name) != tenant.name:
+                    raise ConfigError(
+                        f"an API key is given to both {owners[key]!r} and {tenant.name!r}"
+                    )
+        return owners
+
+    def tier_set(self) -> TierSet:
+        if not self.tiers:
+            return default_tiers()
+        return TierSet(BudgetTier(t.name, t.max_usd_per_query, t.max_expert_calls,
+                                  t.max_tokens_per_query) for t in self.tiers)
+
+    def open_ledger(self) -> Ledger:
+        return open_ledger(self.ledger_url)
+
+    def router_config(self, ledger: Ledger) -> RouterConfig:
+        """The router this file describes, charging ``ledger``."""
+        if not self.experts:
+            raise ConfigError("the server config has no experts: add [[experts]] entries")
+        experts = [e.build() if isinstance(e, OpenAIExpertConfig) else e.build(self.base_dir)
+                   for e in self.experts]
+        tiers = self.tier_set()
+        return RouterConfig(
+            experts=experts,
+            policy=self.policy.build([e.name for e in experts]),
+            tiers=tiers,
+            ledger=ledger,
+            max_steps=self.max_steps,
+            record_content=self.record_content,
+            default_tier=self.default_tier or next(iter(tiers)),
+        )
+
+
+def _env_key(env: str | None) -> str:
+    # Local servers (vLLM, Ollama) accept any key; the client library insists on one.
+    return os.environ.get(env, "") if env else "EMPTY"
