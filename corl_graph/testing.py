@@ -46,7 +46,7 @@ class FakeChatModel(BaseChatModel):
 
     def __init__(self, reply: Callable[[str], str] | str, **kwargs: Any):
         fn = reply if callable(reply) else (lambda _prompt, text=reply: text)
-        super().__init__(reply=fn, **kwargs)
+        super().__init__(reply=fn, **kwargs)  # type: ignore[call-arg]
 
     @property
     def calls(self) -> int:
@@ -73,7 +73,7 @@ class FakeChatModel(BaseChatModel):
         )
         message = AIMessage(
             content=text,
-            usage_metadata=usage,  # type: ignore[arg-type]
+            usage_metadata=usage,
             response_metadata={"model_name": self.model_name, "finish_reason": "stop"},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])

@@ -67,9 +67,10 @@ def main() -> None:
     rows.sort(key=lambda r: (r["query_id"], r["model"]))
     OUT.mkdir(parents=True, exist_ok=True)
     # mtime=0 keeps the gzip bytes identical across rebuilds.
-    with open(OUT / "gsm8k_replay.jsonl.gz", "wb") as raw, gzip.GzipFile(
-        fileobj=raw, mode="wb", mtime=0
-    ) as gz:
+    with (
+        open(OUT / "gsm8k_replay.jsonl.gz", "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+    ):
         for r in rows:
             gz.write((json.dumps(r, sort_keys=True) + "\n").encode())
     kept = {

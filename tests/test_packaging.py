@@ -14,7 +14,7 @@ def _declared() -> dict[str, Path]:
     out = {}
     for pkg in conf["packages"]:
         base = max((k for k in mapping if pkg == k or pkg.startswith(k + ".")), key=len)
-        rel = pkg[len(base):].lstrip(".").replace(".", "/")
+        rel = pkg[len(base) :].lstrip(".").replace(".", "/")
         out[pkg] = mapping[base] / rel
     return out
 
@@ -23,16 +23,20 @@ def test_every_package_folder_is_declared() -> None:
     declared = {p.resolve() for p in _declared().values()}
     for top in ("corl_graph", "training", "integrations"):
         for init in (ROOT / top).rglob("__init__.py"):
-            assert init.parent.resolve() in declared, f"{init.parent} missing from pyproject packages"
+            assert init.parent.resolve() in declared, (
+                f"{init.parent} missing from pyproject packages"
+            )
 
 
 def test_training_and_integrations_are_namespaced() -> None:
     code = (
         "import importlib.util, corl_graph.training, corl_graph.integrations;"
-        "print(importlib.util.find_spec('training') is None, importlib.util.find_spec('integrations') is None)"
+        "print(importlib.util.find_spec('training') is None,"
+        " importlib.util.find_spec('integrations') is None)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True
+    )
     assert out.stdout.split() == ["True", "True"]
 
 

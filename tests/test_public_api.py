@@ -24,7 +24,8 @@ def test_all_is_exactly_the_public_names(name: str) -> None:
     public = {
         n
         for n, v in vars(module).items()
-        if not n.startswith("_") and getattr(v, "__module__", "").startswith("corl_graph")
+        if not n.startswith("_")
+        and getattr(v, "__module__", "").startswith("corl_graph")
         and not isinstance(v, type(module))
     }
     exported = set(module.__all__)
@@ -35,6 +36,14 @@ def test_all_is_exactly_the_public_names(name: str) -> None:
 
 
 def test_top_level_covers_the_main_entry_points() -> None:
-    for n in ("Router", "RouterConfig", "create_router_graph", "ChatModelExpert", "BudgetTier",
-              "open_ledger", "LLMPolicy", "CorlError"):
+    for n in (
+        "Router",
+        "RouterConfig",
+        "create_router_graph",
+        "ChatModelExpert",
+        "BudgetTier",
+        "open_ledger",
+        "LLMPolicy",
+        "CorlError",
+    ):
         assert n in corl_graph.__all__

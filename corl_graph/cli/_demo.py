@@ -16,7 +16,7 @@ from corl_graph.budget import InMemoryLedger, TenantBudget, TierSet
 from corl_graph.cli._progress import Progress
 from corl_graph.data import DEMO_CONTROLLER, DEMO_MODELS, demo_experts, demo_tiers, load_demo_table
 from corl_graph.experts import OutcomeTable, QueryInfo, normalize_answer
-from corl_graph.graph import RouteResult, Router, RouterConfig
+from corl_graph.graph import Router, RouterConfig, RouteResult
 from corl_graph.policies import Cascade, ControllerOnly, Policy
 
 __all__ = ["TierReport", "add_parser", "run", "summarize"]
@@ -59,8 +59,13 @@ def _correct(result: RouteResult, query: QueryInfo) -> bool:
 
 
 def summarize(
-    policy: str, tiers: TierSet, tier: str, results: Sequence[RouteResult], queries: Sequence[QueryInfo],
-    *, controller: str | None = None,
+    policy: str,
+    tiers: TierSet,
+    tier: str,
+    results: Sequence[RouteResult],
+    queries: Sequence[QueryInfo],
+    *,
+    controller: str | None = None,
 ) -> TierReport:
     """Metrics of one policy on one tier. Calls to the ``controller`` model (the small model
     answering alone) are not expert calls."""
@@ -103,8 +108,14 @@ def demo_policies() -> list[tuple[Policy, tuple[str, ...] | None]]:
     """What the demo compares, and on which tiers (None = all): the routing policy, and the
     controller alone, whose one small call fits every cap, so it runs on the low tier only."""
     return [
-        (Cascade([m for m in DEMO_MODELS if m != DEMO_CONTROLLER], agree=2,
-                 name="cascade(llama-8b>4o-mini>4o>o1-mini)"), None),
+        (
+            Cascade(
+                [m for m in DEMO_MODELS if m != DEMO_CONTROLLER],
+                agree=2,
+                name="cascade(llama-8b>4o-mini>4o>o1-mini)",
+            ),
+            None,
+        ),
         (ControllerOnly(DEMO_CONTROLLER), ("low",)),
     ]
 
@@ -118,22 +129,35 @@ async def run_demo(limit: int | None = None, concurrency: int = 64) -> list[Tier
     reports = []
     for policy, tier_names in plan:
         ledger = InMemoryLedger(default_budget=TenantBudget("*", 1e6, "total"))
-        router = Router(RouterConfig(experts=demo_experts(table), policy=policy, tiers=tiers,
-                                     ledger=ledger, fallback_expert=DEMO_CONTROLLER))
+        router = Router(
+            RouterConfig(
+                experts=demo_experts(table),
+                policy=policy,
+                tiers=tiers,
+                ledger=ledger,
+                fallback_expert=DEMO_CONTROLLER,
+            )
+        )
         for tier in tier_names:
             results = await _route_all(router, queries, tier, concurrency, progress)
-            reports.append(summarize(policy.name, tiers, tier, results, queries, controller=DEMO_CONTROLLER))
+            reports.append(
+                summarize(policy.name, tiers, tier, results, queries, controller=DEMO_CONTROLLER)
+            )
     return reports
 
 
 def format_table(reports: Sequence[TierReport]) -> str:
     w = max([len(r.policy) for r in reports] + [6])
-    head = f"{'policy':<{w}} {'tier':<6} {'cap $':>8} {'acc':>6} {'mean $':>9} {'p95 $':>9} {'call%':>6} {'calls/q':>7} {'viol':>4}"
+    head = (
+        f"{'policy':<{w}} {'tier':<6} {'cap $':>8} {'acc':>6} {'mean $':>9} {'p95 $':>9} "
+        f"{'call%':>6} {'calls/q':>7} {'viol':>4}"
+    )
     lines = [head, "-" * len(head)]
     for r in reports:
         lines.append(
-            f"{r.policy:<{w}} {r.tier:<6} {r.cap_usd:>8.4f} {r.accuracy:>6.3f} {r.mean_cost_usd:>9.2e} "
-            f"{r.p95_cost_usd:>9.2e} {r.expert_call_ratio:>6.1%} {r.calls_per_query:>7.2f} {r.cap_violations:>4}"
+            f"{r.policy:<{w}} {r.tier:<6} {r.cap_usd:>8.4f} {r.accuracy:>6.3f} "
+            f"{r.mean_cost_usd:>9.2e} {r.p95_cost_usd:>9.2e} {r.expert_call_ratio:>6.1%} "
+            f"{r.calls_per_query:>7.2f} {r.cap_violations:>4}"
         )
     return "\n".join(lines)
 
@@ -146,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(reports))
         n = reports[0].queries if reports else 0
-        print(f"\n{n} GSM8K test queries per tier, replayed outcomes of {len(DEMO_MODELS)} real "
-              f"LLMs, {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        print(
+            f"\n{n} GSM8K test queries per tier, replayed outcomes of {len(DEMO_MODELS)} real "
+            f"LLMs, {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
     return 1 if any(r.cap_violations for r in reports) else 0

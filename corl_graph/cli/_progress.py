@@ -15,7 +15,9 @@ class Progress:
     demo 4/4 (100%)
     """
 
-    def __init__(self, total: int, label: str, *, stream: TextIO | None = None, tty: bool | None = None):
+    def __init__(
+        self, total: int, label: str, *, stream: TextIO | None = None, tty: bool | None = None
+    ):
         self.total = max(total, 1)
         self.label = label
         self.done = 0
@@ -30,9 +32,7 @@ class Progress:
         if self._tty:
             bar = "#" * int(frac * 30)
             rate = self.done / max(time.perf_counter() - self._started, 1e-9)
-            self._stream.write(
-                f"\r{self.label} [{bar:<30}] {self.done}/{self.total} {rate:.0f}/s"
-            )
+            self._stream.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} {rate:.0f}/s")
             if self.done >= self.total:
                 self._stream.write("\n")
         elif int(frac * 10) > self._last_decile:

@@ -36,9 +36,7 @@ def load_demo_table() -> OutcomeTable:
 
 def demo_experts(table: OutcomeTable) -> list[ReplayExpert]:
     """The bundled models as replayed experts, cheapest first."""
-    return [
-        ReplayExpert(table, m, max_output_tokens=DEMO_MAX_OUTPUT_TOKENS) for m in DEMO_MODELS
-    ]
+    return [ReplayExpert(table, m, max_output_tokens=DEMO_MAX_OUTPUT_TOKENS) for m in DEMO_MODELS]
 
 
 def demo_tiers() -> TierSet:

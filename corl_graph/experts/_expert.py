@@ -154,5 +154,3 @@ class Expert(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-

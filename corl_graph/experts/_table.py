@@ -117,14 +117,21 @@ class OutcomeTable:
             if lacking:
                 raise DataFormatError(f"table {name!r} row {i}: missing field(s) {lacking}")
             if row["model"] not in prices:
-                raise DataFormatError(f"table {name!r} row {i}: model {row['model']!r} has no price")
+                raise DataFormatError(
+                    f"table {name!r} row {i}: model {row['model']!r} has no price"
+                )
             qid = str(row["query_id"])
             if row["split"] not in ("train", "test"):
                 raise DataFormatError(f"table {name!r} row {i}: split must be train or test")
             queries.setdefault(
                 qid,
-                QueryInfo(qid, row["split"], str(row.get("task", name)), row.get("prompt"),
-                          row.get("reference")),
+                QueryInfo(
+                    qid,
+                    row["split"],
+                    str(row.get("task", name)),
+                    row.get("prompt"),
+                    row.get("reference"),
+                ),
             )
             outcomes[(qid, str(row["model"]))] = _outcome(row, name, i)
         return cls(queries, outcomes, prices, name=name)

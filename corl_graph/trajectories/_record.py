@@ -23,7 +23,9 @@ from corl_graph.protocol import ExpertCall, StepRecord
 
 __all__ = ["Segment", "SegmentKind", "Trajectory", "TrajectoryBuilder"]
 
-SegmentKind = Literal["system", "prompt", "budget", "controller", "expert", "observation", "padding"]
+SegmentKind = Literal[
+    "system", "prompt", "budget", "controller", "expert", "observation", "padding"
+]
 
 
 @dataclass(frozen=True, slots=True)

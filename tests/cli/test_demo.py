@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _readme_main_job() -> list[str]:
     block = ROOT.joinpath("README.md").read_text().split("<!-- ci:setup -->")[1]
-    first = [line for line in block.splitlines() if line and not line.startswith("`")][0]
+    first = next(line for line in block.splitlines() if line and not line.startswith("`"))
     return first.split("&&")[-1].split()  # ".venv/bin/corl-graph demo"
 
 
@@ -27,10 +27,15 @@ def test_readme_main_job_runs_offline_with_zero_cap_violations() -> None:
     assert Path(argv[0]).name == "corl-graph" and argv[1:] == ["demo"]
     exe = Path(sys.executable).with_name("corl-graph")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": ""}
-    out = subprocess.run([str(exe), *argv[1:]], capture_output=True, text=True, env=env,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [str(exe), *argv[1:]], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines() if re.search(r"\s(low|medium|high)\s", line)]
+    rows = [
+        line.split()
+        for line in out.stdout.splitlines()
+        if re.search(r"\s(low|medium|high)\s", line)
+    ]
     assert {r[1] for r in rows} == {"low", "medium", "high"}
     assert all(r[-1] == "0" for r in rows), "no query may exceed its cap"
     assert "routing" in out.stderr and "(100%)" in out.stderr  # the progress bar

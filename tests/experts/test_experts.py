@@ -57,7 +57,10 @@ async def test_cost_is_estimated_and_marked_when_usage_is_missing() -> None:
 
 def test_worst_case_uses_a_byte_bound_and_max_tokens() -> None:
     expert = ChatModelExpert(
-        "e", FakeChatModel("x"), PriceSheet(1.0, 2.0), max_output_tokens=100,
+        "e",
+        FakeChatModel("x"),
+        PriceSheet(1.0, 2.0),
+        max_output_tokens=100,
         system_prompt="Be brief.",
     )
     tokens, usd = expert.worst_case(REQ)
@@ -101,9 +104,21 @@ def _table(tmp_path: Path, rows: list[dict], prices: dict | None = None) -> Path
     return path
 
 
-ROW = dict(query_id="q1", split="test", task="t", prompt=None, reference="4", model="m",
-           correct=1.0, answer="4", response=None, input_tokens=10, output_tokens=5,
-           cost_usd=1.5e-5, cost_source="recorded")
+ROW = dict(
+    query_id="q1",
+    split="test",
+    task="t",
+    prompt=None,
+    reference="4",
+    model="m",
+    correct=1.0,
+    answer="4",
+    response=None,
+    input_tokens=10,
+    output_tokens=5,
+    cost_usd=1.5e-5,
+    cost_source="recorded",
+)
 
 
 async def test_replay_expert_answers_from_the_table(tmp_path: Path) -> None:

@@ -31,8 +31,11 @@ async def test_think_asks_the_policy_and_records_the_step() -> None:
 
 async def test_think_falls_back_at_the_step_limit() -> None:
     config = _config(ScriptedPolicy([]))
-    state = {"query": "q", "steps": [StepRecord(i, "think") for i in range(8)],
-             "calls": [_call("cheap", "7")]}
+    state = {
+        "query": "q",
+        "steps": [StepRecord(i, "think") for i in range(8)],
+        "calls": [_call("cheap", "7")],
+    }
     delta = await think(state, None, router=config)  # type: ignore[arg-type]
     assert delta["stop_reason"] == "step_limit" and delta["steps"][0].fallback
 
@@ -47,12 +50,15 @@ async def test_call_expert_settles_and_observes() -> None:
 
 async def test_aggregate_votes_and_breaks_ties_toward_the_stronger_expert() -> None:
     config = _config()
-    delta = await aggregate({"query": "q", "calls": [_call("cheap", "7"), _call("strong", "8")]},
-                            None, router=config)  # type: ignore[arg-type]
+    delta = await aggregate(
+        {"query": "q", "calls": [_call("cheap", "7"), _call("strong", "8")]}, None, router=config
+    )  # type: ignore[arg-type]
     assert delta["pending"] == Answer("8") and delta["answer_source"] == "vote"
-    delta = await aggregate({"query": "q", "calls": [_call("cheap", "7"), _call("cheap", "7.0"),
-                                                     _call("strong", "8")]},
-                            None, router=config)  # type: ignore[arg-type]
+    delta = await aggregate(
+        {"query": "q", "calls": [_call("cheap", "7"), _call("cheap", "7.0"), _call("strong", "8")]},
+        None,
+        router=config,
+    )  # type: ignore[arg-type]
     assert delta["pending"] == Answer("7")
 
 

@@ -31,7 +31,11 @@ def _experts(**overrides: FakeChatModel) -> list[ChatModelExpert]:
         "big": FakeChatModel("The answer is 4", input_tokens=100, output_tokens=20),
     }
     models.update(overrides)
-    prices = {"small": PriceSheet(0.1, 0.1), "mid": PriceSheet(0.5, 1.0), "big": PriceSheet(2.5, 10.0)}
+    prices = {
+        "small": PriceSheet(0.1, 0.1),
+        "mid": PriceSheet(0.5, 1.0),
+        "big": PriceSheet(2.5, 10.0),
+    }
     return [
         ChatModelExpert(n, m, prices[n], max_output_tokens=200, timeout_s=0.5, retry_backoff_s=0.0)
         for n, m in models.items()
@@ -40,23 +44,30 @@ def _experts(**overrides: FakeChatModel) -> list[ChatModelExpert]:
 
 def _router(policy, **kw) -> Router:  # type: ignore[no-untyped-def]
     experts = kw.pop("experts", None) or _experts()
-    return Router(RouterConfig(experts=experts, policy=policy, tiers=TIERS, default_tier="high", **kw))
+    return Router(
+        RouterConfig(experts=experts, policy=policy, tiers=TIERS, default_tier="high", **kw)
+    )
 
 
 async def test_several_experts_several_calls_with_distinct_subqueries() -> None:
-    policy = ScriptedPolicy([
-        Think("split it"),
-        CallExpert("small", "What is 2 + 2?"),
-        CallExpert("mid", "Add two and two."),
-        CallExpert("big", "Compute 2+2 exactly."),
-        Aggregate(),
-    ])
+    policy = ScriptedPolicy(
+        [
+            Think("split it"),
+            CallExpert("small", "What is 2 + 2?"),
+            CallExpert("mid", "Add two and two."),
+            CallExpert("big", "Compute 2+2 exactly."),
+            Aggregate(),
+        ]
+    )
     result = await _router(policy).arun("Solve: two plus two", tier="high")
     assert result.answer == "4" and result.answer_source == "vote"
     assert result.stop_reason == "aggregated"
     assert [c.expert for c in result.calls] == ["small", "mid", "big"]
     assert {c.subquery for c in result.calls} == {
-        "What is 2 + 2?", "Add two and two.", "Compute 2+2 exactly."}
+        "What is 2 + 2?",
+        "Add two and two.",
+        "Compute 2+2 exactly.",
+    }
     assert result.input_tokens == 300 and result.output_tokens == 60
     expected = (100 * 0.1 + 20 * 0.1 + 100 * 0.5 + 20 * 1.0 + 100 * 2.5 + 20 * 10.0) / 1e6
     assert result.cost_usd == pytest.approx(expected)
@@ -77,7 +88,9 @@ async def test_low_tier_denial_becomes_an_observation_and_the_run_still_answers(
 async def test_policy_that_keeps_calling_after_denial_is_forced_to_answer() -> None:
     class Stubborn:
         name = "stubborn"
-        views: list[PolicyView] = []
+
+        def __init__(self) -> None:
+            self.views: list[PolicyView] = []
 
         async def decide(self, view: PolicyView) -> Decision:
             self.views.append(view)
@@ -133,8 +146,15 @@ async def test_a_policy_that_raises_does_not_lose_the_run() -> None:
 async def test_hanging_expert_times_out_with_retries_and_is_charged_conservatively() -> None:
     hang = FakeChatModel("4", delay_s=5.0)
     experts = _experts(big=hang)
-    experts[2] = ChatModelExpert("big", hang, PriceSheet(2.5, 10.0), max_output_tokens=200,
-                                 timeout_s=0.05, max_retries=1, retry_backoff_s=0.0)
+    experts[2] = ChatModelExpert(
+        "big",
+        hang,
+        PriceSheet(2.5, 10.0),
+        max_output_tokens=200,
+        timeout_s=0.05,
+        max_retries=1,
+        retry_backoff_s=0.0,
+    )
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 10.0, "total"))
     policy = ScriptedPolicy([CallExpert("big", "2+2?"), CallExpert("mid", "2+2?"), Aggregate()])
     result = await _router(policy, experts=experts, ledger=ledger).arun("2+2?")
@@ -150,11 +170,13 @@ async def test_hanging_expert_times_out_with_retries_and_is_charged_conservative
 async def test_failing_expert_is_retried_then_succeeds_without_double_charge() -> None:
     flaky = FakeChatModel("4", fail_times=2)
     experts = _experts(mid=flaky)
-    experts[1] = ChatModelExpert("mid", flaky, PriceSheet(0.5, 1.0), max_retries=2,
-                                 retry_backoff_s=0.0)
+    experts[1] = ChatModelExpert(
+        "mid", flaky, PriceSheet(0.5, 1.0), max_retries=2, retry_backoff_s=0.0
+    )
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 10.0, "total"))
-    result = await _router(ScriptedPolicy([CallExpert("mid", "q")]), experts=experts,
-                           ledger=ledger).arun("q")
+    result = await _router(
+        ScriptedPolicy([CallExpert("mid", "q")]), experts=experts, ledger=ledger
+    ).arun("q")
     call = result.calls[0]
     assert call.status == "ok" and call.attempts == 3
     audit = await ledger.audit()
@@ -182,7 +204,9 @@ async def test_tenant_budget_is_enforced_across_queries() -> None:
 
 
 async def test_llm_policy_over_a_chat_model_with_malformed_turns() -> None:
-    replies = iter(['<think>hmm</think><call expert="big">2+2?</call>', "<answer>4", "<answer>4</answer>"])
+    replies = iter(
+        ['<think>hmm</think><call expert="big">2+2?</call>', "<answer>4", "<answer>4</answer>"]
+    )
     controller = FakeChatModel(lambda _prompt: next(replies))
     result = await _router(LLMPolicy(controller, name="ctl")).arun("2+2?")
     assert result.calls[0].expert == "big"

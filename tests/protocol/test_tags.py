@@ -98,8 +98,22 @@ def test_parse_never_raises(text: str) -> None:
 
 _tagish = st.lists(
     st.sampled_from(
-        ["<think>", "</think>", "<answer>", "</answer>", '<call expert="big">', "</call>",
-         "<aggregate/>", "<budget:high>", '<expert name="big">', "</expert>", "x", " ", "4", "&"]
+        [
+            "<think>",
+            "</think>",
+            "<answer>",
+            "</answer>",
+            '<call expert="big">',
+            "</call>",
+            "<aggregate/>",
+            "<budget:high>",
+            '<expert name="big">',
+            "</expert>",
+            "x",
+            " ",
+            "4",
+            "&",
+        ]
     ),
     max_size=12,
 ).map("".join)
