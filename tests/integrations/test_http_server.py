@@ -120,8 +120,8 @@ def test_errors_have_openai_status_codes_and_shape(server: ServerThread) -> None
     headers = {"Authorization": f"Bearer {KEYS['acme']}", "Content-Type": "application/json"}
     raw = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", headers=headers)
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_request"
-    big = httpx.post(server.url + "/v1/chat/completions", headers=headers,
-                     json={"model": "corl-low", "messages": [{"role": "user", "content": "x" * 5000}]})
+    huge = {"model": "corl-low", "messages": [{"role": "user", "content": "x" * 5000}]}
+    big = httpx.post(server.url + "/v1/chat/completions", headers=headers, json=huge)
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
 
 

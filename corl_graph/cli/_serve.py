@@ -1,0 +1,72 @@
+"""``corl-graph serve``: the OpenAI-compatible server from a JSON or TOML config file.
+
+One process per replica; to scale out, run several replicas behind a load balancer with
+``ledger_url`` pointing at one PostgreSQL database (see docs/integrations.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from corl_graph._exceptions import ConfigError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve the router as an OpenAI-compatible API",
+        description="Serve the router at /v1/chat/completions, one model per budget tier. "
+        "Needs the serve extra: pip install 'corl-graph[serve]'.",
+    )
+    parser.add_argument("--config", required=True, help="server config file (.json or .toml)")
+    parser.add_argument("--host", help="override the config's host")
+    parser.add_argument("--port", type=int, help="override the config's port")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, print the models and exit")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from corl_graph.integrations import ServerConfig
+
+    config = ServerConfig.load(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        config = config.model_copy(update=overrides)
+    if args.check:
+        return _check(config)
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ConfigError(
+            "corl-graph serve needs uvicorn: pip install 'corl-graph[serve]'"
+        ) from exc
+    from corl_graph.integrations import create_app
+
+    # uvicorn waits this long for open connections on SIGTERM; the app's own drain then
+    # settles whatever is still reserved.
+    uvicorn.run(create_app(config), host=config.host, port=config.port,
+                timeout_graceful_shutdown=config.shutdown_grace_s)
+    return 0
+
+
+def _check(config: Any) -> int:
+    from corl_graph.budget import InMemoryLedger
+
+    router_config = config.router_config(InMemoryLedger())
+    config.api_keys()  # fails here when a key's environment variable is missing
+    summary = {
+        "models": [f"{config.model_prefix}{tier}" for tier in router_config.tiers],
+        "experts": [e.name for e in router_config.experts],
+        "policy": router_config.policy.name,
+        "tenants": [t.name for t in config.tenants],
+        "ledger": config.ledger_url.split("://")[0],  # the URL may hold a password
+    }
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
