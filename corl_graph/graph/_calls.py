@@ -60,6 +60,7 @@ async def call_expert_with_budget(
             call,
             remaining_usd=max(remaining_usd - call.cost_usd, 0.0),
             response_model=reply.response_model if reply else None,
+            finish_reason=reply.finish_reason if reply else None,
         )
         return call
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from corl_graph._exceptions import ConfigError, UnknownExpertError
@@ -55,6 +56,7 @@ class RouterConfig:
     tiers: TierSet = field(default_factory=default_tiers)
     ledger: Ledger | None = None
     tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
     record_content: bool = False
     max_steps: int = 8
     default_tier: str = "medium"
@@ -98,7 +100,9 @@ class RouterConfig:
         set_ = object.__setattr__
         set_(self, "expert_map", expert_map)
         set_(self, "descriptors", tuple(e.descriptor for e in experts))
-        set_(self, "tracer", RouterTracer(self.tracer_provider, record_content=self.record_content))
+        set_(self, "tracer", RouterTracer(
+            self.tracer_provider, record_content=self.record_content,
+            meter_provider=self.meter_provider))
         set_(self, "resolved_ledger", self.ledger or InMemoryLedger(
             default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")))
         set_(self, "resolved_fallback", _resolve_fallback(self.fallback_expert, expert_map))

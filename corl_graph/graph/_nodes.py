@@ -96,7 +96,9 @@ async def think(
             action = chosen or fallback_action(view, router, terminal=stop is not None)
             record = StepRecord(view.step, action.kind, _detail(action), decision.raw, error,
                                 fallback=chosen is None)
-        router.tracer.record_decision(span, record)
+        router.tracer.record_decision(
+            span, record, expert=action.expert if isinstance(action, CallExpert) else None
+        )
     delta.update(
         pending=action,
         steps=[record],

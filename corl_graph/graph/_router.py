@@ -113,6 +113,9 @@ class Router:
                 calls=result.expert_calls,
                 stop_reason=result.stop_reason,
                 remaining_usd=max(tier_obj.max_usd_per_query - result.cost_usd, 0.0),
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                answer=result.answer,
             )
         if self._sink is not None:
             await self._sink(result.trajectory)

@@ -1,4 +1,4 @@
-"""Spans for routed queries, graph steps and expert calls, with tokens and dollars.
+"""Spans and metrics for routed queries, graph steps and expert calls, with tokens and dollars.
 
     invoke_agent corl_router          (INTERNAL, one per query; AGENT for Phoenix)
     ├── corl.step think               (one per graph step; event corl.decision)
@@ -6,28 +6,56 @@
     │   └── chat gpt-4o-mini          (CLIENT; gen_ai.* usage, gen_ai.usage.cost, llm.cost.total)
     └── corl.step answer
 
-Message contents are recorded only with ``record_content=True``; nothing else that a caller
-passes in (keys, headers) is ever put on a span.
+Dollars sit on the CLIENT spans only (``gen_ai.usage.cost`` for Langfuse, ``llm.cost.total``
+for Phoenix); the query span carries its totals as ``corl.cost.total_usd`` so that backends
+summing cost over a trace do not count it twice.
+
+Message contents are recorded only with ``record_content=True``; free text that could quote a
+credential (error messages, exceptions) is scrubbed by ``redact``; nothing else that a caller
+passes in (keys, headers, base URLs) is ever put on a span.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
 
 from corl_graph.protocol import ExpertCall, StepRecord
 from corl_graph.tracing import _attributes as A
+from corl_graph.tracing._metrics import RouterMetrics
+from corl_graph.tracing._redact import redact
 
 __all__ = ["RouterTracer"]
 
 _SCOPE = "corl_graph"
 
 
+@dataclass(frozen=True, slots=True)
+class _CallInfo:
+    """What ``record_expert_call`` needs from ``expert_span`` for the metrics."""
+
+    model: str
+    provider: str
+    tier: str
+    tenant: str
+
+
+# Set inside expert_span. A context variable, not a field, because one tracer serves many
+# concurrent queries and, without an SDK provider, every span is the same no-op object.
+_current_call: ContextVar[_CallInfo | None] = ContextVar("corl_current_call", default=None)
+
+
 class RouterTracer:
-    """Creates corl_graph's spans on ``tracer_provider`` (the global provider by default).
+    """Creates corl_graph's spans on ``tracer_provider`` and its metrics on ``meter_provider``
+    (the global providers by default, which are no-ops until an application configures them).
 
     >>> from opentelemetry.sdk.trace import TracerProvider
     >>> t = RouterTracer(TracerProvider())
@@ -37,48 +65,75 @@ class RouterTracer:
     """
 
     def __init__(
-        self, tracer_provider: TracerProvider | None = None, *, record_content: bool = False
+        self,
+        tracer_provider: TracerProvider | None = None,
+        *,
+        record_content: bool = False,
+        meter_provider: MeterProvider | None = None,
     ):
         self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        self.metrics = RouterMetrics(meter_provider)
         self.record_content = record_content
+
+    @contextmanager
+    def _span(
+        self, name: str, kind: SpanKind, attributes: Mapping[str, AttributeValue]
+    ) -> Iterator[Span]:
+        # The SDK would record an escaping exception's message verbatim; messages can quote
+        # credentials, so exceptions are recorded here, scrubbed.
+        with self._tracer.start_as_current_span(
+            name, kind=kind, attributes=attributes,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as exc:
+                if span.is_recording():
+                    message = redact(str(exc))
+                    span.add_event("exception", {
+                        "exception.type": type(exc).__qualname__, "exception.message": message,
+                    })
+                    span.set_attribute(A.GEN_AI_ERROR_TYPE, type(exc).__qualname__)
+                    span.set_status(Status(StatusCode.ERROR, message))
+                raise
 
     @contextmanager
     def query_span(
         self, query_id: str, *, tier: str, tenant: str, policy: str, query: str | None = None
     ) -> Iterator[Span]:
-        with self._tracer.start_as_current_span(
-            "invoke_agent corl_router",
-            kind=SpanKind.INTERNAL,
-            attributes={
-                A.GEN_AI_OPERATION: "invoke_agent",
-                "gen_ai.agent.name": "corl_router",
-                A.OPENINFERENCE_KIND: "AGENT",
-                A.BUDGET_TIER: tier,
-                A.TENANT: tenant,
-                "corl.query_id": query_id,
-                "corl.policy": policy,
-            },
-        ) as span:
+        """One span per routed query; every step and call of the query is inside it."""
+        with self._span("invoke_agent corl_router", SpanKind.INTERNAL, {
+            A.GEN_AI_OPERATION: "invoke_agent",
+            "gen_ai.agent.name": "corl_router",
+            A.OPENINFERENCE_KIND: "AGENT",
+            A.BUDGET_TIER: tier,
+            A.TENANT: tenant,
+            "corl.query_id": query_id,
+            "corl.policy": policy,
+        }) as span:
             if self.record_content and query is not None:
-                span.set_attribute("input.value", query)
+                _set_input(span, query)
             yield span
 
     @contextmanager
     def step_span(self, node: str, step: int) -> Iterator[Span]:
-        with self._tracer.start_as_current_span(
-            f"corl.step {node}",
-            attributes={"corl.step.node": node, "corl.step.index": step, A.OPENINFERENCE_KIND: "CHAIN"},
-        ) as span:
+        """One span per graph step (node execution)."""
+        with self._span(f"corl.step {node}", SpanKind.INTERNAL, {
+            "corl.step.node": node, "corl.step.index": step, A.OPENINFERENCE_KIND: "CHAIN",
+        }) as span:
             yield span
 
-    def record_decision(self, span: Span, step: StepRecord) -> None:
-        attributes: dict[str, str | int | bool] = {
+    def record_decision(self, span: Span, step: StepRecord, *, expert: str | None = None) -> None:
+        """The controller's decision as a ``corl.decision`` event on the step span."""
+        attributes: dict[str, AttributeValue] = {
             "corl.action": step.action,
             "corl.step.index": step.index,
             "corl.fallback": step.fallback,
         }
+        if expert is not None:
+            attributes[A.EXPERT] = expert
         if step.format_error:
-            attributes["corl.format_error"] = step.format_error
+            attributes["corl.format_error"] = redact(step.format_error)
         if self.record_content and step.detail:
             attributes["corl.action.detail"] = step.detail
         span.add_event("corl.decision", attributes)
@@ -95,68 +150,118 @@ class RouterTracer:
         tenant: str,
         subquery: str,
     ) -> Iterator[Span]:
-        with self._tracer.start_as_current_span(
-            f"chat {model}",
-            kind=SpanKind.CLIENT,
-            attributes={
+        """The CLIENT span of one expert call (all its attempts), named ``chat {model}``."""
+        token = _current_call.set(_CallInfo(model, provider, tier, tenant))
+        try:
+            with self._span(f"chat {model}", SpanKind.CLIENT, {
                 A.GEN_AI_OPERATION: "chat",
                 A.GEN_AI_PROVIDER: provider,
                 A.GEN_AI_REQUEST_MODEL: model,
                 A.GEN_AI_REQUEST_MAX_TOKENS: max_tokens,
                 A.OPENINFERENCE_KIND: "LLM",
                 "llm.model_name": model,
-                "corl.expert": expert,
+                "llm.provider": provider,
+                A.EXPERT: expert,
                 A.BUDGET_TIER: tier,
                 A.TENANT: tenant,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            if self.record_content:
-                span.set_attribute("input.value", subquery)
-            yield span
+            }) as span:
+                if self.record_content:
+                    _set_input(span, subquery)
+                yield span
+        finally:
+            _current_call.reset(token)
 
     def record_expert_call(
-        self, span: Span, call: ExpertCall, *, remaining_usd: float, response_model: str | None
+        self,
+        span: Span,
+        call: ExpertCall,
+        *,
+        remaining_usd: float,
+        response_model: str | None,
+        finish_reason: str | None = None,
     ) -> None:
-        total = call.input_tokens + call.output_tokens
-        span.set_attributes(
-            {
-                A.GEN_AI_INPUT_TOKENS: call.input_tokens,
-                A.GEN_AI_OUTPUT_TOKENS: call.output_tokens,
-                A.LLM_TOKENS_PROMPT: call.input_tokens,
-                A.LLM_TOKENS_COMPLETION: call.output_tokens,
-                A.LLM_TOKENS_TOTAL: total,
-                A.GEN_AI_COST: call.cost_usd,
-                A.LLM_COST_TOTAL: call.cost_usd,
-                A.COST_ESTIMATED: call.estimated,
-                A.COST_RESERVED: call.reserved_usd,
-                A.BUDGET_REMAINING: remaining_usd,
-                "corl.call.status": call.status,
-                "corl.call.attempts": call.attempts,
-            }
-        )
+        """Usage, dollars and outcome of a call, on its span and in the metrics."""
+        info = _current_call.get()
+        if info is not None:
+            self.metrics.record_call(
+                call, model=info.model, provider=info.provider, response_model=response_model,
+                tier=info.tier, tenant=info.tenant,
+            )
+        if not span.is_recording():
+            return
+        span.set_attributes(_usage_attributes(call, remaining_usd))
         if response_model:
             span.set_attribute(A.GEN_AI_RESPONSE_MODEL, response_model)
-        if call.status == "ok":
-            span.set_attribute(A.GEN_AI_FINISH_REASONS, ["stop"])
+        if call.status in ("ok", "truncated"):
+            default = "stop" if call.status == "ok" else "length"
+            span.set_attribute(A.GEN_AI_FINISH_REASONS, [finish_reason or default])
             if self.record_content:
-                span.set_attribute("output.value", call.text)
-        elif call.status == "truncated":
-            span.set_attribute(A.GEN_AI_FINISH_REASONS, ["length"])
+                _set_output(span, call.text, finish_reason or default)
         else:
+            # error.type is a low-cardinality class of failure, the message goes in the status.
             span.set_attribute(A.GEN_AI_ERROR_TYPE, call.status)
-            span.set_status(Status(StatusCode.ERROR, call.error or call.status))
+            span.set_status(Status(StatusCode.ERROR, redact(call.error or call.status)))
 
     def record_result(
-        self, span: Span, *, cost_usd: float, calls: int, stop_reason: str, remaining_usd: float
+        self,
+        span: Span,
+        *,
+        cost_usd: float,
+        calls: int,
+        stop_reason: str,
+        remaining_usd: float,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        answer: str | None = None,
     ) -> None:
-        span.set_attributes(
-            {
-                A.GEN_AI_COST: cost_usd,
-                A.LLM_COST_TOTAL: cost_usd,
-                A.BUDGET_REMAINING: remaining_usd,
-                "corl.expert_calls": calls,
-                "corl.stop_reason": stop_reason,
-            }
-        )
+        """Totals of a finished query, on its query span."""
+        span.set_attributes({
+            A.COST_TOTAL: cost_usd,
+            A.USAGE_INPUT_TOTAL: input_tokens,
+            A.USAGE_OUTPUT_TOTAL: output_tokens,
+            A.BUDGET_REMAINING: remaining_usd,
+            "corl.expert_calls": calls,
+            "corl.stop_reason": stop_reason,
+        })
+        if self.record_content and answer is not None:
+            _set_output(span, answer, "stop")
+
+
+def _usage_attributes(call: ExpertCall, remaining_usd: float) -> dict[str, AttributeValue]:
+    return {
+        A.GEN_AI_INPUT_TOKENS: call.input_tokens,
+        A.GEN_AI_OUTPUT_TOKENS: call.output_tokens,
+        A.LLM_TOKENS_PROMPT: call.input_tokens,
+        A.LLM_TOKENS_COMPLETION: call.output_tokens,
+        A.LLM_TOKENS_TOTAL: call.input_tokens + call.output_tokens,
+        A.GEN_AI_COST: call.cost_usd,
+        A.LLM_COST_TOTAL: call.cost_usd,
+        A.COST_ESTIMATED: call.estimated,
+        A.COST_RESERVED: call.reserved_usd,
+        A.BUDGET_REMAINING: remaining_usd,
+        A.CALL_STATUS: call.status,
+        A.CALL_ATTEMPTS: call.attempts,
+    }
+
+
+def _set_input(span: Span, text: str) -> None:
+    """Opt-in content in both vocabularies: OpenInference for Phoenix, GenAI for the rest."""
+    span.set_attributes({
+        "input.value": text,
+        "input.mime_type": "text/plain",
+        A.GEN_AI_INPUT_MESSAGES: json.dumps(
+            [{"role": "user", "parts": [{"type": "text", "content": text}]}]
+        ),
+    })
+
+
+def _set_output(span: Span, text: str, finish_reason: str) -> None:
+    span.set_attributes({
+        "output.value": text,
+        "output.mime_type": "text/plain",
+        A.GEN_AI_OUTPUT_MESSAGES: json.dumps([{
+            "role": "assistant",
+            "parts": [{"type": "text", "content": text}],
+            "finish_reason": finish_reason,
+        }]),
+    })
