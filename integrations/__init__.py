@@ -21,6 +21,11 @@ from corl_graph.integrations._server_config import (
 )
 from corl_graph.integrations._subgraph import router_node
 from corl_graph.integrations._tracking import TrackingLedger
+from corl_graph.integrations._vllm import (
+    ControllerEndpointCheck,
+    check_controller_endpoint,
+    vllm_serve_command,
+)
 
 if TYPE_CHECKING:
     from corl_graph.integrations._server import create_app
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORLChatModel",
+    "ControllerEndpointCheck",
     "OpenAIExpertConfig",
     "PolicyConfig",
     "ReplayExpertConfig",
@@ -36,11 +42,13 @@ __all__ = [
     "TenantConfig",
     "TierConfig",
     "TrackingLedger",
+    "check_controller_endpoint",
     "create_app",
     "messages_to_query",
     "open_checkpointer",
     "router_node",
     "router_serde",
+    "vllm_serve_command",
 ]
 
 # Names whose modules import FastAPI / uvicorn: loaded on first use.

@@ -21,8 +21,16 @@ class LLMPolicy:
 
     Each step sends the whole transcript (system prompt with expert descriptors, the budget
     token and query, then the controller's turns and the observations) and parses the reply.
-    Log-probs and token ids are kept when the endpoint returns them (vLLM does with
-    ``logprobs=True`` and ``return_token_ids``), so runs can be trained on.
+
+    Token ids and log-probs of what the controller wrote are kept, so runs can be trained
+    on. ChatOpenAI (langchain-openai 1.7) keeps ``logprobs`` in ``response_metadata`` but
+    drops vLLM's ``token_ids`` / ``prompt_token_ids``; so for a ChatOpenAI pointed at a
+    ``base_url`` (vLLM) the policy asks vLLM for ``logprobs`` with
+    ``return_tokens_as_token_ids``, which names every sampled token ``"token_id:N"`` in the
+    log-probs, one entry per token: ids and log-probs come back aligned by construction.
+    ChatOpenAI without a ``base_url`` (api.openai.com rejects vLLM's extra fields) is left
+    as it is, and so is any other chat model; ``response_metadata["token_ids"]`` is used
+    when a model puts them there.
 
     >>> from langchain_core.language_models import FakeListChatModel
     >>> p = LLMPolicy(FakeListChatModel(responses=["<answer>4</answer>"]), name="fake")
@@ -45,8 +53,8 @@ class LLMPolicy:
         self.name = name or f"llm({getattr(model, 'model_name', None) or type(model).__name__})"
         self.timeout_s = timeout_s
         self._model: Any = model
-        if capture_logprobs and "logprobs" in type(model).model_fields:
-            self._model = model.bind(logprobs=True, extra_body={"return_token_ids": True})
+        if capture_logprobs and _is_vllm_like(model):
+            self._model = model.bind(logprobs=True, extra_body=_VLLM_CAPTURE)
 
     def messages(self, view: PolicyView) -> list[BaseMessage]:
         """The chat the controller sees at this step."""
@@ -55,7 +63,8 @@ class LLMPolicy:
             HumanMessage(render_user_prompt(view.query, view.tier.name, view.remaining_usd)),
         ]
         for turn in view.transcript:
-            out.append(AIMessage(turn.text) if turn.role == "controller" else HumanMessage(turn.text))
+            is_controller = turn.role == "controller"
+            out.append(AIMessage(turn.text) if is_controller else HumanMessage(turn.text))
         return out
 
     async def decide(self, view: PolicyView) -> Decision:
@@ -63,9 +72,11 @@ class LLMPolicy:
         try:
             reply = await asyncio.wait_for(self._model.ainvoke(messages), self.timeout_s)
         except TimeoutError as exc:
-            raise PolicyError(f"controller {self.name} did not answer in {self.timeout_s}s") from exc
+            msg = f"controller {self.name} did not answer in {self.timeout_s}s"
+            raise PolicyError(msg) from exc
         except Exception as exc:  # any transport or server failure of the endpoint
-            raise PolicyError(f"controller {self.name} failed: {type(exc).__name__}: {exc}") from exc
+            msg = f"controller {self.name} failed: {type(exc).__name__}: {exc}"
+            raise PolicyError(msg) from exc
         text = reply.content if isinstance(reply.content, str) else str(reply.content)
         parsed = parse_action(text, experts=[e.name for e in view.experts])
         return Decision(
@@ -77,20 +88,49 @@ class LLMPolicy:
 
 
 def _context_delta(view: PolicyView, messages: list[BaseMessage]) -> list[Segment]:
-    """The context that is new at this step: the whole prompt first, then the latest observation."""
+    """The context that is new at this step: the whole prompt first, then the latest
+    observation."""
     if view.step == 0 or not view.transcript:
-        return [Segment("system", str(messages[0].content)), Segment("prompt", str(messages[1].content))]
+        system, prompt = str(messages[0].content), str(messages[1].content)
+        return [Segment("system", system), Segment("prompt", prompt)]
     last = view.transcript[-1]
     return [Segment("observation", last.text)] if last.role == "observation" else []
 
 
+# vLLM request fields: log-probs name tokens "token_id:N"; return_token_ids adds the ids of
+# prompt and reply to the response (kept by raw clients, dropped by ChatOpenAI).
+_VLLM_CAPTURE = {"return_tokens_as_token_ids": True, "return_token_ids": True}
+_TOKEN_ID_PREFIX = "token_id:"
+
+
+def _is_vllm_like(model: BaseChatModel) -> bool:
+    """A ChatOpenAI-style model pointed at a self-hosted OpenAI-compatible server."""
+    fields = type(model).model_fields
+    return "logprobs" in fields and bool(getattr(model, "openai_api_base", None))
+
+
 def _generated(reply: BaseMessage, text: str) -> Segment:
+    """The controller's segment, with token ids and log-probs when the endpoint sent them."""
     meta: dict[str, Any] = getattr(reply, "response_metadata", {}) or {}
     content = (meta.get("logprobs") or {}).get("content") or []
     logprobs = tuple(float(t["logprob"]) for t in content if "logprob" in t)
-    token_ids = tuple(int(t) for t in (meta.get("token_ids") or ()))
-    if token_ids and len(token_ids) != len(logprobs):
-        logprobs = ()
+    token_ids = _ids_from_logprobs(content)
     if not token_ids:
-        logprobs = ()
+        token_ids = tuple(int(t) for t in (meta.get("token_ids") or ()))
+    if len(token_ids) != len(logprobs):
+        logprobs = ()  # unaligned log-probs would train the wrong tokens
     return Segment("controller", text, token_ids, logprobs)
+
+
+def _ids_from_logprobs(content: list[dict[str, Any]]) -> tuple[int, ...]:
+    """Ids from vLLM's ``"token_id:N"`` names; () unless every entry carries one."""
+    ids: list[int] = []
+    for entry in content:
+        token = entry.get("token")
+        if not isinstance(token, str) or not token.startswith(_TOKEN_ID_PREFIX):
+            return ()
+        try:
+            ids.append(int(token[len(_TOKEN_ID_PREFIX):]))
+        except ValueError:
+            return ()
+    return tuple(ids)
