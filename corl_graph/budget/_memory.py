@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from corl_graph._exceptions import ConfigError, UnknownTenantError
 from corl_graph.budget._caps import check_caps
@@ -22,6 +22,40 @@ from corl_graph.budget._ledger import (
 from corl_graph.budget._tiers import TenantBudget, period_key
 
 __all__ = ["InMemoryLedger"]
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Running spend of one query or one tenant period, kept up to date on every transition so
+    that a reservation costs O(1) however many came before it."""
+
+    settled: float = 0.0
+    held: float = 0.0
+    expired: float = 0.0
+    calls: int = 0
+    tokens: int = 0
+    n_held: int = 0
+    n_expired: int = 0
+
+    def move(self, amount: float, *, src: str | None, dst: str | None) -> None:
+        """Move a reservation's amount between the held and expired buckets (None = outside).
+
+        Sums of floats drift in the last bits; a bucket that empties is reset to exactly 0."""
+        if src == "held":
+            self.n_held -= 1
+            self.held = self.held - amount if self.n_held else 0.0
+        elif src == "expired":
+            self.n_expired -= 1
+            self.expired = self.expired - amount if self.n_expired else 0.0
+        if dst == "held":
+            self.n_held += 1
+            self.held += amount
+        elif dst == "expired":
+            self.n_expired += 1
+            self.expired += amount
+
+    def summary(self) -> SpendSummary:
+        return SpendSummary(self.settled, self.held, self.expired, self.calls, self.tokens)
 
 
 class InMemoryLedger:
@@ -50,8 +84,9 @@ class InMemoryLedger:
         self._lock = threading.Lock()
         self._tenants: dict[str, TenantBudget] = {}
         self._reservations: dict[str, Reservation] = {}
-        self._charged: dict[str, float] = {}  # settled cost per reservation id
         self._tokens: dict[str, int] = {}  # worst case while held, real once settled
+        self._by_query: dict[str, _Tally] = {}
+        self._by_tenant: dict[tuple[str, str], _Tally] = {}
         self._audit: list[AuditEntry] = []
 
     async def set_tenant(self, budget: TenantBudget) -> None:
@@ -69,21 +104,11 @@ class InMemoryLedger:
             )
         return replace(self._default, tenant=tenant)
 
-    def _summary(self, keep: Callable[[Reservation], bool]) -> SpendSummary:
-        settled = held = expired = 0.0
-        calls = tokens = 0
-        for r in self._reservations.values():
-            if not keep(r) or r.status == "released":
-                continue
-            calls += 1
-            tokens += self._tokens[r.id]
-            if r.status == "settled":
-                settled += self._charged[r.id]
-            elif r.status == "held":
-                held += r.amount_usd
-            else:
-                expired += r.amount_usd
-        return SpendSummary(settled, held, expired, calls, tokens)
+    def _tallies(self, r: Reservation) -> tuple[_Tally, _Tally]:
+        return (
+            self._by_query.setdefault(r.query_id, _Tally()),
+            self._by_tenant.setdefault((r.tenant, r.period), _Tally()),
+        )
 
     def _log(
         self,
@@ -134,20 +159,19 @@ class InMemoryLedger:
                 expires_at=now + request.lease_s,
                 period=period,
             )
+            query, tenant = self._tallies(candidate)
             try:
-                check_caps(
-                    request,
-                    query=self._summary(lambda r: r.query_id == request.query_id),
-                    tenant=self._summary(
-                        lambda r: r.tenant == request.tenant and r.period == period
-                    ),
-                    budget=budget,
-                )
+                check_caps(request, query=query.summary(), tenant=tenant.summary(), budget=budget)
             except Exception as exc:
                 self._log("denied", candidate, detail=str(exc))
                 raise
             self._reservations[rid] = candidate
-            self._tokens[rid] = request.input_tokens + request.max_output_tokens
+            worst_tokens = request.input_tokens + request.max_output_tokens
+            self._tokens[rid] = worst_tokens
+            for tally in (query, tenant):
+                tally.move(request.amount_usd, src=None, dst="held")
+                tally.calls += 1
+                tally.tokens += worst_tokens
             self._log("reserved", candidate, input_tokens=request.input_tokens)
             return candidate
 
@@ -164,8 +188,12 @@ class InMemoryLedger:
                 return r
             settled = replace(r, status="settled")
             self._reservations[r.id] = settled
-            self._charged[r.id] = usage.cost_usd
-            self._tokens[r.id] = usage.input_tokens + usage.output_tokens
+            real_tokens = usage.input_tokens + usage.output_tokens
+            for tally in self._tallies(r):
+                tally.move(r.amount_usd, src=r.status, dst=None)
+                tally.settled += usage.cost_usd
+                tally.tokens += real_tokens - self._tokens[r.id]
+            self._tokens[r.id] = real_tokens
             self._log(
                 "settled",
                 settled,
@@ -185,17 +213,21 @@ class InMemoryLedger:
                 return r
             released = replace(r, status="released")
             self._reservations[r.id] = released
+            for tally in self._tallies(r):
+                tally.move(r.amount_usd, src=r.status, dst=None)
+                tally.calls -= 1
+                tally.tokens -= self._tokens[r.id]
             self._log("released", released, amount_usd=0.0)
             return released
 
     async def query_spend(self, query_id: str) -> SpendSummary:
         with self._lock:
-            return self._summary(lambda r: r.query_id == query_id)
+            return self._by_query.get(query_id, _Tally()).summary()
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
         with self._lock:
             period = period_key(self._budget(tenant).period, self._clock() if at is None else at)
-            return self._summary(lambda r: r.tenant == tenant and r.period == period)
+            return self._by_tenant.get((tenant, period), _Tally()).summary()
 
     async def reconcile(self, *, now: float | None = None) -> ReconcileReport:
         now = self._clock() if now is None else now
@@ -206,6 +238,8 @@ class InMemoryLedger:
                 if r.status == "held" and r.expires_at <= now:
                     gone = replace(r, status="expired")
                     self._reservations[r.id] = gone
+                    for tally in self._tallies(r):
+                        tally.move(r.amount_usd, src="held", dst="expired")
                     self._log("expired", gone, detail="lease ran out; charged at reserved amount")
                     expired.append(r.id)
                     total += r.amount_usd
