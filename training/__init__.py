@@ -1,1 +1,97 @@
-"""Training: trajectories to PPO / GRPO updates of the controller (imported as corl_graph.training)."""
+"""Training (imported as ``corl_graph.training``): graph trajectories to PPO updates of the
+controller, with expert tokens masked out of the loss, in one process or under FSDP2.
+
+>>> from corl_graph.training import PPOConfig, corl_reward
+>>> corl_reward(1.0, cost_usd=0.001, budget_usd=0.002)
+1.0
+"""
+
+from corl_graph.training._checkpoint import load_training_state, save_checkpoint
+from corl_graph.training._config import Algo, MixedPrecision, PPOConfig
+from corl_graph.training._fsdp import DistInfo, init_distributed
+from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._model import ActorCritic
+from corl_graph.training._ppo_losses import (
+    KLEstimator,
+    compute_gae,
+    entropy_from_logits,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from corl_graph.training._rewards import (
+    RewardBreakdown,
+    RewardFn,
+    RewardKind,
+    corl_reward,
+    format_penalty,
+    graded_reward,
+    make_reward,
+)
+from corl_graph.training._rollout import (
+    Episode,
+    QuerySpec,
+    RolloutBatch,
+    build_batch,
+    collect,
+    load_queries,
+)
+from corl_graph.training._tiny import CHATML_TEMPLATE, PROTOCOL_TOKENS, tiny_llama, tiny_tokenizer
+from corl_graph.training._trainer import PPOTrainer, episode_metrics
+from corl_graph.training._verifiers import (
+    Verifier,
+    VerifierKind,
+    exact_match,
+    make_verifier,
+    math_match,
+)
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "PROTOCOL_TOKENS",
+    "ActorCritic",
+    "Algo",
+    "DistInfo",
+    "Episode",
+    "HFPolicy",
+    "KLEstimator",
+    "MixedPrecision",
+    "PPOConfig",
+    "PPOTrainer",
+    "QuerySpec",
+    "RewardBreakdown",
+    "RewardFn",
+    "RewardKind",
+    "RolloutBatch",
+    "Verifier",
+    "VerifierKind",
+    "build_batch",
+    "collect",
+    "compute_gae",
+    "corl_reward",
+    "entropy_from_logits",
+    "episode_metrics",
+    "exact_match",
+    "format_penalty",
+    "graded_reward",
+    "init_distributed",
+    "kl_penalty",
+    "load_queries",
+    "load_training_state",
+    "logprobs_from_logits",
+    "make_reward",
+    "make_verifier",
+    "masked_mean",
+    "masked_whiten",
+    "math_match",
+    "policy_loss",
+    "save_checkpoint",
+    "tiny_llama",
+    "tiny_tokenizer",
+    "token_rewards",
+    "value_loss",
+]

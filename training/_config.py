@@ -1,0 +1,148 @@
+"""PPOConfig: the one typed configuration of the PPO trainer, validated at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from corl_graph.training._ppo_losses import KLEstimator
+from corl_graph.training._rewards import RewardKind
+from corl_graph.training._verifiers import VerifierKind
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget import BudgetTier, TierSet, default_tiers
+
+__all__ = ["Algo", "MixedPrecision", "PPOConfig"]
+
+Algo = Literal["ppo"]  # "grpo" joins when its issue lands
+MixedPrecision = Literal["no", "bf16", "fp16"]
+
+
+def _default_tiers() -> tuple[BudgetTier, ...]:
+    return tuple(default_tiers().values())
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Everything one PPO run needs. Errors raised here say which field to change and how.
+
+    Batch sizes are global (over all ranks): each iteration rolls out ``episodes_per_iter``
+    graph runs, then makes ``ppo_epochs`` passes over them in minibatches of
+    ``minibatch_size`` sequences.
+
+    >>> PPOConfig(model="ckpt", output_dir="out", table="t.jsonl.gz", experts=("a",)).algo
+    'ppo'
+    """
+
+    model: str
+    output_dir: str
+    table: str
+    experts: tuple[str, ...]
+    tiers: tuple[BudgetTier, ...] = field(default_factory=_default_tiers)
+    algo: Algo = "ppo"
+    split: Literal["train", "test"] = "train"
+    max_queries: int | None = None
+    query_field: Literal["prompt", "question"] = "prompt"
+    # schedule
+    iterations: int = 100
+    episodes_per_iter: int = 32
+    minibatch_size: int = 16
+    ppo_epochs: int = 2
+    learning_rate: float = 1e-5
+    value_learning_rate: float | None = None
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    # PPO
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip: float = 0.2
+    value_clip: float | None = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    kl_coef: float = 0.02
+    kl_estimator: KLEstimator = "k1"
+    whiten_advantages: bool = True
+    # rollouts
+    max_steps: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    max_seq_len: int = 2048
+    # reward
+    reward: RewardKind = "corl"
+    reward_alpha: float = 0.3
+    format_penalty: float = 0.1
+    verifier: VerifierKind = "exact"
+    # distributed and memory
+    fsdp: bool | None = None
+    mixed_precision: MixedPrecision = "no"
+    cpu_offload: bool = False
+    gradient_checkpointing: bool = False
+    # output
+    save_every: int = 0
+    resume_from: str | None = None
+    metrics_file: str | None = None
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_positive()
+        if not self.experts:
+            raise ConfigError("PPOConfig.experts is empty: name at least one model of the table")
+        if not self.tiers:
+            raise ConfigError("PPOConfig.tiers is empty: give at least one BudgetTier")
+        TierSet(self.tiers)  # raises ConfigError on duplicate names
+        if self.algo != "ppo":
+            raise ConfigError(f"algo {self.algo!r} is not available yet; use algo='ppo'")
+        if self.episodes_per_iter % self.minibatch_size:
+            raise ConfigError(
+                f"episodes_per_iter ({self.episodes_per_iter}) must be a multiple of "
+                f"minibatch_size ({self.minibatch_size}); e.g. set minibatch_size to "
+                f"{math.gcd(self.episodes_per_iter, self.minibatch_size)}"
+            )
+        for name, lo, hi in (("gamma", 0, 1), ("lam", 0, 1), ("reward_alpha", 0, 1)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        if self.cpu_offload and self.fsdp is False:
+            raise ConfigError("cpu_offload needs FSDP: set fsdp=True (or leave it None)")
+        if self.mixed_precision != "no" and self.fsdp is False:
+            raise ConfigError("mixed_precision needs FSDP: set fsdp=True (or leave it None)")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+
+    def _check_positive(self) -> None:
+        for name in (
+            "iterations",
+            "episodes_per_iter",
+            "minibatch_size",
+            "ppo_epochs",
+            "max_steps",
+            "max_new_tokens",
+            "max_seq_len",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "temperature", "clip", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("kl_coef", "ent_coef", "vf_coef", "format_penalty", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise ConfigError("save_every must be >= 0 (0 = only at the end)")
+
+    @property
+    def tier_set(self) -> TierSet:
+        return TierSet(self.tiers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (saved beside every checkpoint)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
+        d = dict(data)
+        d["tiers"] = tuple(BudgetTier(**t) for t in d.get("tiers", ()))
+        d["experts"] = tuple(d.get("experts", ()))
+        return cls(**d)

@@ -1,0 +1,119 @@
+"""Rewards as plain functions of (correctness, cost, budget): CORL's gate, Router-R1's grade.
+
+``RewardFn`` turns a finished trajectory into a ``RewardBreakdown``; ``make_reward`` builds
+one from a verifier and the choices in ``PPOConfig``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from corl_graph.training._verifiers import Verifier
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget import BudgetTier
+from corl_graph.trajectories import Trajectory
+
+__all__ = [
+    "RewardBreakdown",
+    "RewardFn",
+    "RewardKind",
+    "corl_reward",
+    "format_penalty",
+    "graded_reward",
+    "make_reward",
+]
+
+RewardKind = Literal["corl", "graded"]
+
+
+def corl_reward(correct: float, cost_usd: float, budget_usd: float) -> float:
+    """CORL: ``r = correct * 1[cost <= B_tier]``; over budget earns nothing.
+
+    >>> corl_reward(1.0, 0.004, 0.01), corl_reward(1.0, 0.02, 0.01)
+    (1.0, 0.0)
+    """
+    return float(correct) if cost_usd <= budget_usd else 0.0
+
+
+def graded_reward(
+    correct: float, cost_usd: float, budget_usd: float, *, alpha: float = 0.3
+) -> float:
+    """Router-R1's graded variant: ``correct * (1 - a) + a * cost_score``.
+
+    ``cost_score = 1 - cost / B_tier`` (clipped to [0, 1]): the share of the tier's budget
+    left unspent, so the same dollar weighs more in a low tier than in a high one.
+
+    >>> graded_reward(1.0, 0.0, 0.01, alpha=0.2), graded_reward(0.0, 0.005, 0.01, alpha=0.2)
+    (1.0, 0.1)
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"graded_reward alpha must be in [0, 1], got {alpha}")
+    if budget_usd > 0:
+        cost_score = 1.0 - min(max(cost_usd / budget_usd, 0.0), 1.0)
+    else:
+        cost_score = 1.0 if cost_usd <= 0 else 0.0
+    return float(correct) * (1.0 - alpha) + alpha * cost_score
+
+
+def format_penalty(format_errors: int, *, per_error: float = 0.1, cap: float = 0.5) -> float:
+    """A non-positive penalty for malformed controller turns (the graph fell back).
+
+    >>> format_penalty(0), format_penalty(2), format_penalty(10)
+    (0.0, -0.2, -0.5)
+    """
+    return -min(per_error * max(format_errors, 0), cap)
+
+
+@dataclass(frozen=True, slots=True)
+class RewardBreakdown:
+    """The scalar reward and what it was made of (logged per tier)."""
+
+    reward: float
+    correct: float
+    cost_usd: float
+    format_penalty: float
+    within_budget: bool
+
+
+RewardFn = Callable[[Trajectory, "str | None", BudgetTier], RewardBreakdown]
+
+
+def make_reward(
+    verifier: Verifier,
+    *,
+    kind: RewardKind = "corl",
+    alpha: float = 0.3,
+    per_format_error: float = 0.1,
+    format_cap: float = 0.5,
+) -> RewardFn:
+    """A reward function: verify the answer against the reference, then gate or grade by
+    cost, then add the format penalty.
+
+    >>> from corl_graph.budget import BudgetTier
+    >>> from corl_graph.training import exact_match
+    >>> fn = make_reward(exact_match)
+    >>> fn(Trajectory("q", "low", "t", "q1", answer="4"), "4.0", BudgetTier("low", 0.01)).reward
+    1.0
+    """
+    if kind not in ("corl", "graded"):
+        raise ConfigError(f"reward kind must be 'corl' or 'graded', got {kind!r}")
+
+    def reward(trajectory: Trajectory, reference: str | None, tier: BudgetTier) -> RewardBreakdown:
+        answer = trajectory.answer
+        correct = verifier(answer, reference) if answer and reference is not None else 0.0
+        budget = tier.max_usd_per_query
+        if kind == "corl":
+            base = corl_reward(correct, trajectory.cost_usd, budget)
+        else:
+            base = graded_reward(correct, trajectory.cost_usd, budget, alpha=alpha)
+        penalty = format_penalty(
+            len(trajectory.format_errors), per_error=per_format_error, cap=format_cap
+        )
+        return RewardBreakdown(
+            base + penalty, correct, trajectory.cost_usd, penalty, trajectory.cost_usd <= budget
+        )
+
+    return reward

@@ -1,0 +1,391 @@
+"""PPOTrainer: rollouts through the routing graph, then clipped-PPO updates with a value head,
+GAE over controller tokens only and a KL penalty to a frozen reference, under FSDP2 or not.
+
+One iteration::
+
+    sync weights → rollout (HFPolicy in the Router, tiers drawn per episode) → rewards
+      → old log-probs / values / reference log-probs (no grad) → KL-shaped token rewards
+      → GAE over the action mask → ppo_epochs x minibatches of clipped losses → AdamW step
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from corl_graph.training._checkpoint import load_training_state, save_checkpoint
+from corl_graph.training._config import PPOConfig
+from corl_graph.training._fsdp import all_reduce_sum, init_distributed, shard, unwrapped_state_dict
+from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._metrics import MetricsWriter
+from corl_graph.training._model import ActorCritic
+from corl_graph.training._ppo_losses import (
+    compute_gae,
+    entropy_from_logits,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from corl_graph.training._rewards import RewardFn, make_reward
+from corl_graph.training._rollout import (
+    Episode,
+    QuerySpec,
+    RolloutBatch,
+    build_batch,
+    collect,
+    load_queries,
+)
+from corl_graph.training._verifiers import make_verifier
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.experts import Expert, OutcomeTable, ReplayExpert
+from corl_graph.graph import Router, RouterConfig
+
+__all__ = ["PPOTrainer"]
+
+
+class PPOTrainer:
+    """Train an ``HFPolicy`` controller with PPO on graph runs. Works alone or under torchrun.
+
+    Everything comes from ``config``; tests and benchmarks may inject the model, tokenizer,
+    experts, queries or reward function instead.
+    """
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        *,
+        lm: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        experts: Sequence[Expert] | None = None,
+        queries: Sequence[QuerySpec] | None = None,
+        reward_fn: RewardFn | None = None,
+    ):
+        self.config = config
+        self.info = init_distributed(config)
+        torch.manual_seed(config.seed)  # identical initial weights (value head) on every rank
+        source = config.resume_from or config.model
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+        lm = lm or AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        self.ref_lm = self._reference(lm)
+        self.plain_lm = copy.deepcopy(lm) if self.info.fsdp else lm
+        if config.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = ActorCritic(lm).to(self.info.device)
+        if self.info.fsdp:
+            shard(self.model, self.model.decoder_layers(), config, self.info)
+        self.optimizer = self._optimizer()
+        self.iteration = 0
+        if config.resume_from:
+            self.iteration = int(
+                load_training_state(config.resume_from, self.model, self.optimizer)["iteration"]
+            )
+        self._setup_task(experts, queries, reward_fn)
+        self._shuffle = torch.Generator().manual_seed(config.seed + 7)
+
+    # ------------------------------------------------------------------ setup
+    def _reference(self, lm: PreTrainedModel) -> PreTrainedModel | None:
+        if self.config.kl_coef == 0:
+            return None
+        if self.config.resume_from:  # KL is to the run's starting model, not the checkpoint
+            ref = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=torch.float32)
+        else:
+            ref = copy.deepcopy(lm)
+        ref.requires_grad_(False).eval().to(self.info.device)
+        if self.info.fsdp:
+            shard(ref, list(ref.get_decoder().layers), self.config, self.info, trainable=False)
+        return ref
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        head = list(self.model.value_head.parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in self.model.parameters() if id(p) not in head_ids and p.requires_grad]
+        return torch.optim.AdamW(
+            [
+                {"params": body, "lr": cfg.learning_rate},
+                {"params": head, "lr": cfg.value_learning_rate or cfg.learning_rate},
+            ],
+            weight_decay=cfg.weight_decay,
+        )
+
+    def _setup_task(
+        self,
+        experts: Sequence[Expert] | None,
+        queries: Sequence[QuerySpec] | None,
+        reward_fn: RewardFn | None,
+    ) -> None:
+        cfg = self.config
+        if experts is None or queries is None:
+            table = OutcomeTable.load(cfg.table)
+            experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
+            queries = queries or load_queries(
+                table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
+            )
+        self.queries = list(queries)
+        self.policy = HFPolicy(
+            self.plain_lm,
+            self.tokenizer,
+            name="ppo",
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed + 1000 * self.info.rank,
+        )
+        self.router = Router(
+            RouterConfig(
+                experts=list(experts),
+                policy=self.policy,
+                tiers=cfg.tier_set,
+                max_steps=cfg.max_steps,
+            )
+        )
+        self.reward_fn = reward_fn or make_reward(
+            make_verifier(cfg.verifier),
+            kind=cfg.reward,
+            alpha=cfg.reward_alpha,
+            per_format_error=cfg.format_penalty,
+        )
+        self.rng = random.Random(cfg.seed * 7919 + self.info.rank)
+        world = self.info.world_size
+        if cfg.episodes_per_iter % world or cfg.minibatch_size % world:
+            raise ConfigError(
+                f"episodes_per_iter and minibatch_size must be multiples of the "
+                f"number of processes ({world})"
+            )
+
+    # ------------------------------------------------------------------ one iteration
+    def rollout(self) -> list[Episode]:
+        """This rank's share of the iteration's episodes, run through the graph."""
+        if self.info.fsdp:  # the rollout copy gets the current weights
+            full = unwrapped_state_dict(self.model, rank0_only=False)
+            self.plain_lm.load_state_dict(
+                {k[3:]: v for k, v in full.items() if k.startswith("lm.")}
+            )
+        n = self.config.episodes_per_iter // self.info.world_size
+        picks = [self.rng.choice(self.queries) for _ in range(n)]
+        return asyncio.run(
+            collect(self.router, picks, self.config.tier_set, self.reward_fn, self.rng)
+        )
+
+    def step(self) -> dict[str, float]:
+        """Rollout + update; returns the iteration's metrics (reduced over ranks)."""
+        t0 = time.perf_counter()
+        episodes = self.rollout()
+        t1 = time.perf_counter()
+        batch = build_batch(episodes, pad_id=self._pad_id(), max_len=self.config.max_seq_len)
+        metrics = self.update(batch)
+        t2 = time.perf_counter()
+        metrics.update(episode_metrics(episodes, list(self.config.tier_set)))
+        metrics.update(
+            {
+                "time/rollout_s": t1 - t0,
+                "time/update_s": t2 - t1,
+                "rollout/truncated": float(batch.truncated),
+            }
+        )
+        self.iteration += 1
+        return metrics
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    # ------------------------------------------------------------------ PPO update
+    @torch.no_grad()
+    def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """Old log-probs and values, reference KL, token rewards, advantages and returns."""
+        cfg, dev = self.config, self.info.device
+        mask = batch.action_mask.to(dev)  # (B, T)
+        old_logp, old_values, ref_logp = [], [], []
+        chunk = max(cfg.minibatch_size // self.info.world_size, 1)
+        for s in range(0, len(batch), chunk):
+            ids, attn = (
+                batch.input_ids[s : s + chunk].to(dev),
+                batch.attention_mask[s : s + chunk].to(dev),
+            )
+            logits, values = self.model(ids, attn)  # (b, L, V), (b, L)
+            old_logp.append(logprobs_from_logits(logits[:, :-1], ids[:, 1:]))
+            old_values.append(values[:, :-1])
+            if self.ref_lm is not None:
+                ref_logits = self.ref_lm(input_ids=ids, attention_mask=attn).logits
+                ref_logp.append(logprobs_from_logits(ref_logits[:, :-1], ids[:, 1:]))
+        out = {"old_logp": torch.cat(old_logp), "old_values": torch.cat(old_values)}  # (B, T)
+        kl = (
+            kl_penalty(out["old_logp"], torch.cat(ref_logp), cfg.kl_estimator) if ref_logp else None
+        )
+        rewards = token_rewards(batch.scores.to(dev), mask, kl, cfg.kl_coef)  # (B, T)
+        adv, out["returns"] = compute_gae(
+            rewards, out["old_values"], mask, gamma=cfg.gamma, lam=cfg.lam
+        )
+        if cfg.whiten_advantages:  # statistics of the global batch, so N ranks match one
+            n = all_reduce_sum(mask.sum())
+            mean = all_reduce_sum((adv * mask).sum()) / n.clamp_min(1)
+            var = all_reduce_sum((((adv - mean) * mask) ** 2).sum()) / n.clamp_min(1)
+            adv = masked_whiten(adv, mask, mean=mean, var=var)
+        out["advantages"] = adv
+        out["kl_ref"] = masked_mean(kl, mask) if kl is not None else torch.zeros(())
+        return out
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """``ppo_epochs`` passes over this rank's rows of the batch in minibatches."""
+        prep = self.prepare(batch)
+        local_mb = self.config.minibatch_size // self.info.world_size
+        stats: dict[str, list[float]] = defaultdict(list)
+        tokens = 0
+        t0 = time.perf_counter()
+        for _ in range(self.config.ppo_epochs):
+            order = torch.randperm(len(batch), generator=self._shuffle)
+            for s in range(0, len(batch), local_mb):
+                idx = order[s : s + local_mb]
+                for k, v in self._minibatch(batch, prep, idx).items():
+                    stats[k].append(v)
+                tokens += int(batch.attention_mask[idx].sum())
+        elapsed = time.perf_counter() - t0
+        metrics = {k: _mean_over_ranks(sum(v) / len(v)) for k, v in stats.items()}
+        metrics["losses/kl_ref"] = _mean_over_ranks(float(prep["kl_ref"]))
+        total_tokens = float(all_reduce_sum(torch.tensor(float(tokens))))
+        metrics["perf/update_tokens_per_s"] = total_tokens / max(elapsed, 1e-9)
+        return metrics
+
+    def _minibatch(
+        self, batch: RolloutBatch, prep: dict[str, torch.Tensor], idx: torch.Tensor
+    ) -> dict[str, float]:
+        cfg, dev = self.config, self.info.device
+        ids, attn = batch.input_ids[idx].to(dev), batch.attention_mask[idx].to(dev)
+        mask = batch.action_mask[idx].to(dev)  # (b, T)
+        logits, values = self.model(ids, attn)  # (b, L, V), (b, L)
+        logp = logprobs_from_logits(logits[:, :-1], ids[:, 1:])  # (b, T)
+        n_tok = float(all_reduce_sum(mask.sum()))  # masked tokens of the global minibatch
+        pl, pstats = policy_loss(
+            logp,
+            prep["old_logp"][idx],
+            prep["advantages"][idx],
+            mask,
+            clip=cfg.clip,
+            num_tokens=n_tok,
+        )
+        vl, vstats = value_loss(
+            values[:, :-1],
+            prep["old_values"][idx],
+            prep["returns"][idx],
+            mask,
+            clip=cfg.value_clip,
+            num_tokens=n_tok,
+        )
+        entropy = masked_mean(entropy_from_logits(logits[:, :-1]), mask, n_tok)
+        loss = pl + cfg.vf_coef * vl - cfg.ent_coef * entropy
+        # FSDP averages gradients over ranks; scaling by N turns that average into the sum
+        # that a single process computing sum / n_tok would get.
+        (loss * self.info.world_size).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        return {
+            "losses/policy": float(pl.detach()) * self.info.world_size,
+            "losses/value": float(vl.detach()) * self.info.world_size,
+            "losses/entropy": float(entropy.detach()) * self.info.world_size,
+            "losses/approx_kl": float(pstats["approx_kl"]),
+            "losses/clipfrac": float(pstats["clipfrac"]),
+            "losses/value_clipfrac": float(vstats["clipfrac"]),
+            "losses/grad_norm": float(grad_norm),
+        }
+
+    # ------------------------------------------------------------------ loop and checkpoints
+    def train(self) -> list[dict[str, float]]:
+        """Run the remaining iterations, logging each and saving as configured."""
+        cfg = self.config
+        out = Path(cfg.output_dir)
+        writer = MetricsWriter(
+            cfg.metrics_file or out / "metrics.jsonl",
+            tensorboard_dir=out / "tensorboard" if cfg.tensorboard else None,
+            progress_total=cfg.iterations - self.iteration if cfg.progress else None,
+            enabled=self.info.is_main,
+        )
+        history = []
+        try:
+            while self.iteration < cfg.iterations:
+                metrics = self.step()
+                writer.write(self.iteration, metrics)
+                history.append(metrics)
+                if cfg.save_every and self.iteration % cfg.save_every == 0:
+                    self.save(out / f"checkpoint-{self.iteration}")
+            self.save(out / "final")
+        finally:
+            writer.close()
+        return history
+
+    def save(self, path: str | Path) -> Path:
+        """A checkpoint transformers loads directly, plus value head and optimizer state."""
+        state: dict[str, Any] = {"iteration": self.iteration, "config": self.config.to_dict()}
+        return save_checkpoint(
+            path, self.model, self.plain_lm, self.tokenizer, self.optimizer, self.info, state
+        )
+
+
+def _mean_over_ranks(value: float) -> float:
+    t = all_reduce_sum(torch.tensor(float(value)))
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return float(t) / world
+
+
+def episode_metrics(episodes: Sequence[Episode], tiers: list[str]) -> dict[str, float]:
+    """Per-tier reward, correctness, cost and expert-call ratio, summed over ranks.
+
+    ``expert_call_ratio/<tier>``: share of episodes in which at least one call reached an
+    expert (CORL's measure); ``expert_calls/<tier>``: mean calls per episode.
+    """
+    fields = ("n", "reward", "correct", "cost", "called", "calls", "format")
+    sums = torch.zeros(len(tiers), len(fields), dtype=torch.float64)
+    for e in episodes:
+        t = e.trajectory
+        row = [
+            1,
+            e.reward.reward,
+            e.reward.correct,
+            t.cost_usd,
+            float(t.expert_calls > 0),
+            t.expert_calls,
+            float(bool(t.format_errors)),
+        ]
+        sums[tiers.index(e.tier)] += torch.tensor(row, dtype=torch.float64)
+    sums = all_reduce_sum(sums)
+    out: dict[str, float] = {}
+    for i, tier in enumerate(tiers):
+        n = float(sums[i, 0])
+        if n == 0:
+            continue
+        for j, name in enumerate(
+            (
+                "reward",
+                "correct",
+                "cost_usd",
+                "expert_call_ratio",
+                "expert_calls",
+                "format_error_rate",
+            ),
+            start=1,
+        ):
+            out[f"{name}/{tier}"] = float(sums[i, j]) / n
+    total = float(sums[:, 0].sum())
+    out["reward/mean"] = float(sums[:, 1].sum()) / max(total, 1.0)
+    out["episodes"] = total
+    return out
