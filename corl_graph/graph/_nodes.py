@@ -154,7 +154,8 @@ def fallback_action(view: PolicyView, router: RouterConfig, *, terminal: bool = 
     return Answer("")
 
 
-def route_after_think(state: RouterState) -> NextNode:
+async def route_after_think(state: RouterState) -> NextNode:
+    # async on purpose: LangGraph runs a sync router on a thread pool (a hop per step)
     action = state.get("pending")
     if isinstance(action, CallExpert):
         return "call_expert"

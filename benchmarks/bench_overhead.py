@@ -1,0 +1,202 @@
+"""Orchestration overhead: a routed query against the bare LangGraph graph with the same shape.
+
+Both graphs run think → call → think → call → think → aggregate → answer (7 node executions)
+with two instant fake LangChain chat models. The bare graph has no ledger, no tracing and a
+trivial routing rule; the routed one is corl_graph's Router with the AlwaysExpert policy, a
+ledger (memory, SQLite, PostgreSQL) and tracing on or off. Variants are interleaved in rounds
+in one process so machine noise hits them alike; ratios are against the bare graph of the same
+round.
+
+    python benchmarks/bench_overhead.py [--queries 300] [--rounds 3] [--concurrency 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, StateGraph
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from corl_graph import ChatModelExpert, PriceSheet, Router, RouterConfig, TenantBudget
+from corl_graph.budget import BudgetTier, InMemoryLedger, Ledger, TierSet, open_ledger
+from corl_graph.policies import AlwaysExpert
+from corl_graph.testing import FakeChatModel
+
+RESULTS = Path(__file__).parent / "results" / "overhead.json"
+PG_URL = os.environ.get("CORL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# --- the bare graph -------------------------------------------------------------------------
+class Bare(TypedDict, total=False):
+    query: str
+    replies: Annotated[list[str], operator.add]
+    steps: int
+    answer: str
+
+
+def bare_graph() -> Any:
+    models = [FakeChatModel("It is 4"), FakeChatModel("The answer is 4")]
+
+    async def think(state: Bare) -> dict[str, Any]:
+        return {"steps": state.get("steps", 0) + 1}
+
+    async def call(state: Bare) -> dict[str, Any]:
+        reply = await models[len(state.get("replies", []))].ainvoke([HumanMessage(state["query"])])
+        return {"replies": [str(reply.content)]}
+
+    async def aggregate(state: Bare) -> dict[str, Any]:
+        return {"answer": max(set(state["replies"]), key=state["replies"].count)}
+
+    async def answer(state: Bare) -> dict[str, Any]:
+        return {"answer": state["answer"]}
+
+    async def route(state: Bare) -> str:  # async: a sync router costs a thread-pool hop
+        return "call" if len(state.get("replies", [])) < 2 else "aggregate"
+
+    b = StateGraph(Bare)
+    for name, fn in (("think", think), ("call", call), ("aggregate", aggregate), ("answer", answer)):
+        b.add_node(name, fn)
+    b.add_edge(START, "think")
+    b.add_conditional_edges("think", route, ["call", "aggregate"])
+    b.add_edge("call", "think")
+    b.add_edge("aggregate", "answer")
+    b.add_edge("answer", END)
+    graph = b.compile()
+    return lambda: graph.ainvoke({"query": "What is 2 + 2?"})
+
+
+# --- the routed graph -----------------------------------------------------------------------
+def routed(ledger: Ledger, tracing: bool) -> Callable[[], Awaitable[Any]]:
+    experts = [
+        ChatModelExpert("a", FakeChatModel("It is 4"), PriceSheet(0.1, 0.4), max_output_tokens=64),
+        ChatModelExpert("b", FakeChatModel("The answer is 4"), PriceSheet(2.5, 10.0),
+                        max_output_tokens=64),
+    ]
+    provider = None
+    if tracing:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_DropExporter()))
+    config = RouterConfig(
+        experts=experts,
+        policy=AlwaysExpert(["a", "b"]),
+        tiers=TierSet([BudgetTier("high", 1.0)]),
+        default_tier="high",
+        ledger=ledger,
+        tracer_provider=provider,
+    )
+    router = Router(config)
+    return lambda: router.arun("What is 2 + 2?")
+
+
+class _DropExporter(InMemorySpanExporter):
+    """Exports into nothing, so memory stays flat over a long run."""
+
+    def export(self, spans: Any) -> Any:
+        return super().export(())
+
+
+async def measure(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
+    for _ in range(20):  # warm up
+        await fn()
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            t = time.perf_counter()
+            await fn()
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    if concurrency == 1:
+        for _ in range(n):
+            await one()
+    else:
+        await asyncio.gather(*(one() for _ in range(n)))
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "p50_ms": 1e3 * statistics.median(latencies),
+        "p95_ms": 1e3 * latencies[int(0.95 * (len(latencies) - 1))],
+        "qps": n / wall,
+    }
+
+
+async def _ledgers(tmp: str) -> dict[str, Ledger]:
+    budget = TenantBudget("*", 1e9, "total")
+    out: dict[str, Ledger] = {"memory": InMemoryLedger(default_budget=budget)}
+    out["sqlite"] = open_ledger(f"sqlite:///{tmp}/bench.db", default_budget=budget)
+    try:
+        pg = open_ledger(PG_URL, default_budget=budget)
+        await pg.query_spend("probe")
+        out["postgres"] = pg
+    except Exception as exc:  # the benchmark still runs where no PostgreSQL is reachable
+        print(f"postgres skipped: {exc}", file=sys.stderr)
+    return out
+
+
+async def main(queries: int, rounds: int, concurrency: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ledgers = await _ledgers(tmp)
+        variants: dict[str, Callable[[], Awaitable[Any]]] = {"bare_langgraph": bare_graph()}
+        for name, ledger in ledgers.items():
+            variants[f"routed_{name}_untraced"] = routed(ledger, tracing=False)
+            variants[f"routed_{name}_traced"] = routed(ledger, tracing=True)
+        results: dict[str, dict[str, list[float]]] = {}
+        for mode, conc in (("sequential", 1), (f"concurrent_{concurrency}", concurrency)):
+            for _ in range(rounds):
+                for name, fn in variants.items():
+                    m = await measure(fn, queries, conc)
+                    for k, v in m.items():
+                        results.setdefault(f"{mode}/{name}", {}).setdefault(k, []).append(v)
+        for ledger in ledgers.values():
+            await ledger.aclose()
+    summary = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in results.items()}
+    for key, row in summary.items():
+        mode = key.split("/")[0]
+        row["ratio_p50_vs_bare"] = row["p50_ms"] / summary[f"{mode}/bare_langgraph"]["p50_ms"]
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    import langgraph  # noqa: F401
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "langgraph": version("langgraph"),
+        "langchain_core": version("langchain-core"),
+        "opentelemetry_sdk": version("opentelemetry-sdk"),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args()
+    summary = asyncio.run(main(args.queries, args.rounds, args.concurrency))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": machine(), "args": vars(args), "results": summary},
+                                  indent=2) + "\n")
+    for key, row in summary.items():
+        print(f"{key:<45} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
+              f"{row['qps']:7.1f} q/s  x{row['ratio_p50_vs_bare']:.2f}")
