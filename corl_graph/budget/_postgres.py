@@ -113,7 +113,7 @@ class _Pool:
             try:
                 yield conn
             finally:
-                idle = conn.info.transaction_status == conn.info.transaction_status.IDLE
+                idle = conn.info.transaction_status == _psycopg().pq.TransactionStatus.IDLE
                 if not conn.closed and idle:
                     self._idle.append(conn)
                 else:

@@ -145,10 +145,11 @@ def assert_totals_match(
     stored_q = {r[0]: r[1:] for r in query_rows}
     stored_t = {(r[0], r[1]): r[2:] for r in tenant_rows}
     assert set(stored_q) >= set(queries)
-    for key, totals in [*queries.items(), *tenants.items()]:
-        got = stored_q[key] if isinstance(key, str) else stored_t[key]
+    pairs = [(stored_q[q], t) for q, t in queries.items()]
+    pairs += [(stored_t[k], t) for k, t in tenants.items()]
+    for got, totals in pairs:
         want = totals.as_tuple()
-        assert all(math.isclose(a, b, abs_tol=EPS) for a, b in zip(got, want, strict=True)), key
+        assert all(math.isclose(a, b, abs_tol=EPS) for a, b in zip(got, want, strict=True)), got
 
 
 def check_sqlite_storage(path: str) -> None:
