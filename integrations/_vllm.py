@@ -109,7 +109,7 @@ async def check_controller_endpoint(
         try:
             served = await _get(client, "/v1/models")
         except (httpx.HTTPError, ValueError) as exc:
-            report.problems.append(f"server unreachable at {root}: {exc}")
+            report.problems.append(f"server unreachable at {root}: {type(exc).__name__}: {exc}")
             return report
         ids = [m.get("id") for m in served.get("data", [])]
         if model not in ids:
@@ -168,7 +168,7 @@ async def _check_capture(
     try:
         reply = await _post(client, "/v1/chat/completions", body)
     except (httpx.HTTPError, ValueError) as exc:
-        report.problems.append(f"a one-token chat completion failed: {exc}")
+        report.problems.append(f"a one-token chat completion failed: {type(exc).__name__}: {exc}")
         return
     content = ((reply.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []
     report.returns_token_ids = bool(content) and all(
