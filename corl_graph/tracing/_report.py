@@ -143,7 +143,7 @@ def _check_dimensions(dims: Sequence[str]) -> tuple[Dimension, ...]:
             raise ConfigError(
                 f"cannot group a report by {d!r}; choose from {', '.join(DIMENSIONS)}"
             )
-        out.append(d)  # type: ignore[arg-type]  # narrowed by the membership test above
+        out.append(d)
     if not out or len(set(out)) != len(out):
         raise ConfigError(f"a report grouping needs distinct dimensions, got {list(dims)}")
     return tuple(out)
