@@ -47,3 +47,19 @@ def test_top_level_covers_the_main_entry_points() -> None:
         "CorlError",
     ):
         assert n in corl_graph.__all__
+
+
+def test_lazy_exports_match_what_type_checkers_see() -> None:
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(corl_graph))
+    checked: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom)
+                checked.update({a.name: imp.module or "" for a in imp.names})
+    assert checked == corl_graph._LAZY
+    for name, module in checked.items():
+        assert getattr(corl_graph, name) is getattr(importlib.import_module(module), name)

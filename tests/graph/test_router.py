@@ -247,3 +247,18 @@ def test_graph_runs_with_the_runtime_context_and_defaults() -> None:
 
 def test_sync_wrapper() -> None:
     assert _router(ScriptedPolicy([Answer("7")])).run("q").answer == "7"
+
+
+async def test_a_dead_ledger_fails_closed_no_call_is_made() -> None:
+    from corl_graph import LedgerError
+
+    class DeadLedger(InMemoryLedger):
+        async def reserve(self, request, *, reservation_id=None):  # type: ignore[no-untyped-def]
+            raise LedgerError("connection refused")
+
+    big = FakeChatModel("4")
+    experts = _experts(big=big)
+    result = await _router(ScriptedPolicy([CallExpert("big", "q")]), experts=experts,
+                           ledger=DeadLedger()).arun("q")
+    assert result.calls[0].status == "failed" and "ledger unavailable" in (result.calls[0].error or "")
+    assert big.calls == 0 and result.cost_usd == 0.0
