@@ -3,7 +3,7 @@
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._factory import create_router_graph
 from corl_graph.graph._nodes import aggregate, answer, call_expert, think
-from corl_graph.graph._router import RouteResult, Router, TrajectorySink
+from corl_graph.graph._router import Router, RouteResult, TrajectorySink
 from corl_graph.graph._state import RouterInput, RouterState
 
 __all__ = [

@@ -22,7 +22,7 @@ from corl_graph._exceptions import BudgetExceededError, CorlError, LedgerError
 from corl_graph.budget import BudgetTier, Ledger, ReservationRequest, Usage
 from corl_graph.experts import AnswerExtractor, Expert, ExpertReply, ExpertRequest
 from corl_graph.protocol import CallStatus, ExpertCall
-from corl_graph.tracing import RouterTracer
+from corl_graph.tracing import RouterTracer, redact
 
 __all__ = ["call_expert_with_budget"]
 
@@ -82,14 +82,22 @@ async def _attempts(
         try:
             reservation = await ledger.reserve(
                 ReservationRequest(
-                    tenant, run_id, tier, expert.name, worst, in_tokens,
-                    expert.max_output_tokens, lease_s=expert.timeout_s + _LEASE_MARGIN_S,
+                    tenant,
+                    run_id,
+                    tier,
+                    expert.name,
+                    worst,
+                    in_tokens,
+                    expert.max_output_tokens,
+                    lease_s=expert.timeout_s + _LEASE_MARGIN_S,
                 ),
                 reservation_id=uuid.uuid4().hex,
             )
         except BudgetExceededError as exc:
             denied: CallStatus = "denied" if attempt == 1 else status
-            return _call(expert, request, denied, str(exc), attempt - 1, spent, reserved_total), None
+            return _call(
+                expert, request, denied, str(exc), attempt - 1, spent, reserved_total
+            ), None
         except LedgerError as exc:
             msg = f"ledger unavailable, call not made: {exc}"
             return _call(expert, request, "failed", msg, attempt - 1, spent, reserved_total), None
@@ -113,10 +121,14 @@ async def _attempts(
             cost = expert.cost_of(reply)
             usage = Usage(reply.input_tokens, reply.output_tokens, cost, reply.estimated)
             await ledger.settle(reservation.id, usage)
-            return _ok(expert, request, reply, extract, attempt, spent + cost, reserved_total), reply
+            return _ok(
+                expert, request, reply, extract, attempt, spent + cost, reserved_total
+            ), reply
         if attempt <= expert.max_retries:
             await asyncio.sleep(expert.retry_backoff_s * 2 ** (attempt - 1))
-    return _call(expert, request, status, error, expert.max_retries + 1, spent, reserved_total), None
+    return _call(
+        expert, request, status, error, expert.max_retries + 1, spent, reserved_total
+    ), None
 
 
 def _ok(
@@ -162,7 +174,8 @@ def _call(
         estimated=spent > 0,
         reserved_usd=reserved,
         attempts=attempts,
-        error=error,
+        # Provider errors quote rejected keys; the record goes to stores, transcripts and logs.
+        error=redact(error),
     )
 
 

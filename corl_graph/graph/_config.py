@@ -10,7 +10,14 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from corl_graph._exceptions import ConfigError, UnknownExpertError
-from corl_graph.budget import BudgetTier, InMemoryLedger, Ledger, TenantBudget, TierSet, default_tiers
+from corl_graph.budget import (
+    BudgetTier,
+    InMemoryLedger,
+    Ledger,
+    TenantBudget,
+    TierSet,
+    default_tiers,
+)
 from corl_graph.experts import AnswerExtractor, Expert, extract_answer
 from corl_graph.policies import Policy
 from corl_graph.protocol import ExpertDescriptor
@@ -90,7 +97,9 @@ class RouterConfig:
                 f"{type(self.policy).__name__}"
             )
         if not isinstance(self.tiers, TierSet):
-            raise ConfigError("RouterConfig.tiers must be a TierSet, e.g. TierSet([BudgetTier(...)])")
+            raise ConfigError(
+                "RouterConfig.tiers must be a TierSet, e.g. TierSet([BudgetTier(...)])"
+            )
         self.tiers[self.default_tier]  # raises UnknownTierError naming the configured tiers
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
@@ -100,11 +109,21 @@ class RouterConfig:
         set_ = object.__setattr__
         set_(self, "expert_map", expert_map)
         set_(self, "descriptors", tuple(e.descriptor for e in experts))
-        set_(self, "tracer", RouterTracer(
-            self.tracer_provider, record_content=self.record_content,
-            meter_provider=self.meter_provider))
-        set_(self, "resolved_ledger", self.ledger or InMemoryLedger(
-            default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")))
+        set_(
+            self,
+            "tracer",
+            RouterTracer(
+                self.tracer_provider,
+                record_content=self.record_content,
+                meter_provider=self.meter_provider,
+            ),
+        )
+        set_(
+            self,
+            "resolved_ledger",
+            self.ledger
+            or InMemoryLedger(default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")),
+        )
         set_(self, "resolved_fallback", _resolve_fallback(self.fallback_expert, expert_map))
 
     def tier(self, name: str | None) -> BudgetTier:
@@ -124,5 +143,3 @@ def _resolve_fallback(choice: str | None, experts: Mapping[str, Expert]) -> str 
             f"fallback_expert {choice!r} is not an expert; experts: {', '.join(experts)}"
         )
     return choice
-
-

@@ -34,13 +34,16 @@ from corl_graph.protocol import (
     render_expert_error,
     render_expert_reply,
 )
+from corl_graph.tracing import redact
 
 __all__ = ["aggregate", "answer", "call_expert", "route_after_think", "think"]
 
 NextNode = Literal["think", "call_expert", "aggregate", "answer"]
 
 
-def _run_settings(runtime: Runtime[RouterContext] | None, router: RouterConfig) -> tuple[BudgetTier, str]:
+def _run_settings(
+    runtime: Runtime[RouterContext] | None, router: RouterConfig
+) -> tuple[BudgetTier, str]:
     ctx = runtime.context if runtime is not None else None
     tier = router.tier(ctx.tier if ctx else None)
     return tier, (ctx.tenant if ctx and ctx.tenant else router.default_tenant)
@@ -84,8 +87,14 @@ async def think(
     with router.tracer.step_span("think", view.step) as span:
         if view.step >= router.max_steps:
             action = fallback_action(view, router, terminal=True)
-            record = StepRecord(view.step, action.kind, _detail(action), None,
-                                f"step limit {router.max_steps} reached", fallback=True)
+            record = StepRecord(
+                view.step,
+                action.kind,
+                _detail(action),
+                None,
+                f"step limit {router.max_steps} reached",
+                fallback=True,
+            )
             delta.update(stop_reason="step_limit")
             decision = Decision(action)
         else:
@@ -94,15 +103,23 @@ async def think(
             if stop:
                 delta["stop_reason"] = stop
             action = chosen or fallback_action(view, router, terminal=stop is not None)
-            record = StepRecord(view.step, action.kind, _detail(action), decision.raw, error,
-                                fallback=chosen is None)
+            record = StepRecord(
+                view.step,
+                action.kind,
+                _detail(action),
+                decision.raw,
+                error,
+                fallback=chosen is None,
+            )
         router.tracer.record_decision(
             span, record, expert=action.expert if isinstance(action, CallExpert) else None
         )
     delta.update(
         pending=action,
         steps=[record],
-        transcript=[Turn("controller", decision.raw if decision.raw is not None else _render(action))],
+        transcript=[
+            Turn("controller", decision.raw if decision.raw is not None else _render(action))
+        ],
         segments=list(decision.segments),
         format_errors=[record.format_error] if record.format_error else [],
     )
@@ -113,12 +130,14 @@ async def _decide(view: PolicyView, router: RouterConfig) -> tuple[Decision, Sto
     try:
         decision = await router.policy.decide(view)
     except PolicyError as exc:
-        return Decision(None, format_error=str(exc)), "policy_error"
+        return Decision(None, format_error=redact(str(exc))), "policy_error"
     except Exception as exc:  # a policy bug must not lose the run: record it and fall back
         msg = f"policy {router.policy.name} raised {type(exc).__name__}: {exc}"
-        return Decision(None, format_error=msg), "policy_error"
+        return Decision(None, format_error=redact(msg)), "policy_error"
     if not isinstance(decision, Decision):
-        return Decision(None, format_error=f"policy returned {type(decision).__name__}, not a Decision"), None
+        return Decision(
+            None, format_error=f"policy returned {type(decision).__name__}, not a Decision"
+        ), None
     return decision, None
 
 
@@ -188,7 +207,10 @@ async def call_expert(
             remaining_usd=max(tier.max_usd_per_query - _spent(state), 0.0),
         )
     remaining = max(tier.max_usd_per_query - _spent(state) - call.cost_usd, 0.0)
-    delta: dict[str, Any] = {"calls": [call], "transcript": [Turn("observation", _observe(call, remaining))]}
+    delta: dict[str, Any] = {
+        "calls": [call],
+        "transcript": [Turn("observation", _observe(call, remaining))],
+    }
     if call.status == "denied":
         delta["budget_exhausted"] = True
     return delta
@@ -205,12 +227,18 @@ def _observe(call: ExpertCall, remaining_usd: float) -> str:
 def majority_vote(calls: list[ExpertCall], router: RouterConfig) -> str | None:
     """The most common extracted answer; ties go to the answer backed by the priciest expert
     (a proxy for the strongest), then to the earliest."""
-    votes = [(normalize_answer(c.answer), c) for c in calls if c.status == "ok" and c.answer is not None]
+    votes = [
+        (normalize_answer(c.answer), c) for c in calls if c.status == "ok" and c.answer is not None
+    ]
     if not votes:
         return None
     counts = Counter(a for a, _ in votes)
+
     def strength(a: str) -> float:
-        return max(router.expert_map[c.expert].price.output_usd_per_mtok for b, c in votes if b == a)
+        return max(
+            router.expert_map[c.expert].price.output_usd_per_mtok for b, c in votes if b == a
+        )
+
     best = max(counts, key=lambda a: (counts[a], strength(a)))
     return best
 
@@ -246,7 +274,11 @@ async def answer(
                 stop = "budget_exhausted"
             else:
                 stop = "aggregated" if source == "vote" else "answered"
-        return {"answer": text or None, "answer_source": source if text else None, "stop_reason": stop}
+        return {
+            "answer": text or None,
+            "answer_source": source if text else None,
+            "stop_reason": stop,
+        }
 
 
 def _detail(action: Action) -> str:

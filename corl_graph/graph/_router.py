@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from corl_graph._exceptions import ConfigError
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._factory import create_router_graph
@@ -56,10 +55,10 @@ class Router:
 
     ``trajectory_sink`` receives every run's ``Trajectory`` (for example a store's append).
 
-    >>> from langchain_core.language_models import FakeListChatModel
     >>> from corl_graph.experts import ChatModelExpert, PriceSheet
     >>> from corl_graph.policies import ControllerOnly
-    >>> small = ChatModelExpert("small", FakeListChatModel(responses=["It is 4."]), PriceSheet(0.1, 0.4))
+    >>> from corl_graph.testing import FakeChatModel
+    >>> small = ChatModelExpert("small", FakeChatModel("It is 4."), PriceSheet(0.1, 0.4))
     >>> router = Router(RouterConfig(experts=[small], policy=ControllerOnly("small")))
     >>> result = router.run("What is 2 + 2?", tier="low")
     >>> result.answer, result.stop_reason, result.expert_calls
@@ -100,7 +99,11 @@ class Router:
             qid, tier=tier_obj.name, tenant=tenant, policy=self.config.policy.name, query=query
         ) as span:
             state = await self.graph.ainvoke(
-                {"query": query, "query_id": qid, "features": list(features) if features is not None else None},
+                {
+                    "query": query,
+                    "query_id": qid,
+                    "features": list(features) if features is not None else None,
+                },
                 context=RouterContext(tier=tier_obj.name, tenant=tenant),
                 config={"recursion_limit": self._recursion_limit},
             )
@@ -126,7 +129,9 @@ class Router:
         return asyncio.run(self.arun(query, **kwargs))
 
 
-def _result(state: dict[str, Any], tier: str, tenant: str, policy: str, trace_id: str | None) -> RouteResult:
+def _result(
+    state: dict[str, Any], tier: str, tenant: str, policy: str, trace_id: str | None
+) -> RouteResult:
     calls: list[ExpertCall] = state.get("calls", [])
     cost = sum(c.cost_usd for c in calls)
     trajectory = Trajectory(
@@ -164,5 +169,3 @@ def _result(state: dict[str, Any], tier: str, tenant: str, policy: str, trace_id
         trace_id=trace_id,
         trajectory=trajectory,
     )
-
-

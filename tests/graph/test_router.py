@@ -258,7 +258,23 @@ async def test_a_dead_ledger_fails_closed_no_call_is_made() -> None:
 
     big = FakeChatModel("4")
     experts = _experts(big=big)
-    result = await _router(ScriptedPolicy([CallExpert("big", "q")]), experts=experts,
-                           ledger=DeadLedger()).arun("q")
-    assert result.calls[0].status == "failed" and "ledger unavailable" in (result.calls[0].error or "")
+    result = await _router(
+        ScriptedPolicy([CallExpert("big", "q")]), experts=experts, ledger=DeadLedger()
+    ).arun("q")
+    assert result.calls[0].status == "failed" and "ledger unavailable" in (
+        result.calls[0].error or ""
+    )
     assert big.calls == 0 and result.cost_usd == 0.0
+
+
+async def test_provider_errors_quoting_a_key_are_scrubbed_from_the_record() -> None:
+    leaky = FakeChatModel(
+        "x",
+        fail_times=99,
+        error=PermissionError("Incorrect API key provided: sk-live-abcdef123456"),
+    )
+    result = await _router(
+        ScriptedPolicy([CallExpert("big", "q")]), experts=_experts(big=leaky)
+    ).arun("q")
+    record = str(result.trajectory.to_dict())
+    assert "sk-live-abcdef123456" not in record and "[REDACTED]" in record
