@@ -45,7 +45,7 @@ class NeuralPPOConfig:
     """PPO settings for the routing MLP; the defaults train a table in about a minute."""
 
     hidden: int = 128
-    iterations: int = 120
+    iterations: int = 150
     episodes_per_iter: int = 1024
     epochs: int = 8
     minibatch: int = 512
@@ -58,7 +58,7 @@ class NeuralPPOConfig:
     calibration_share: float = 0.2
     calibration_tolerance: float = 0.005
     weight_grid: tuple[float, ...] = field(
-        default_factory=lambda: tuple(float(w) for w in np.geomspace(1e-2, 3.0, 21))
+        default_factory=lambda: tuple(float(w) for w in np.geomspace(1e-3, 3.0, 25))
     )
     seed: int = 0
     threads: int = 1
@@ -129,6 +129,7 @@ def _meta(
         tier_caps_usd=tuple(tiers[t].max_usd_per_query for t in tiers),
         cost_ref_usd=float(arrays.cost.mean(0).max()),
         typical_input_tokens=int(np.median(in_tokens)),
+        reserve_factor=tuple(float(getattr(e, "_cost_factor", 1.0)) for e in experts),
         embed_dim=embed_dim,
         proj_dim=proj_dim,
         table=table.name,
@@ -321,8 +322,15 @@ def train_neural_policy(
         for group in opt.param_groups:  # linear learning-rate decay, as in CleanRL
             group["lr"] = cfg.lr * (1.0 - it / cfg.iterations)
         batch = _rollout(net, fit_env, meta, rng, cfg.episodes_per_iter)
-        stats = _update(net, opt, batch, _evaluate_old(net, batch), cfg, gen,
-                        cfg.entropy_coef * (1.0 - it / cfg.iterations))
+        stats = _update(
+            net,
+            opt,
+            batch,
+            _evaluate_old(net, batch),
+            cfg,
+            gen,
+            cfg.entropy_coef * (1.0 - it / cfg.iterations),
+        )
         if log and (it % 25 == 0 or it == cfg.iterations - 1):
             print(
                 f"iter {it:4d} reward {float(batch['score'].mean()):.3f} "
@@ -342,3 +350,46 @@ def train_neural_policy(
     }
     meta = NeuralMeta(**{**meta.__dict__, "tier_cost_weight": weights, "notes": notes})
     return NeuralPolicy(policy.params, meta)
+
+
+def _demo_setup(
+    embeddings: str,
+) -> tuple[OutcomeTable, list[ReplayExpert], TierSet, dict[str, np.ndarray]]:
+    from corl_graph.data import demo_experts, demo_tiers, load_demo_table
+    from corl_graph.evaluation._embed import load_embeddings
+
+    table = load_demo_table()
+    return table, demo_experts(table), demo_tiers(), load_embeddings(embeddings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train on a table with its preset pool and tiers (or the bundled demo table)."""
+    import argparse
+
+    from corl_graph.evaluation._embed import table_embeddings
+    from corl_graph.evaluation._presets import preset_experts, preset_for
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", help="canonical outcome table (.jsonl.gz)")
+    parser.add_argument("--demo-embeddings", help="train for the bundled demo table with these")
+    parser.add_argument("--out", required=True, help="output path without suffix")
+    parser.add_argument("--iterations", type=int, default=NeuralPPOConfig.iterations)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args(argv)
+    cfg = NeuralPPOConfig(iterations=args.iterations, seed=args.seed)
+    if args.demo_embeddings:
+        table, experts, tiers, emb = _demo_setup(args.demo_embeddings)
+    else:
+        table = OutcomeTable.load(args.table)
+        preset = preset_for(table.name)
+        experts, tiers = preset_experts(table, preset), preset.tiers()
+        emb = table_embeddings(table, cache_dir=args.cache_dir)
+    policy = train_neural_policy(table, experts, tiers, emb, config=cfg)
+    policy.save(args.out)
+    print(f"saved {args.out}.npz/.json; tier cost weights {policy.meta.tier_cost_weight}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

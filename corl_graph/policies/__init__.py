@@ -2,16 +2,23 @@
 
 from corl_graph.policies._base import Decision, Policy, PolicyView, Turn
 from corl_graph.policies._baselines import AlwaysExpert, Cascade, ControllerOnly, RandomRouter
+from corl_graph.policies._knn import KNNRouter
 from corl_graph.policies._llm import LLMPolicy
+from corl_graph.policies._neural import NeuralMeta, NeuralPolicy
+from corl_graph.policies._threshold import ThresholdRouter
 
 __all__ = [
     "AlwaysExpert",
     "Cascade",
     "ControllerOnly",
     "Decision",
+    "KNNRouter",
     "LLMPolicy",
+    "NeuralMeta",
+    "NeuralPolicy",
     "Policy",
     "PolicyView",
     "RandomRouter",
+    "ThresholdRouter",
     "Turn",
 ]

@@ -1,0 +1,55 @@
+"""Replay evaluation: run any policy through the graph on recorded outcomes, per tier.
+
+Metrics (``TierMetrics``): accuracy, mean and p95 cost per query, expert-call ratio, calls
+per query, cap violations; ``aiq`` for the cost/accuracy curve (RouterBench's AIQ).
+``run_benchmark`` compares every single model, the controller alone, random routing at
+matched cost, the oracle, kNN and threshold routers and the neural policy.
+"""
+
+from corl_graph.evaluation._baselines import (
+    OraclePolicy,
+    calibrate_knn,
+    calibrate_threshold,
+    fit_knn,
+    fit_threshold,
+    matched_random,
+)
+from corl_graph.evaluation._embed import (
+    load_embeddings,
+    query_text,
+    save_embeddings,
+    table_embeddings,
+)
+from corl_graph.evaluation._harness import evaluate_policy, judge, route_queries, test_queries
+from corl_graph.evaluation._metrics import QueryOutcome, TierMetrics, aiq, summarize, upper_hull
+from corl_graph.evaluation._presets import PRESETS, TablePreset, preset_experts, preset_for
+from corl_graph.evaluation._suite import BenchmarkResult, run_benchmark, write_plot
+
+__all__ = [
+    "PRESETS",
+    "BenchmarkResult",
+    "OraclePolicy",
+    "QueryOutcome",
+    "TablePreset",
+    "TierMetrics",
+    "aiq",
+    "calibrate_knn",
+    "calibrate_threshold",
+    "evaluate_policy",
+    "fit_knn",
+    "fit_threshold",
+    "judge",
+    "load_embeddings",
+    "matched_random",
+    "preset_experts",
+    "preset_for",
+    "query_text",
+    "route_queries",
+    "run_benchmark",
+    "save_embeddings",
+    "summarize",
+    "table_embeddings",
+    "test_queries",
+    "upper_hull",
+    "write_plot",
+]
