@@ -71,9 +71,9 @@ class OpenAIExpertConfig(_Strict):
     api_key_env: str | None = None
     description: str = ""
     system_prompt: str | None = None
-    max_output_tokens: int = Field(1024, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(2, ge=0)
+    max_output_tokens: int = Field(default=1024, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
 
     def build(self) -> Expert:
         from langchain_openai import ChatOpenAI
@@ -111,13 +111,13 @@ class PolicyConfig(_Strict):
 
     kind: Literal["cascade", "always", "controller_only", "llm"] = "cascade"
     experts: list[str] = Field(default_factory=list)
-    agree: int = Field(2, ge=1)
+    agree: int = Field(default=2, ge=1)
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
     temperature: float = 0.0
-    max_tokens: int = Field(256, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
+    max_tokens: int = Field(default=256, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
 
     def build(self, expert_names: list[str]) -> Policy:
         names = self.experts or expert_names
@@ -170,16 +170,16 @@ class ServerConfig(_Strict):
 
     tenants: list[TenantConfig] = Field(min_length=1)
     experts: list[ExpertConfig] = Field(default_factory=list)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())
     tiers: list[TierConfig] = Field(default_factory=list)
     default_tier: str | None = None
     ledger_url: str = "sqlite:///corl-ledger.db"
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
     model_prefix: str = "corl-"
-    max_request_bytes: int = Field(1_000_000, gt=0)
-    shutdown_grace_s: float = Field(30.0, ge=0)
-    max_steps: int = Field(8, ge=1)
+    max_request_bytes: int = Field(default=1_000_000, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    max_steps: int = Field(default=8, ge=1)
     record_content: bool = False
     base_dir: Path = Field(default=Path("."), exclude=True)
 

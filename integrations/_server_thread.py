@@ -29,8 +29,10 @@ class ServerThread:
 
         self.host = host
         self.port = port or _free_port(host)
+        # uvicorn's hint says int, but it only ever awaits with this timeout: a float works.
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=graceful_timeout_s)
+                                lifespan="on",
+                                timeout_graceful_shutdown=graceful_timeout_s)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self._start_timeout_s = start_timeout_s
         self._thread = threading.Thread(target=self.server.run, name="corl-server", daemon=True)

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     # uvicorn waits this long for open connections on SIGTERM; the app's own drain then
     # settles whatever is still reserved.
+    grace = max(1, round(config.shutdown_grace_s))  # uvicorn takes whole seconds
     uvicorn.run(create_app(config), host=config.host, port=config.port,
-                timeout_graceful_shutdown=config.shutdown_grace_s)
+                timeout_graceful_shutdown=grace)
     return 0
 
 
