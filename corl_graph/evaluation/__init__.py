@@ -14,6 +14,7 @@ from corl_graph.evaluation._baselines import (
     fit_threshold,
     matched_random,
 )
+from corl_graph.evaluation._bundled import load_bundled_embeddings, load_bundled_policy
 from corl_graph.evaluation._embed import (
     load_embeddings,
     query_text,
@@ -39,6 +40,8 @@ __all__ = [
     "fit_knn",
     "fit_threshold",
     "judge",
+    "load_bundled_embeddings",
+    "load_bundled_policy",
     "load_embeddings",
     "matched_random",
     "preset_experts",
