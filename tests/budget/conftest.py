@@ -2,48 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ledger_backends import _PG_REASON, BACKENDS, PG_FAST_URL, MakeLedger, pg_drop
 
 from corl_graph.budget import InMemoryLedger, Ledger, PostgresLedger, SQLiteLedger, TenantBudget
-
-PG_URL = os.environ.get("CORL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-# Tests kill clients, never the server, so a commit need not wait for the server's fsync; this
-# session setting (nothing global) makes the suite fast on a busy disk.
-PG_FAST_URL = PG_URL + ("&" if "?" in PG_URL else "?") + "options=-csynchronous_commit%3Doff"
-BACKENDS = ["memory", "sqlite", "postgres"]
-
-MakeLedger = Callable[..., Awaitable[Ledger]]
-
-
-def postgres_reason() -> str | None:
-    """Why PostgreSQL tests cannot run here, or None when the server answers."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'corl-graph[postgres]')"
-    try:
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_URL} is unreachable ({str(exc).strip()[:120]})"
-    return None
-
-
-_PG_REASON = postgres_reason()
-needs_postgres = pytest.mark.skipif(_PG_REASON is not None, reason=_PG_REASON or "")
-
-
-def pg_drop(prefix: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        for table in ("audit", "tenant_totals", "query_totals", "reservations", "tenants", "meta"):
-            conn.execute(f'DROP TABLE IF EXISTS "{prefix}{table}"')
 
 
 @pytest.fixture

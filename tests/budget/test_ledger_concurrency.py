@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import MakeLedger
+from ledger_backends import MakeLedger
 from ledger_workload import DEFAULT_BUDGET, Outcome, check_invariants, run_queries
 
 TENANTS = ["t0", "t1", "t2"]

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import MakeLedger
+from ledger_backends import MakeLedger
 
 from corl_graph._exceptions import BudgetExceededError, ConfigError, UnknownTenantError
 from corl_graph.budget import (

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL, needs_postgres
+from ledger_backends import PG_URL, needs_postgres
 
 import corl_graph.budget as budget
 from corl_graph._exceptions import ConfigError, LedgerError

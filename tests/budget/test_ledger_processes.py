@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PG_FAST_URL, needs_postgres, pg_drop
+from ledger_backends import PG_FAST_URL, needs_postgres, pg_drop
 from ledger_workload import (
     TIERS,
     Outcome,
