@@ -15,7 +15,8 @@ turned into an observation for the controller wherever it can be::
         ├── ExpertError             an expert call failed after its retries
         │   └── ExpertTimeoutError  ... because it ran past its timeout
         ├── PolicyError             the controller could not produce a decision at all
-        └── LedgerError             the ledger's storage failed (dead database, corrupt file)
+        ├── LedgerError             the ledger's storage failed (dead database, corrupt file)
+        └── QueryTimeoutError       the query ran past ``RouterConfig.query_timeout_s``
 
 Catch ``CorlError`` to catch everything the library raises on purpose.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "ExpertTimeoutError",
     "LedgerError",
     "PolicyError",
+    "QueryTimeoutError",
     "RunError",
     "UnknownExpertError",
     "UnknownTenantError",
@@ -107,3 +109,14 @@ class PolicyError(RunError):
 
 class LedgerError(RunError):
     """The ledger's storage failed: a dead database, a corrupt file, a lost connection."""
+
+
+class QueryTimeoutError(RunError):
+    """A query ran past its deadline (``RouterConfig.query_timeout_s``) with no answer.
+
+    ``timeout_s`` is the deadline that was exceeded.
+    """
+
+    def __init__(self, message: str, *, timeout_s: float):
+        super().__init__(message)
+        self.timeout_s = timeout_s

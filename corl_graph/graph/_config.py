@@ -50,6 +50,11 @@ class RouterConfig:
     expert has answered yet ("cheapest" = the expert with the lowest output price; None =
     answer nothing instead).
 
+    ``query_timeout_s`` bounds a whole run (None: no deadline). Once it has passed, no new
+    expert call starts, a call in flight is cut short (and settled at its reserved amount, as
+    any timed-out call), and the run answers with what it has (``stop_reason="deadline"``);
+    the controller's own decision is cut short the same way. See docs/reliability.md.
+
     >>> from langchain_core.language_models import FakeListChatModel
     >>> from corl_graph.experts import ChatModelExpert, PriceSheet
     >>> from corl_graph.policies import ControllerOnly
@@ -69,6 +74,7 @@ class RouterConfig:
     default_tier: str = "medium"
     default_tenant: str = "default"
     fallback_expert: str | Literal["cheapest"] | None = "cheapest"
+    query_timeout_s: float | None = None
     answer_extractor: AnswerExtractor = extract_answer
     # Derived in __post_init__.
     expert_map: Mapping[str, Expert] = field(init=False, repr=False)
@@ -101,6 +107,13 @@ class RouterConfig:
                 "RouterConfig.tiers must be a TierSet, e.g. TierSet([BudgetTier(...)])"
             )
         self.tiers[self.default_tier]  # raises UnknownTierError naming the configured tiers
+        if self.query_timeout_s is not None and not (
+            isinstance(self.query_timeout_s, int | float) and self.query_timeout_s > 0
+        ):
+            raise ConfigError(
+                f"query_timeout_s must be a number of seconds > 0 or None, got "
+                f"{self.query_timeout_s!r}"
+            )
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.ledger is not None and not isinstance(self.ledger, Ledger):

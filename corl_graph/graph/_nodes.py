@@ -7,6 +7,8 @@ returns a state delta.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections import Counter
 from typing import Any, Literal
@@ -84,8 +86,19 @@ async def think(
     delta: dict[str, Any] = {}
     if "run_id" not in state:
         delta["run_id"] = f"{state.get('query_id') or 'q'}:{uuid.uuid4().hex[:12]}"
+    deadline = _deadline(state, router)
+    if deadline != state.get("deadline"):
+        delta["deadline"] = deadline
     with router.tracer.step_span("think", view.step) as span:
-        if view.step >= router.max_steps:
+        if deadline is not None and time.time() >= deadline:
+            action = fallback_action(view, router, terminal=True)
+            record = StepRecord(
+                view.step, action.kind, _detail(action), None,
+                f"query deadline of {router.query_timeout_s}s reached", fallback=True,
+            )
+            delta.update(stop_reason="deadline")
+            decision = Decision(action)
+        elif view.step >= router.max_steps:
             action = fallback_action(view, router, terminal=True)
             record = StepRecord(
                 view.step,
@@ -98,7 +111,7 @@ async def think(
             delta.update(stop_reason="step_limit")
             decision = Decision(action)
         else:
-            decision, stop = await _decide(view, router)
+            decision, stop = await _decide(view, router, deadline)
             chosen, error = _validate(decision, view)
             if stop:
                 delta["stop_reason"] = stop
@@ -126,9 +139,26 @@ async def think(
     return delta
 
 
-async def _decide(view: PolicyView, router: RouterConfig) -> tuple[Decision, StopReason | None]:
+def _deadline(state: RouterState, router: RouterConfig) -> float | None:
+    """The run's deadline (a ``time.time()`` instant), fixed by its first step."""
+    if state.get("deadline") is not None:
+        return state.get("deadline")
+    if router.query_timeout_s is None:
+        return None
+    return time.time() + router.query_timeout_s
+
+
+async def _decide(
+    view: PolicyView, router: RouterConfig, deadline: float | None = None
+) -> tuple[Decision, StopReason | None]:
     try:
-        decision = await router.policy.decide(view)
+        if deadline is None:
+            decision = await router.policy.decide(view)
+        else:
+            decision = await asyncio.wait_for(router.policy.decide(view), deadline - time.time())
+    except TimeoutError:
+        msg = f"the controller did not decide before the query deadline ({router.query_timeout_s}s)"
+        return Decision(None, format_error=msg), "deadline"
     except PolicyError as exc:
         return Decision(None, format_error=redact(str(exc))), "policy_error"
     except Exception as exc:  # a policy bug must not lose the run: record it and fall back
@@ -205,6 +235,7 @@ async def call_expert(
             tracer=router.tracer,
             extract=router.answer_extractor,
             remaining_usd=max(tier.max_usd_per_query - _spent(state), 0.0),
+            deadline=state.get("deadline"),
         )
     remaining = max(tier.max_usd_per_query - _spent(state) - call.cost_usd, 0.0)
     delta: dict[str, Any] = {

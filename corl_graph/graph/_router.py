@@ -8,15 +8,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from corl_graph._exceptions import ConfigError
+from langchain_core.runnables import RunnableConfig
+
+from corl_graph._exceptions import ConfigError, QueryTimeoutError
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._factory import create_router_graph
+from corl_graph.graph._state import RouterInput
 from corl_graph.protocol import ExpertCall, StepRecord
 from corl_graph.trajectories import Trajectory
 
 __all__ = ["RouteResult", "Router", "TrajectorySink"]
 
 TrajectorySink = Callable[[Trajectory], Awaitable[None]]
+
+# The graph honours query_timeout_s by itself (no call starts after it, calls in flight are cut
+# short); the hard stop a little later only catches what cannot be cut short cooperatively,
+# such as a ledger operation that hangs.
+_HARD_STOP_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,10 @@ class Router:
         query_id: str | None = None,
         features: Sequence[float] | None = None,
     ) -> RouteResult:
-        """Route one query. Raises only ``ConfigError`` (bad arguments); run failures end up
-        in the result as fallbacks, denied calls and format errors."""
+        """Route one query. Run failures end up in the result as fallbacks, denied calls and
+        format errors; raised are only ``ConfigError`` (bad arguments, unknown tenant),
+        ``LedgerError`` (the ledger could not record a charge: fail closed) and
+        ``QueryTimeoutError`` (the run could not be stopped at ``query_timeout_s``)."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("query must be a non-empty string")
         tier_obj = self.config.tier(tier)
@@ -98,14 +108,13 @@ class Router:
         with self.config.tracer.query_span(
             qid, tier=tier_obj.name, tenant=tenant, policy=self.config.policy.name, query=query
         ) as span:
-            state = await self.graph.ainvoke(
+            state = await self._invoke(
                 {
                     "query": query,
                     "query_id": qid,
                     "features": list(features) if features is not None else None,
                 },
-                context=RouterContext(tier=tier_obj.name, tenant=tenant),
-                config={"recursion_limit": self._recursion_limit},
+                RouterContext(tier=tier_obj.name, tenant=tenant),
             )
             ctx = span.get_span_context()
             trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
@@ -123,6 +132,21 @@ class Router:
         if self._sink is not None:
             await self._sink(result.trajectory)
         return result
+
+    async def _invoke(self, inputs: RouterInput, context: RouterContext) -> dict[str, Any]:
+        config: RunnableConfig = {"recursion_limit": self._recursion_limit}
+        timeout = self.config.query_timeout_s
+        if timeout is None:
+            return await self.graph.ainvoke(inputs, context=context, config=config)
+        try:
+            async with asyncio.timeout(timeout + _HARD_STOP_GRACE_S):
+                return await self.graph.ainvoke(inputs, context=context, config=config)
+        except TimeoutError as exc:
+            raise QueryTimeoutError(
+                f"query {inputs['query_id']!r} did not finish within query_timeout_s={timeout}s "
+                f"(+{_HARD_STOP_GRACE_S}s grace); calls in flight were settled at their "
+                "reserved amount", timeout_s=timeout,
+            ) from exc
 
     def run(self, query: str, **kwargs: Any) -> RouteResult:
         """Blocking ``arun`` for scripts and notebooks without a running event loop."""

@@ -24,6 +24,7 @@ class RouterState(RouterInput, total=False):
     """The run so far. Lists grow through ``operator.add`` reducers, so nodes return deltas."""
 
     run_id: str
+    deadline: float | None  # time.time() instant set by the first step (query_timeout_s)
     transcript: Annotated[list[Turn], operator.add]
     steps: Annotated[list[StepRecord], operator.add]
     calls: Annotated[list[ExpertCall], operator.add]

@@ -8,7 +8,9 @@ from typing import Literal
 __all__ = ["CallStatus", "ExpertCall", "ExpertDescriptor", "StepRecord", "StopReason"]
 
 CallStatus = Literal["ok", "failed", "timeout", "denied", "truncated"]
-StopReason = Literal["answered", "aggregated", "step_limit", "budget_exhausted", "policy_error"]
+StopReason = Literal[
+    "answered", "aggregated", "step_limit", "budget_exhausted", "policy_error", "deadline"
+]
 
 
 @dataclass(frozen=True, slots=True)
