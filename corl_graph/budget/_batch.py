@@ -32,8 +32,16 @@ _Item = tuple[Callable[[], Any], "Future[Any]"]
 class CommitThread:
     """Owns a SQLite connection; runs submitted callables in batched write transactions."""
 
-    def __init__(self, conn: sqlite3.Connection, name: str):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        *,
+        check: Callable[[], None] | None = None,
+    ):
         self._conn = conn
+        # Runs once a batch holds the write lock; raising fails the whole batch (fail closed).
+        self._check = check
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         # A daemon thread: an interpreter exiting without aclose() is no worse than a crash,
         # which the ledger is built to survive.
@@ -82,6 +90,8 @@ class CommitThread:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if self._check is not None:
+                self._check()
             for fn, future in batch:
                 if not future.set_running_or_notify_cancel():
                     continue

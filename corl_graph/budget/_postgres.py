@@ -65,6 +65,7 @@ __all__ = ["PostgresLedger"]
 
 T = TypeVar("T")
 _RETRIES = 8
+_RECONNECTS = 2  # fresh connections tried after the server dropped one
 _ZEROS = "0, 0, 0, 0, 0, 0, 0"
 _TOTALS_SET = ", ".join(f"{c} = %s" for c in TOTALS_COLUMNS.split(", "))
 
@@ -118,6 +119,10 @@ class _Pool:
                     self._idle.append(conn)
                 else:
                     await conn.close()
+
+    async def discard_idle(self) -> None:
+        """Close the idle connections (after one of them turned out to be dead)."""
+        await self.close()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -205,15 +210,31 @@ class PostgresLedger:
         if self._closed:
             raise ConfigError("this PostgresLedger is closed; open a new one")
         psycopg = _psycopg()
+        reconnects = 0
         for attempt in range(_RETRIES):
+            lost = False
             try:
                 async with self._pool.connection() as conn:
-                    return await op(conn)
+                    try:
+                        return await op(conn)
+                    except psycopg.OperationalError:
+                        lost = bool(conn.broken or conn.closed)
+                        raise
             except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization failure
                 if attempt == _RETRIES - 1:
                     msg = f"ledger conflict persisted after {_RETRIES} tries: {exc}"
                     raise LedgerError(msg) from exc
                 await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
+            except psycopg.OperationalError as exc:
+                # The server closed the connection (restart, failover, pg_terminate_backend):
+                # its idle siblings are most likely dead too. Drop them and retry on a fresh
+                # connection; every operation is idempotent by id, so an unknown outcome is safe.
+                if not lost or reconnects >= _RECONNECTS:
+                    raise LedgerError(
+                        f"PostgreSQL ledger at {redact(self._url)} failed: {str(exc).strip()}"
+                    ) from exc
+                reconnects += 1
+                await self._pool.discard_idle()
             except psycopg.Error as exc:
                 raise LedgerError(
                     f"PostgreSQL ledger at {redact(self._url)} failed: {str(exc).strip()}"

@@ -11,6 +11,7 @@ and one fsync is shared by many concurrent callers.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 import uuid
@@ -131,8 +132,11 @@ class SQLiteLedger:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._conn = self._connect(synchronous)
+        self._identity = _file_identity(self.path)
         # One thread owns the connection and group-commits whatever operations are queued.
-        self._worker: CommitThread | None = CommitThread(self._conn, "corl-sqlite-ledger")
+        self._worker: CommitThread | None = CommitThread(
+            self._conn, "corl-sqlite-ledger", check=self._check_file
+        )
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -198,6 +202,18 @@ class SQLiteLedger:
             raise LedgerError(
                 f"ledger {self.path!r} has schema version {version}, newer than this corl_graph "
                 f"supports ({SCHEMA_VERSION}); upgrade corl_graph"
+            )
+
+    def _check_file(self) -> None:
+        """Fail closed if the ledger file was removed or replaced while we held it open.
+
+        SQLite would go on writing to the unlinked inode, and the spend it records would vanish
+        when this process exits; a process opening the path afterwards would start from zero.
+        """
+        if self._identity is not None and _file_identity(self.path) != self._identity:
+            raise LedgerError(
+                f"ledger file {self.path!r} was removed or replaced while open; nothing is "
+                "recorded until it is restored (put the file back, or restart to use the new one)"
             )
 
     # --- running blocking work off the event loop ---------------------------------------------
@@ -390,6 +406,17 @@ class SQLiteLedger:
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({self.path!r})"
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the ledger file; None for in-memory or vanished files."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @contextmanager
