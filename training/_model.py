@@ -44,7 +44,7 @@ class ActorCritic(nn.Module):
         hidden = out.last_hidden_state  # (B, T, H)
         logits = self.lm.get_output_embeddings()(hidden)  # (B, T, V)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, T)
-        return logits, values.float()
+        return logits, values.float().clone()  # a fresh tensor: FSDP2 hooks dislike views
 
     def decoder_layers(self) -> list[nn.Module]:
         """The transformer blocks, each its own FSDP unit."""
