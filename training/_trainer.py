@@ -154,6 +154,7 @@ class PPOTrainer:
                 policy=self.policy,
                 tiers=cfg.tier_set,
                 max_steps=cfg.max_steps,
+                default_tier=cfg.tiers[0].name,
             )
         )
         self.reward_fn = reward_fn or make_reward(
