@@ -1,0 +1,111 @@
+"""``corl-graph train`` parses flags into a PPOConfig and runs the trainer."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TinyTask
+
+from corl_graph.cli import main
+from corl_graph.cli._train import parse_tiers
+
+
+def _write_table(task: TinyTask, folder: Path) -> Path:
+    rows = []
+    for qid, q in task.table.queries.items():
+        for m in task.table.models:
+            o = task.table.outcome(qid, m)
+            rows.append(
+                dict(
+                    query_id=qid,
+                    split=q.split,
+                    task=q.task,
+                    prompt=q.prompt,
+                    reference=q.reference,
+                    model=m,
+                    correct=o.correct,
+                    answer=o.answer,
+                    response=o.response,
+                    input_tokens=o.input_tokens,
+                    output_tokens=o.output_tokens,
+                    cost_usd=o.cost_usd,
+                )
+            )
+    path = folder / "toy.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    prices = {
+        m: {
+            "input_usd_per_mtok": p.input_usd_per_mtok,
+            "output_usd_per_mtok": p.output_usd_per_mtok,
+        }
+        for m, p in task.table.prices.items()
+    }
+    (folder / "toy.models.json").write_text(json.dumps(prices))
+    return path
+
+
+@pytest.mark.slow
+def test_cli_trains_and_writes_metrics(
+    tiny_task: TinyTask, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = _write_table(tiny_task, tmp_path)
+    code = main(
+        [
+            "train",
+            "--algo",
+            "ppo",
+            "--model",
+            str(tiny_task.model_dir),
+            "--table",
+            str(table),
+            "--experts",
+            "cheap,strong",
+            "--tiers",
+            "low=0.00001,high=0.01",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--iterations",
+            "1",
+            "--episodes-per-iter",
+            "2",
+            "--minibatch-size",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--max-steps",
+            "1",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert "done: 1 iterations" in capsys.readouterr().out
+    assert (tmp_path / "out" / "metrics.jsonl").is_file()
+    assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
+
+
+def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "train",
+            "--model",
+            "m",
+            "--table",
+            "t",
+            "--experts",
+            "a",
+            "--output-dir",
+            str(tmp_path),
+            "--episodes-per-iter",
+            "6",
+            "--minibatch-size",
+            "4",
+        ]
+    )
+    assert code == 2
+    assert "multiple of minibatch_size" in capsys.readouterr().err
+    with pytest.raises(Exception, match="NAME=USD"):
+        parse_tiers("low:0.1")
