@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corl_graph.integrations._common import unanswered_error
+from corl_graph.integrations._limits import RateLimiter
 from corl_graph.integrations._openai_wire import (
     ApiError,
     ChatRequest,
@@ -54,6 +55,9 @@ class _State:
     ledger: TrackingLedger
     keys: dict[str, str]
     budgets: dict[str, TenantBudget]
+    revoked: set[str] = field(default_factory=set)
+    allowed: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> tiers
+    limiter: RateLimiter | None = None
     query_ids: dict[str, str] = field(default_factory=dict)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -83,6 +87,11 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
         keys=config.api_keys(),
         budgets={t.name: TenantBudget(t.name, t.limit_usd, t.period) for t in config.tenants},
         query_ids=_recorded_prompts(rc),
+        revoked=config.revoked_keys(),
+        allowed={t.name: frozenset(t.allowed_tiers) for t in config.tenants
+                 if t.allowed_tiers is not None},
+        limiter=(RateLimiter(config.rate_limit.requests_per_s, config.rate_limit.burst)
+                 if config.rate_limit else None),
     )
 
     @asynccontextmanager
@@ -128,9 +137,9 @@ def _add_routes(app: FastAPI, state: _State) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        _tenant(request, state)
+        tenant = _tenant(request, state)
         data = [{"id": f"{state.config.model_prefix}{tier}", "object": "model", "created": 0,
-                 "owned_by": "corl_graph"} for tier in state.router.config.tiers]
+                 "owned_by": "corl_graph"} for tier in _tiers_of(tenant, state)]
         return {"object": "list", "data": data}
 
     @app.get("/v1/budget")
@@ -150,7 +159,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
             raise ApiError(503, "the server is shutting down", type="server_error",
                            code="shutting_down")
         chat = parse_request(await _body(request, state.config.max_request_bytes))
-        tier = _tier_of(chat.model, state)
+        tier = _tier_of(chat.model, state, tenant)
         await _check_tenant_budget(state, tenant)
         result = await _route(state, chat, tier, tenant)
         if chat.stream:
@@ -172,9 +181,20 @@ def _tenant(request: Request, state: _State) -> str:
     for known, tenant in state.keys.items():
         if hmac.compare_digest(known.encode(), key.encode()):
             owner = tenant
+    revoked = False
+    for known in state.revoked:
+        revoked |= hmac.compare_digest(known.encode(), key.encode())
+    if revoked:
+        raise ApiError(401, "this API key has been revoked", type="invalid_request_error",
+                       code="invalid_api_key")
     if owner is None:
         raise ApiError(401, "incorrect API key", type="invalid_request_error",
                        code="invalid_api_key")
+    if state.limiter is not None and (wait := state.limiter.take(key)) > 0:
+        raise ApiError(429, f"rate limit of {state.limiter.rate:g} requests/s (burst "
+                       f"{state.limiter.burst}) reached for this API key; retry in {wait:.2f}s",
+                       type="requests", code="rate_limit_exceeded",
+                       headers={"retry-after": str(max(1, round(wait + 0.5)))})
     return owner
 
 
@@ -192,11 +212,20 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _tier_of(model: str, state: _State) -> str:
+def _tiers_of(tenant: str, state: _State) -> list[str]:
+    """The tiers a tenant may use, in the configured order."""
+    allowed = state.allowed.get(tenant)
+    return [t for t in state.router.config.tiers if allowed is None or t in allowed]
+
+
+def _tier_of(model: str, state: _State, tenant: str) -> str:
+    # Only the model name picks the tier, never the messages; a tier the tenant may not use
+    # is answered exactly like one that does not exist, so it cannot be discovered.
     prefix = state.config.model_prefix
     tier = model[len(prefix):] if model.startswith(prefix) else None
-    if tier is None or tier not in state.router.config.tiers:
-        names = ", ".join(f"{prefix}{t}" for t in state.router.config.tiers)
+    tiers = _tiers_of(tenant, state)
+    if tier is None or tier not in tiers:
+        names = ", ".join(f"{prefix}{t}" for t in tiers)
         raise ApiError(404, f"the model {model!r} does not exist; models: {names}",
                        type="invalid_request_error", code="model_not_found", param="model")
     return tier

@@ -43,6 +43,7 @@ from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, LLMPolicy
 __all__ = [
     "OpenAIExpertConfig",
     "PolicyConfig",
+    "RateLimitConfig",
     "ReplayExpertConfig",
     "ServerConfig",
     "TenantConfig",
@@ -152,6 +153,14 @@ class TenantConfig(_Strict):
     period: Literal["day", "month", "total"] = "month"
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_key_envs: list[str] = Field(default_factory=list)
+    # Keys that are refused (401) even if still listed above: revoke a leaked key with one
+    # line, then restart; the key's spend stays on the tenant's books.
+    revoked_api_keys: list[SecretStr] = Field(default_factory=list)
+    # Tiers (model names without the prefix) this tenant may use and see; None = all.
+    allowed_tiers: list[str] | None = None
+
+    def revoked(self) -> set[str]:
+        return {k.get_secret_value() for k in self.revoked_api_keys}
 
     def resolved_keys(self) -> list[str]:
         found = [k.get_secret_value() for k in self.api_keys]
@@ -163,6 +172,13 @@ class TenantConfig(_Strict):
         if not found:
             raise ConfigError(f"tenant {self.name!r} has no API key: set api_keys or api_key_envs")
         return found
+
+
+class RateLimitConfig(_Strict):
+    """Per API key: ``requests_per_s`` on average, bursts of up to ``burst`` (token bucket)."""
+
+    requests_per_s: float = Field(gt=0)
+    burst: int = Field(default=10, ge=1)
 
 
 class ServerConfig(_Strict):
@@ -179,6 +195,8 @@ class ServerConfig(_Strict):
     model_prefix: str = "corl-"
     max_request_bytes: int = Field(default=1_000_000, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    rate_limit: RateLimitConfig | None = None
+    query_timeout_s: float | None = Field(default=None, gt=0)
     max_steps: int = Field(default=8, ge=1)
     record_content: bool = False
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -188,6 +206,12 @@ class ServerConfig(_Strict):
         names = [t.name for t in self.tenants]
         if len(set(names)) != len(names):
             raise ValueError(f"tenant names must be unique, got {names}")
+        tiers = [t.name for t in self.tiers] or list(default_tiers())
+        for t in self.tenants:
+            unknown = sorted(set(t.allowed_tiers or ()) - set(tiers))
+            if unknown:
+                raise ValueError(f"tenant {t.name!r}: allowed_tiers {unknown} are not tiers "
+                                 f"(tiers: {', '.join(tiers)})")
         return self
 
     @classmethod
@@ -214,12 +238,19 @@ class ServerConfig(_Strict):
         """API key -> tenant; a key shared by two tenants is refused (who would pay?)."""
         owners: dict[str, str] = {}
         for tenant in self.tenants:
+            revoked = tenant.revoked()
             for key in tenant.resolved_keys():
+                if key in revoked:
+                    continue
                 if owners.setdefault(key, tenant.name) != tenant.name:
                     raise ConfigError(
                         f"an API key is given to both {owners[key]!r} and {tenant.name!r}"
                     )
         return owners
+
+    def revoked_keys(self) -> set[str]:
+        """Every revoked key, of any tenant."""
+        return set().union(*(t.revoked() for t in self.tenants))
 
     def tier_set(self) -> TierSet:
         if not self.tiers:
@@ -244,6 +275,7 @@ class ServerConfig(_Strict):
             ledger=ledger,
             max_steps=self.max_steps,
             record_content=self.record_content,
+            query_timeout_s=self.query_timeout_s,
             default_tier=self.default_tier or next(iter(tiers)),
         )
 
