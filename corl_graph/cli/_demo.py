@@ -91,13 +91,18 @@ def summarize(
 
 
 async def _route_all(
-    router: Router, queries: Sequence[QueryInfo], tier: str, concurrency: int, progress: Progress
+    router: Router, queries: Sequence[QueryInfo], tier: str, concurrency: int, progress: Progress,
+    embeddings: dict[str, Any] | None = None,
 ) -> list[RouteResult]:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(q: QueryInfo) -> RouteResult:
+        vec = embeddings.get(q.query_id) if embeddings else None
+        feats = None if vec is None else [float(x) for x in vec]
         async with gate:
-            result = await router.arun(q.prompt or q.query_id, tier=tier, query_id=q.query_id)
+            result = await router.arun(
+                q.prompt or q.query_id, tier=tier, query_id=q.query_id, features=feats
+            )
         progress.advance()
         return result
 
@@ -107,7 +112,12 @@ async def _route_all(
 def demo_policies() -> list[tuple[Policy, tuple[str, ...] | None]]:
     """What the demo compares, and on which tiers (None = all): the routing policy, and the
     controller alone, whose one small call fits every cap, so it runs on the low tier only."""
+    # The neural router trained by corl_graph.training.neural_ppo on the bundled table's
+    # train split; it reads the shipped query embeddings (numbers only).
+    from corl_graph.evaluation import load_bundled_policy
+
     return [
+        (load_bundled_policy(name="neural(ppo)"), None),
         (
             Cascade(
                 [m for m in DEMO_MODELS if m != DEMO_CONTROLLER],
@@ -124,6 +134,9 @@ async def run_demo(limit: int | None = None, concurrency: int = 64) -> list[Tier
     table: OutcomeTable = load_demo_table()
     queries = table.split("test")[:limit]
     tiers = demo_tiers()
+    from corl_graph.evaluation import load_bundled_embeddings
+
+    embeddings = load_bundled_embeddings()
     plan = [(policy, only or tuple(tiers)) for policy, only in demo_policies()]
     progress = Progress(len(queries) * sum(len(t) for _, t in plan), "routing")
     reports = []
@@ -139,7 +152,9 @@ async def run_demo(limit: int | None = None, concurrency: int = 64) -> list[Tier
             )
         )
         for tier in tier_names:
-            results = await _route_all(router, queries, tier, concurrency, progress)
+            results = await _route_all(
+                router, queries, tier, concurrency, progress, embeddings
+            )
             reports.append(
                 summarize(policy.name, tiers, tier, results, queries, controller=DEMO_CONTROLLER)
             )
