@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fake_openai import FakeOpenAI
@@ -57,8 +57,7 @@ async def check_books(
 ) -> dict[str, float]:
     """Assert the books agree; return the three totals for the caller's own checks."""
     chat_spans = [s for s in exporter.get_finished_spans() if s.name.startswith("chat ")]
-    traced = math.fsum(float((s.attributes or {}).get("gen_ai.usage.cost", 0.0))
-                       for s in chat_spans)
+    traced = math.fsum(_cost(s.attributes or {}) for s in chat_spans)
     routed = math.fsum(r.cost_usd for r in results)
     spend = await ledger.tenant_spend(tenant)
     assert spend.held_usd == 0.0, f"reservations left open: ${spend.held_usd}"
@@ -74,3 +73,8 @@ async def check_books(
     assert math.isclose(audited, spend.settled_usd, abs_tol=TOL)
     return {"traced": traced, "routed": routed, "settled": spend.settled_usd,
             "reservations": float(len(reserved))}
+
+
+def _cost(attributes: Mapping[str, Any]) -> float:
+    value = attributes.get("gen_ai.usage.cost", 0.0)
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 import pytest
 from corl_graph.integrations._common import unanswered_error
 from fake_openai import Behavior, FakeOpenAI
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from reliability_books import PRICE, chat_model, check_books, expert, tracing
 
 from corl_graph._exceptions import ExpertError, PolicyError, RunError
 from corl_graph.budget import InMemoryLedger, TenantBudget
-from corl_graph.experts import ChatModelExpert
+from corl_graph.experts import ChatModelExpert, ExpertRequest
 from corl_graph.graph import Router, RouterConfig, RouteResult
 from corl_graph.policies import LLMPolicy, Policy
 from corl_graph.protocol import Aggregate, CallExpert
@@ -36,7 +37,7 @@ def fake() -> Iterator[FakeOpenAI]:
 
 def _router(
     experts: list[ChatModelExpert], policy: Policy | None = None, **config: object
-) -> tuple[Router, InMemoryLedger, object]:
+) -> tuple[Router, InMemoryLedger, InMemorySpanExporter]:
     provider, exporter = tracing()
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 100.0, "total"))
     policy = policy or ScriptedPolicy([CallExpert(experts[0].name, QUESTION), Aggregate()])
@@ -57,7 +58,7 @@ async def test_rate_limited_then_ok_charges_only_the_reply(fake: FakeOpenAI) -> 
     router, ledger, exporter = _router([expert(fake, "m429", max_retries=1)])
     result = await _run(router, within_s=5)
     assert result.answer == "4" and result.calls[0].attempts == 2
-    books = await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    books = await check_books(ledger, [result], exporter)
     assert books["settled"] == pytest.approx(OK_COST) and books["reservations"] == 2
 
 
@@ -71,7 +72,7 @@ async def test_failing_endpoint_ends_with_a_typed_error_and_no_charge(
     assert result.answer is None and result.calls[0].status == "failed"
     assert isinstance(unanswered_error(result), ExpertError)
     assert "sk-test-key" not in (result.calls[0].error or "")
-    books = await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    books = await check_books(ledger, [result], exporter)
     assert books["settled"] == 0.0 and books["reservations"] == 3  # three attempts, released
 
 
@@ -82,10 +83,9 @@ async def test_timeouts_are_charged_at_the_reserved_worst_case(fake: FakeOpenAI)
     result = await _run(router, within_s=2.5)
     call = result.calls[0]
     assert call.status == "timeout" and call.attempts == 2 and call.estimated
-    worst = e.worst_case(__import__("corl_graph.experts", fromlist=["ExpertRequest"])
-                         .ExpertRequest("", QUESTION, QUESTION))[1]
+    worst = e.worst_case(ExpertRequest("", QUESTION, QUESTION))[1]
     assert call.cost_usd == pytest.approx(2 * worst)
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ async def test_odd_replies_are_charged_and_never_crash(
     result = await _run(router, within_s=5)
     assert result.calls[0].status == status and result.answer == answer
     assert result.calls[0].estimated == (not behavior.usage)
-    books = await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    books = await check_books(ledger, [result], exporter)
     assert books["settled"] > 0
 
 
@@ -118,7 +118,7 @@ async def test_connection_cut_mid_reply_is_charged_as_maybe_billed(fake: FakeOpe
     assert call.status == "failed" and call.attempts == 2 and result.answer is None
     # The provider may have generated (and billed) the reply it failed to deliver.
     assert call.cost_usd == pytest.approx(call.reserved_usd) and call.estimated
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_refused_connection_is_not_charged() -> None:
@@ -127,7 +127,7 @@ async def test_refused_connection_is_not_charged() -> None:
     router, ledger, exporter = _router([expert(gone, "any", max_retries=1)])
     result = await _run(router, within_s=5)
     assert result.calls[0].status == "failed" and result.cost_usd == 0.0
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_controller_down_ends_with_a_typed_error_and_no_spend(fake: FakeOpenAI) -> None:
@@ -141,7 +141,7 @@ async def test_controller_down_ends_with_a_typed_error_and_no_spend(fake: FakeOp
     assert result.answer is None and result.stop_reason == "policy_error"
     assert isinstance(unanswered_error(result), PolicyError) and small.calls == 0
     assert "sk-test-key" not in result.format_errors[0]
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_malformed_controller_output_falls_back(fake: FakeOpenAI) -> None:
@@ -152,7 +152,7 @@ async def test_malformed_controller_output_falls_back(fake: FakeOpenAI) -> None:
     result = await _run(router, within_s=5)
     assert result.answer == "4" and ctrl.calls >= 1
     assert result.format_errors and "unterminated <call>" in result.format_errors[0]
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_query_deadline_cuts_a_slow_expert_short(fake: FakeOpenAI) -> None:
@@ -162,7 +162,7 @@ async def test_query_deadline_cuts_a_slow_expert_short(fake: FakeOpenAI) -> None
     result = await _run(router, within_s=1.5)
     assert result.stop_reason == "deadline" and result.answer is None
     assert result.calls[0].status == "timeout" and result.cost_usd > 0  # may have been billed
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_query_deadline_cuts_a_hanging_controller_short(fake: FakeOpenAI) -> None:
@@ -173,7 +173,7 @@ async def test_query_deadline_cuts_a_hanging_controller_short(fake: FakeOpenAI) 
     result = await _run(router, within_s=1.5)
     assert result.stop_reason == "deadline" and result.answer is None
     assert "deadline" in result.format_errors[0] and not result.calls
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_deadline_keeps_answers_already_paid_for(fake: FakeOpenAI) -> None:
@@ -184,7 +184,7 @@ async def test_deadline_keeps_answers_already_paid_for(fake: FakeOpenAI) -> None
     router, ledger, exporter = _router(experts, script, query_timeout_s=0.6)
     result = await _run(router, within_s=1.6)
     assert result.stop_reason == "deadline" and result.answer == "4"  # the fast one's vote
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
 
 
 async def test_mixed_faults_under_concurrency_keep_the_books(fake: FakeOpenAI) -> None:

@@ -12,10 +12,11 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from reliability_books import PRICE, check_books, tracing
 
 from corl_graph._exceptions import LedgerError
@@ -42,7 +43,15 @@ def _pg_reason() -> str | None:
 needs_postgres = pytest.mark.skipif(_pg_reason() is not None, reason=str(_pg_reason()))
 
 
-def _router(ledger: Ledger, model: FakeChatModel) -> tuple[Router, object]:
+def _recording(calls: list[str], text: str) -> Callable[[str], str]:
+    def reply(prompt: str) -> str:
+        calls.append(prompt)
+        return text
+
+    return reply
+
+
+def _router(ledger: Ledger, model: FakeChatModel) -> tuple[Router, InMemorySpanExporter]:
     provider, exporter = tracing()
     small = ChatModelExpert("small", model, PRICE, max_output_tokens=64, max_retries=0)
     rc = RouterConfig(experts=[small], policy=AlwaysExpert(["small"]), ledger=ledger,
@@ -95,7 +104,7 @@ async def test_postgres_connections_killed_mid_run_recover(pg_app: tuple[str, st
             results += await asyncio.gather(*(router.arun(f"2 + 2? #{i}") for i in range(4)))
         assert sum(killed) >= 3, "the fault was not injected"
         assert all(r.answer == "4" for r in results)
-        books = await check_books(ledger, results, exporter)  # type: ignore[arg-type]
+        books = await check_books(ledger, results, exporter)
         assert books["reservations"] == 20
     finally:
         await ledger.aclose()
@@ -105,7 +114,7 @@ async def test_postgres_unreachable_fails_closed() -> None:
     ledger = PostgresLedger("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=1,
                             default_budget=BUDGET)
     calls: list[str] = []
-    router, _ = _router(ledger, FakeChatModel(lambda p: calls.append(p) or "4"))
+    router, _ = _router(ledger, FakeChatModel(_recording(calls, "4")))
     result = await asyncio.wait_for(router.arun("2 + 2?"), 15)
     assert not calls, "an expert was called without a reservation"
     assert result.answer is None and result.cost_usd == 0.0
@@ -121,7 +130,7 @@ def _sqlite(tmp_path: Path) -> tuple[SQLiteLedger, str]:
 async def test_sqlite_locked_past_busy_timeout_fails_closed_then_recovers(tmp_path: Path) -> None:
     ledger, path = _sqlite(tmp_path)
     calls: list[str] = []
-    router, exporter = _router(ledger, FakeChatModel(lambda p: calls.append(p) or "It is 4."))
+    router, exporter = _router(ledger, FakeChatModel(_recording(calls, "It is 4.")))
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
     refused = await router.arun("2 + 2?")
@@ -130,7 +139,7 @@ async def test_sqlite_locked_past_busy_timeout_fails_closed_then_recovers(tmp_pa
     blocker.execute("ROLLBACK")
     ok = await router.arun("2 + 2?")
     assert ok.answer == "4"
-    await check_books(ledger, [refused, ok], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [refused, ok], exporter)
     blocker.close()
     await ledger.aclose()
 
@@ -147,7 +156,7 @@ async def test_sqlite_locked_briefly_during_a_call_settles_on_retry(tmp_path: Pa
     router, exporter = _router(ledger, FakeChatModel(reply))
     result = await router.arun("2 + 2?")
     assert result.answer == "4"
-    await check_books(ledger, [result], exporter)  # type: ignore[arg-type]
+    await check_books(ledger, [result], exporter)
     blocker.close()
     await ledger.aclose()
 
