@@ -22,10 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-
-from corl_graph.budget import BudgetTier
-from corl_graph.experts import OutcomeTable, ReplayExpert
-from corl_graph.protocol import render_system_prompt, render_user_prompt
 from corl_graph.training import (
     PPOConfig,
     PPOTrainer,
@@ -33,6 +29,10 @@ from corl_graph.training import (
     tiny_llama,
     tiny_tokenizer,
 )
+
+from corl_graph.budget import BudgetTier
+from corl_graph.experts import OutcomeTable, ReplayExpert
+from corl_graph.protocol import render_system_prompt, render_user_prompt
 
 TABLE = "/work/shared/data/outcomes/zeroeval_gsm8k.jsonl.gz"
 EXPERTS = {  # name -> max_output_tokens (caps the worst-case reservation)
@@ -50,10 +50,22 @@ def numbers_only(table: OutcomeTable) -> OutcomeTable:
     for qid, q in table.queries.items():
         for m in EXPERTS:
             o = table.outcome(qid, m)
-            rows.append(dict(query_id=qid, split=q.split, task=q.task, prompt=q.prompt,
-                             reference=q.reference, model=m, correct=o.correct, answer=o.answer,
-                             response=None, input_tokens=o.input_tokens,
-                             output_tokens=o.output_tokens, cost_usd=o.cost_usd))
+            rows.append(
+                dict(
+                    query_id=qid,
+                    split=q.split,
+                    task=q.task,
+                    prompt=q.prompt,
+                    reference=q.reference,
+                    model=m,
+                    correct=o.correct,
+                    answer=o.answer,
+                    response=None,
+                    input_tokens=o.input_tokens,
+                    output_tokens=o.output_tokens,
+                    cost_usd=o.cost_usd,
+                )
+            )
     return OutcomeTable.from_rows(rows, prices={m: table.prices[m] for m in EXPERTS}, name="gsm8k")
 
 
@@ -69,15 +81,31 @@ def warm_start(lm, tok, experts, queries, steps: int, seed: int) -> list[float]:
         for _ in range(16):
             q = rng.choice(queries)
             tier = rng.choice(TIERS)
-            msgs = [{"role": "system", "content": system},
-                    {"role": "user", "content": render_user_prompt(q.text, tier.name, tier.max_usd_per_query)}]
+            msgs = [
+                {"role": "system", "content": system},
+                {
+                    "role": "user",
+                    "content": render_user_prompt(q.text, tier.name, tier.max_usd_per_query),
+                },
+            ]
             if rng.random() < 0.5:  # first turn: any action
-                target = rng.choice([f'<call expert="{n}">solve</call>' for n in names] + ["<answer>0</answer>"])
+                target = rng.choice(
+                    [f'<call expert="{n}">solve</call>' for n in names] + ["<answer>0</answer>"]
+                )
             else:  # after an expert replied: usually vote
                 first = rng.choice(names)
-                msgs += [{"role": "assistant", "content": f'<call expert="{first}">solve</call>'},
-                         {"role": "user", "content": f'<expert name="{first}">{rng.randint(0, 99)}</expert>'}]
-                target = "<aggregate/>" if rng.random() < 0.8 else f'<call expert="{rng.choice(names)}">solve</call>'
+                msgs += [
+                    {"role": "assistant", "content": f'<call expert="{first}">solve</call>'},
+                    {
+                        "role": "user",
+                        "content": f'<expert name="{first}">{rng.randint(0, 99)}</expert>',
+                    },
+                ]
+                target = (
+                    "<aggregate/>"
+                    if rng.random() < 0.8
+                    else f'<call expert="{rng.choice(names)}">solve</call>'
+                )
             prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
             t_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -91,7 +119,7 @@ def warm_start(lm, tok, experts, queries, steps: int, seed: int) -> list[float]:
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -127,37 +155,64 @@ def main() -> None:
     table = numbers_only(OutcomeTable.load(TABLE))
     experts = [ReplayExpert(table, m, max_output_tokens=n) for m, n in EXPERTS.items()]
     queries = load_queries(table, "train", field="question", limit=512)
-    corpus = [render_system_prompt([e.descriptor for e in experts])] * 20 + [q.text for q in queries]
-    tok = tiny_tokenizer(corpus, vocab_size=768, tiers=[t.name for t in TIERS], extra_tokens=list(EXPERTS))
-    lm = tiny_llama(len(tok), hidden_size=64, num_layers=2, intermediate_size=128,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    corpus = [render_system_prompt([e.descriptor for e in experts])] * 20 + [
+        q.text for q in queries
+    ]
+    tok = tiny_tokenizer(
+        corpus, vocab_size=768, tiers=[t.name for t in TIERS], extra_tokens=list(EXPERTS)
+    )
+    lm = tiny_llama(
+        len(tok),
+        hidden_size=64,
+        num_layers=2,
+        intermediate_size=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     warm = warm_start(lm, tok, experts, queries, args.warm_steps, args.seed)
     model_dir = Path("/tmp/corl_learning_check/warm")
     lm.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     t_warm = time.time() - t0
     config = PPOConfig(
-        model=str(model_dir), output_dir="/tmp/corl_learning_check/ppo", table=TABLE,
-        experts=tuple(EXPERTS), tiers=TIERS, iterations=args.iterations,
-        episodes_per_iter=args.episodes, minibatch_size=8, ppo_epochs=1, learning_rate=5e-4,
-        kl_coef=0.0, ent_coef=0.0, max_new_tokens=10, max_steps=2, max_seq_len=1024,
-        reward="corl", seed=args.seed, progress=True,
+        model=str(model_dir),
+        output_dir="/tmp/corl_learning_check/ppo",
+        table=TABLE,
+        experts=tuple(EXPERTS),
+        tiers=TIERS,
+        iterations=args.iterations,
+        episodes_per_iter=args.episodes,
+        minibatch_size=8,
+        ppo_epochs=1,
+        learning_rate=5e-4,
+        kl_coef=0.0,
+        ent_coef=0.0,
+        max_new_tokens=10,
+        max_steps=2,
+        max_seq_len=1024,
+        reward="corl",
+        seed=args.seed,
+        progress=True,
     )
     trainer = PPOTrainer(config, lm=lm, tokenizer=tok, experts=experts, queries=queries)
     history = trainer.train()
     result = {
-        "command": "python benchmarks/learning_check.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "experts": EXPERTS, "tiers": {t.name: t.max_usd_per_query for t in TIERS},
-        "reward": "corl: correct * 1[cost <= B_tier]", "warm_start_loss": [warm[0], warm[-1]],
+        "command": "python benchmarks/learning_check.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "experts": EXPERTS,
+        "tiers": {t.name: t.max_usd_per_query for t in TIERS},
+        "reward": "corl: correct * 1[cost <= B_tier]",
+        "warm_start_loss": [warm[0], warm[-1]],
         "seconds": {"warm_start": t_warm, "total": time.time() - t0},
         "history": history,
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "learning_check.json").write_text(json.dumps(result, indent=1))
     plot(history, OUT / "learning_check.png")
-    first, last = history[: 4], history[-4:]
-    for key in ["reward/mean"] + [f"{p}/{t.name}" for p in ("reward", "expert_call_ratio", "cost_usd") for t in TIERS]:
+    first, last = history[:4], history[-4:]
+    for key in ["reward/mean"] + [
+        f"{p}/{t.name}" for p in ("reward", "expert_call_ratio", "cost_usd") for t in TIERS
+    ]:
         a = sum(h.get(key, float("nan")) for h in first) / len(first)
         b = sum(h.get(key, float("nan")) for h in last) / len(last)
         print(f"{key:32s} first4 {a:.4g}  last4 {b:.4g}")
