@@ -166,3 +166,28 @@ def test_decision_format_error_is_redacted(
 async def test_routing_without_a_provider_records_nothing_and_works() -> None:
     result = await make_router(None).arun("What is 2+2?")
     assert result.answer == "4"
+
+
+def test_without_any_provider_no_span_is_built_but_a_later_global_one_is_used() -> None:
+    from unittest import mock
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider as SDKProvider
+
+    from corl_graph.tracing import RouterTracer
+
+    tracer = RouterTracer()
+    no_provider = trace.ProxyTracerProvider()
+    with (
+        mock.patch.object(trace, "get_tracer_provider", return_value=no_provider),
+        tracer.step_span("think", 0) as span,
+    ):
+        assert span is trace.INVALID_SPAN
+    # Once an application installs a real global provider, spans are built again.
+    with (
+        mock.patch.object(trace, "get_tracer_provider", return_value=SDKProvider()),
+        mock.patch.object(tracer._tracer, "start_as_current_span") as start,
+        tracer.step_span("think", 0),
+    ):
+        pass
+    start.assert_called_once()
