@@ -17,7 +17,6 @@ import asyncio
 import json
 import operator
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -69,7 +68,12 @@ def bare_graph() -> Any:
         return "call" if len(state.get("replies", [])) < 2 else "aggregate"
 
     b = StateGraph(Bare)
-    for name, fn in (("think", think), ("call", call), ("aggregate", aggregate), ("answer", answer)):
+    for name, fn in (
+        ("think", think),
+        ("call", call),
+        ("aggregate", aggregate),
+        ("answer", answer),
+    ):
         b.add_node(name, fn)
     b.add_edge(START, "think")
     b.add_conditional_edges("think", route, ["call", "aggregate"])
@@ -84,8 +88,9 @@ def bare_graph() -> Any:
 def routed(ledger: Ledger, tracing: bool) -> Callable[[], Awaitable[Any]]:
     experts = [
         ChatModelExpert("a", FakeChatModel("It is 4"), PriceSheet(0.1, 0.4), max_output_tokens=64),
-        ChatModelExpert("b", FakeChatModel("The answer is 4"), PriceSheet(2.5, 10.0),
-                        max_output_tokens=64),
+        ChatModelExpert(
+            "b", FakeChatModel("The answer is 4"), PriceSheet(2.5, 10.0), max_output_tokens=64
+        ),
     ]
     provider = None
     if tracing:
@@ -173,20 +178,6 @@ async def main(queries: int, rounds: int, concurrency: int) -> dict[str, Any]:
     return summary
 
 
-def machine() -> dict[str, Any]:
-    import langgraph  # noqa: F401
-    from importlib.metadata import version
-
-    return {
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "langgraph": version("langgraph"),
-        "langchain_core": version("langchain-core"),
-        "opentelemetry_sdk": version("opentelemetry-sdk"),
-    }
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queries", type=int, default=300)
@@ -194,9 +185,15 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=100)
     args = parser.parse_args()
     summary = asyncio.run(main(args.queries, args.rounds, args.concurrency))
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _machine import machine
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine(), "args": vars(args), "results": summary},
-                                  indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps({"machine": machine(), "args": vars(args), "results": summary}, indent=2) + "\n"
+    )
     for key, row in summary.items():
-        print(f"{key:<45} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
-              f"{row['qps']:7.1f} q/s  x{row['ratio_p50_vs_bare']:.2f}")
+        print(
+            f"{key:<45} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
+            f"{row['qps']:7.1f} q/s  x{row['ratio_p50_vs_bare']:.2f}"
+        )

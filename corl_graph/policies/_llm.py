@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -13,7 +13,13 @@ from corl_graph.policies._base import Decision, PolicyView
 from corl_graph.protocol import parse_action, render_system_prompt, render_user_prompt
 from corl_graph.trajectories import Segment
 
-__all__ = ["LLMPolicy"]
+__all__ = ["LLMPolicy", "Transport"]
+
+# "openai" calls the ChatOpenAI's own AsyncOpenAI client with the payload ChatOpenAI would
+# send, skipping LangChain's run manager: same request, same features, about half the
+# client overhead per step (benchmarks/bench_controller.py). "auto" takes it for a
+# ChatOpenAI pointed at a self-hosted server (vLLM) and LangChain's path otherwise.
+Transport = Literal["auto", "langchain", "openai"]
 
 
 class LLMPolicy:
@@ -45,6 +51,7 @@ class LLMPolicy:
         name: str | None = None,
         timeout_s: float = 60.0,
         capture_logprobs: bool = True,
+        transport: Transport = "auto",
     ):
         if not isinstance(model, BaseChatModel):
             raise ConfigError(f"LLMPolicy needs a LangChain BaseChatModel, got {type(model)}")
@@ -52,9 +59,31 @@ class LLMPolicy:
             raise ConfigError(f"LLMPolicy timeout_s must be > 0, got {timeout_s!r}")
         self.name = name or f"llm({getattr(model, 'model_name', None) or type(model).__name__})"
         self.timeout_s = timeout_s
-        self._model: Any = model
-        if capture_logprobs and _is_vllm_like(model):
-            self._model = model.bind(logprobs=True, extra_body=_VLLM_CAPTURE)
+        if transport not in ("auto", "langchain", "openai"):
+            raise ConfigError(
+                f"transport must be 'auto', 'langchain' or 'openai', got {transport!r}"
+            )
+        has_client = getattr(model, "async_client", None) is not None and hasattr(
+            model, "_get_request_payload"
+        )
+        if transport == "openai" and not has_client:
+            raise ConfigError(
+                f"transport='openai' needs a ChatOpenAI-style model with an async_client, got "
+                f"{type(model).__name__}; use transport='langchain'"
+            )
+        self._capture: dict[str, Any] = (
+            {"logprobs": True, "extra_body": _VLLM_CAPTURE}
+            if capture_logprobs and _is_vllm_like(model)
+            else {}
+        )
+        self._chat: Any = model
+        self.transport: Literal["langchain", "openai"] = (
+            "openai"
+            if transport == "openai"
+            or (transport == "auto" and has_client and _is_vllm_like(model))
+            else "langchain"
+        )
+        self._model: Any = model.bind(**self._capture) if self._capture else model
 
     def messages(self, view: PolicyView) -> list[BaseMessage]:
         """The chat the controller sees at this step."""
@@ -69,8 +98,13 @@ class LLMPolicy:
 
     async def decide(self, view: PolicyView) -> Decision:
         messages = self.messages(view)
+        call = (
+            self._via_openai(messages)
+            if self.transport == "openai"
+            else self._model.ainvoke(messages)
+        )
         try:
-            reply = await asyncio.wait_for(self._model.ainvoke(messages), self.timeout_s)
+            reply = await asyncio.wait_for(call, self.timeout_s)
         except TimeoutError as exc:
             msg = f"controller {self.name} did not answer in {self.timeout_s}s"
             raise PolicyError(msg) from exc
@@ -84,6 +118,24 @@ class LLMPolicy:
             raw=text,
             format_error=parsed.error,
             segments=(*_context_delta(view, messages), _generated(reply, text)),
+        )
+
+    async def _via_openai(self, messages: list[BaseMessage]) -> AIMessage:
+        """The request ChatOpenAI would send, on its own client; the reply as an AIMessage
+        with the same ``response_metadata`` keys the LangChain path fills."""
+        payload = self._chat._get_request_payload(messages, **self._capture)
+        response = await self._chat.async_client.create(**payload)
+        choice = response.choices[0]
+        logprobs = choice.logprobs.model_dump() if choice.logprobs is not None else None
+        extra = choice.model_extra or {}
+        return AIMessage(
+            content=choice.message.content or "",
+            response_metadata={
+                "logprobs": logprobs,
+                "token_ids": extra.get("token_ids"),
+                "finish_reason": choice.finish_reason,
+                "model_name": response.model,
+            },
         )
 
 
@@ -130,7 +182,7 @@ def _ids_from_logprobs(content: list[dict[str, Any]]) -> tuple[int, ...]:
         if not isinstance(token, str) or not token.startswith(_TOKEN_ID_PREFIX):
             return ()
         try:
-            ids.append(int(token[len(_TOKEN_ID_PREFIX):]))
+            ids.append(int(token[len(_TOKEN_ID_PREFIX) :]))
         except ValueError:
             return ()
     return tuple(ids)
