@@ -125,8 +125,10 @@ def worker(model: str, rows: int, length: int, repeats: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def measure(model: str, nproc: int, rows: int, length: int, repeats: int) -> dict[str, object]:
-    out = Path(f"/tmp/bench_ppo_{model}_{nproc}.json")
+def measure(
+    model: str, nproc: int, threads: int, rows: int, length: int, repeats: int
+) -> dict[str, object]:
+    out = Path(f"/tmp/bench_ppo_{model}_{nproc}_{threads}.json")
     script = [
         str(Path(__file__).resolve()),
         "--worker",
@@ -140,7 +142,7 @@ def measure(model: str, nproc: int, rows: int, length: int, repeats: int) -> dic
         "--out",
         str(out),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = (
         [sys.executable, *script]
         if nproc == 1
@@ -173,12 +175,21 @@ def main() -> None:
     for model in MODELS:
         # the 135M model gets a smaller batch so that the benchmark fits in minutes on 2 cores
         rows, length = (args.rows, args.length) if model == "tiny" else (4, 128)
-        for nproc in (1, 2):
-            r = measure(model, nproc, rows, length, args.repeats)
+        # On a busy 2-core machine, 2 OpenMP threads in one process can be far slower than 1
+        # (threads spin while the other core is taken), so 1 process is measured both ways.
+        for nproc, threads in ((1, 1), (1, 2), (2, 1)):
+            r = measure(model, nproc, threads, rows, length, args.repeats)
             results.append(
-                {"model": model, "processes": nproc, "rows": rows, "length": length, **r}
+                {
+                    "model": model,
+                    "processes": nproc,
+                    "omp_threads_per_process": threads,
+                    "rows": rows,
+                    "length": length,
+                    **r,
+                }
             )
-            print(model, nproc, f"{r['tokens_per_s']:.0f} tokens/s", flush=True)
+            print(model, nproc, threads, f"{r['tokens_per_s']:.0f} tokens/s", flush=True)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(
         json.dumps(
