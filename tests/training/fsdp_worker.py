@@ -69,7 +69,9 @@ def main(model_dir: str, out: str) -> None:
     )
     batch = fixed_batch(trainer.model.lm.config.vocab_size)
     rank, world = trainer.info.rank, trainer.info.world_size
-    initial = unwrapped_state_dict(trainer.model, rank0_only=False)
+    initial = {
+        k: v.clone() for k, v in unwrapped_state_dict(trainer.model, rank0_only=False).items()
+    }
     local = batch.rows(torch.arange(rank, len(batch), world))
     metrics = trainer.update(local)
     state = unwrapped_state_dict(trainer.model, rank0_only=False)
