@@ -14,167 +14,78 @@ The advantage and loss functions are the project's shared pure functions
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from corl_graph.training._ppo_losses import compute_gae, masked_mean, policy_loss, value_loss
+from corl_graph.training.neural._bc import BCConfig, clone_teachers, demonstrations
+from corl_graph.training.neural._env import Env, Net, build_env, build_meta, pca, split_ids
+from corl_graph.training.neural._teachers import (
+    assign_teachers,
+    teacher_bank,
+    teacher_rewards,
+)
 from torch import nn
 
+from corl_graph._exceptions import ConfigError
 from corl_graph.budget import TierSet
-from corl_graph.evaluation._sim import EpisodeArrays, ReplaySim, episode_arrays, run_episodes
+from corl_graph.evaluation._sim import episode_arrays, run_episodes
 from corl_graph.experts import OutcomeTable, ReplayExpert
 from corl_graph.policies._neural import (
     _LOG_W_RANGE,
     NeuralMeta,
     NeuralPolicy,
     action_mask,
-    project,
     step_features,
 )
 
-__all__ = ["NeuralPPOConfig", "calibrate_tiers", "train_neural_policy"]
+__all__ = [
+    "NeuralPPOConfig",
+    "calibrate_tiers",
+    "corl_score",
+    "select_best",
+    "train_neural_policy",
+]
 
 
 @dataclass(frozen=True)
 class NeuralPPOConfig:
-    """PPO settings for the routing MLP; the defaults train a table in about a minute."""
+    """Training settings: behaviour cloning (``bc``; None: PPO from scratch), then PPO
+    fine-tuning for ``iterations`` (0: the cloned policy as is)."""
 
     hidden: int = 128
-    iterations: int = 150
+    iterations: int = 40
     episodes_per_iter: int = 1024
-    epochs: int = 8
+    epochs: int = 4
     minibatch: int = 512
     proj_dim: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-4
     clip: float = 0.2
     value_coef: float = 0.5
-    entropy_coef: float = 0.05
+    entropy_coef: float = 0.005
     gae_lambda: float = 0.95
     calibration_share: float = 0.2
     calibration_tolerance: float = 0.005
+    # Where each tier's cost weight is calibrated. "train": the whole train split (fit +
+    # held-out); with ~200 held-out queries one query is 0.5 points, as large as the gaps
+    # between operating points, so held-out-only calibration picks cheap points by noise.
+    # Model selection (seeds, teacher choices) always uses the held-out share alone.
+    calibrate_on: Literal["heldout", "train"] = "train"
     weight_grid: tuple[float, ...] = field(
         default_factory=lambda: tuple(float(w) for w in np.geomspace(1e-3, 3.0, 25))
     )
+    bc: BCConfig | None = field(default_factory=BCConfig)
     seed: int = 0
     threads: int = 1
 
 
-class _Net(nn.Module):
-    """Policy and value MLPs; the policy's layout matches ``mlp_logits`` in numpy."""
-
-    def __init__(self, n_in: int, n_actions: int, hidden: int):
-        super().__init__()
-        self.pi = nn.Sequential(
-            nn.Linear(n_in, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, n_actions),
-        )
-        self.v = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        with torch.no_grad():  # a near-uniform start, as CleanRL's 0.01-gain last layer
-            self.pi[-1].weight.mul_(0.01)
-
-    def numpy_params(self) -> dict[str, np.ndarray]:
-        layers = [m for m in self.pi if isinstance(m, nn.Linear)]
-        out: dict[str, np.ndarray] = {}
-        for i, layer in enumerate(layers, start=1):
-            out[f"w{i}"] = layer.weight.detach().numpy().T.copy()  # (in, out)
-            out[f"b{i}"] = layer.bias.detach().numpy().copy()
-        return out
-
-
-def _split(ids: Sequence[str], share: float) -> tuple[list[str], list[str]]:
-    """Deterministic fit / calibration split by hash of the query id."""
-
-    def held(q: str) -> bool:
-        return int(hashlib.sha1(q.encode()).hexdigest(), 16) % 1000 < share * 1000
-
-    return [q for q in ids if not held(q)], [q for q in ids if held(q)]
-
-
-def _pca(vectors: np.ndarray, dim: int) -> dict[str, np.ndarray]:
-    """Mean, top-``dim`` principal directions (E, P) and a scale giving unit variance."""
-    mean = vectors.mean(0)
-    _, sing, vt = np.linalg.svd(vectors - mean, full_matrices=False)
-    proj = vt[:dim].T
-    scale = 1.0 / (sing[:dim] / math.sqrt(len(vectors)) + 1e-6)
-    return {
-        "mean": mean.astype(np.float32),
-        "proj": proj.astype(np.float32),
-        "scale": scale.astype(np.float32),
-    }
-
-
-def _meta(
-    table: OutcomeTable,
-    experts: Sequence[ReplayExpert],
-    tiers: TierSet,
-    arrays: EpisodeArrays,
-    embed_dim: int,
-    proj_dim: int,
-) -> NeuralMeta:
-    in_tokens = [table.outcome(q, experts[0].model).input_tokens for q in arrays.query_ids]
-    return NeuralMeta(
-        experts=tuple(e.name for e in experts),
-        output_usd_per_mtok=tuple(e.price.output_usd_per_mtok for e in experts),
-        input_usd_per_mtok=tuple(e.price.input_usd_per_mtok for e in experts),
-        max_output_tokens=tuple(e.max_output_tokens for e in experts),
-        tiers=tuple(tiers),
-        tier_caps_usd=tuple(tiers[t].max_usd_per_query for t in tiers),
-        cost_ref_usd=float(arrays.cost.mean(0).max()),
-        typical_input_tokens=int(np.median(in_tokens)),
-        reserve_factor=tuple(float(getattr(e, "_cost_factor", 1.0)) for e in experts),
-        embed_dim=embed_dim,
-        proj_dim=proj_dim,
-        table=table.name,
-    )
-
-
-@dataclass
-class _Env:
-    arrays: EpisodeArrays
-    emb: np.ndarray  # (N, E)
-    est: np.ndarray  # (N, K)
-    price_rank: np.ndarray  # (K,)
-    caps: np.ndarray  # (T,)
-
-    def sim(self, rows: np.ndarray, tier: np.ndarray, log_w: np.ndarray) -> ReplaySim:
-        return ReplaySim(
-            self.arrays,
-            self.emb,
-            self.est,
-            self.price_rank,
-            rows=rows,
-            tier=tier,
-            cap=self.caps[tier],
-            log_w=log_w,
-        )
-
-
-def _env(
-    table: OutcomeTable,
-    experts: Sequence[ReplayExpert],
-    ids: Sequence[str],
-    emb: dict[str, np.ndarray],
-    meta: NeuralMeta,
-    pca: dict[str, np.ndarray],
-) -> _Env:
-    arrays = episode_arrays(table, experts, ids)
-    est = np.stack([meta.estimate_usd(int(b)) for b in arrays.query_bytes])
-    vectors = project(pca, np.stack([emb[q] for q in ids]).astype(np.float32))
-    return _Env(
-        arrays, vectors, est, np.array(meta.output_usd_per_mtok), np.array(meta.tier_caps_usd)
-    )
-
-
 def _rollout(
-    net: _Net, env: _Env, meta: NeuralMeta, rng: np.random.Generator, n: int
+    net: Net, env: Env, meta: NeuralMeta, rng: np.random.Generator, n: int
 ) -> dict[str, torch.Tensor]:
     """Sample n episodes; returns (B, T) tensors of features, actions, log-probs, masks."""
     rows = rng.integers(0, len(env.emb), n)
@@ -186,7 +97,7 @@ def _rollout(
     for t in range(steps):
         s = sim.state()
         live = ~sim.done
-        x = torch.from_numpy(step_features(s, len(meta.tiers)))
+        x = torch.from_numpy(step_features(s, len(meta.tiers), meta.feature_version))
         allowed = action_mask(s)
         if t == steps - 1:
             allowed[:, 1 : meta.n_experts + 1] = False
@@ -199,7 +110,7 @@ def _rollout(
         alive.append(torch.from_numpy(live.astype(np.float32)))
         sim.step(a)
     cost = sim.s.spent
-    score = sim.correct - np.exp(log_w) * cost / meta.cost_ref_usd
+    score = corl_score(sim.correct, cost, sim.s.cap, log_w, meta.cost_ref_usd)
     return {
         "x": torch.stack(feats, 1),
         "a": torch.stack(acts, 1),
@@ -211,7 +122,20 @@ def _rollout(
     }
 
 
-def _evaluate_old(net: _Net, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def corl_score(
+    correct: np.ndarray, cost: np.ndarray, cap: np.ndarray, log_w: np.ndarray, cost_ref: float
+) -> np.ndarray:
+    """CORL's reward ``correct * 1[cost <= cap]`` minus ``w * cost / cost_ref``.
+
+    The ledger (and the simulator's mask) never lets cost pass the cap, so the indicator is
+    1 in practice; it stays so that a simulator bug would cost reward instead of teaching an
+    overspend. The cost term separates operating points of equal accuracy and is what the
+    per-tier weight ``w`` calibrates (w -> 0: the most accurate policy within the cap)."""
+    within = cost <= cap + 1e-12
+    return correct * within - np.exp(log_w) * cost / cost_ref
+
+
+def _evaluate_old(net: Net, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         logits = net.pi(batch["x"]).masked_fill(~batch["allowed"], -1e9)  # (B, T, A)
         logp = torch.log_softmax(logits, -1).gather(-1, batch["a"].unsqueeze(-1)).squeeze(-1)
@@ -226,7 +150,7 @@ def _evaluate_old(net: _Net, batch: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def _update(
-    net: _Net,
+    net: Net,
     opt: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     old: dict[str, torch.Tensor],
@@ -270,9 +194,7 @@ def _update(
     return stats
 
 
-def greedy_results(
-    policy: NeuralPolicy, env: _Env, tier: int, weight: float
-) -> tuple[float, float]:
+def greedy_results(policy: NeuralPolicy, env: Env, tier: int, weight: float) -> tuple[float, float]:
     """(accuracy, mean cost) of the greedy numpy policy at one tier and cost weight."""
     n = len(env.emb)
     sim = env.sim(np.arange(n), np.full(n, tier), np.full(n, math.log(weight)))
@@ -280,7 +202,7 @@ def greedy_results(
     return float(sim.correct.mean()), float(sim.s.spent.mean())
 
 
-def calibrate_tiers(policy: NeuralPolicy, env: _Env, cfg: NeuralPPOConfig) -> dict[str, float]:
+def calibrate_tiers(policy: NeuralPolicy, env: Env, cfg: NeuralPPOConfig) -> dict[str, float]:
     """Per tier, the cheapest cost weight whose held-out accuracy is within
     ``calibration_tolerance`` of the best weight's (all respect the cap by construction)."""
     chosen: dict[str, float] = {}
@@ -290,6 +212,95 @@ def calibrate_tiers(policy: NeuralPolicy, env: _Env, cfg: NeuralPPOConfig) -> di
         fit = [(cost, w) for w, acc, cost in results if acc >= best - cfg.calibration_tolerance]
         chosen[name] = min(fit)[1]
     return chosen
+
+
+def _episodes(
+    rng: np.random.Generator, n_rows: int, n_tiers: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n random (query row, tier, log cost weight) triples."""
+    return (
+        rng.integers(0, n_rows, n),
+        rng.integers(0, n_tiers, n),
+        rng.uniform(*_LOG_W_RANGE, n),
+    )
+
+
+def _clone(
+    net: Net,
+    env: Env,
+    meta: NeuralMeta,
+    cfg: NeuralPPOConfig,
+    bc: BCConfig,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+) -> dict[str, float]:
+    """Behaviour-clone the best teachers (see ``assign_teachers``) on the fit queries."""
+    bank = teacher_bank(list(meta.experts))
+    correct, cost = teacher_rewards(bank, env)
+    episodes = _episodes(rng, len(env.emb), len(meta.tiers), bc.episodes)
+    teacher = assign_teachers(correct, cost, *episodes, meta.cost_ref_usd, bc.mode)
+    demos = demonstrations(
+        env,
+        bank,
+        teacher,
+        episodes,
+        n_tiers=len(meta.tiers),
+        version=meta.feature_version,
+        cost_ref=meta.cost_ref_usd,
+    )
+    return clone_teachers(net, demos, bc, gen)
+
+
+def _ppo(
+    net: Net,
+    env: Env,
+    meta: NeuralMeta,
+    cfg: NeuralPPOConfig,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    log: bool,
+) -> None:
+    """PPO fine-tuning (from the cloned policy when there is one)."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
+    started = time.perf_counter()
+    for it in range(cfg.iterations):
+        for group in opt.param_groups:  # linear learning-rate decay, as in CleanRL
+            group["lr"] = cfg.lr * (1.0 - it / cfg.iterations)
+        batch = _rollout(net, env, meta, rng, cfg.episodes_per_iter)
+        entropy = cfg.entropy_coef * (1.0 - it / cfg.iterations)
+        stats = _update(net, opt, batch, _evaluate_old(net, batch), cfg, gen, entropy)
+        if log and (it % 10 == 0 or it == cfg.iterations - 1):
+            print(
+                f"iter {it:4d} reward {float(batch['score'].mean()):.3f} "
+                f"acc {float(batch['correct'].mean()):.3f} "
+                f"ent {stats['losses/entropy']:.3f} kl {stats['losses/approx_kl']:.4f} "
+                f"{time.perf_counter() - started:.0f}s",
+                flush=True,
+            )
+
+
+def _finish(
+    net: Net,
+    pca_params: dict[str, np.ndarray],
+    meta: NeuralMeta,
+    envs: tuple[Env, Env],
+    cfg: NeuralPPOConfig,
+    notes: dict[str, object],
+) -> tuple[NeuralPolicy, float]:
+    """Export to numpy, calibrate each tier's cost weight (on ``envs[0]``), and score it on
+    the held-out queries ``envs[1]``: the mean over tiers of accuracy at that weight."""
+    calib, env = envs
+    policy = NeuralPolicy({**net.numpy_params(), **pca_params}, meta)
+    weights = calibrate_tiers(policy, calib, cfg)
+    accs = [greedy_results(policy, env, t, weights[name])[0] for t, name in enumerate(meta.tiers)]
+    score = float(np.mean(accs))
+    notes = {
+        **notes,
+        "validation_accuracy": dict(zip(meta.tiers, accs, strict=True)),
+        "validation_score": score,
+    }
+    meta = NeuralMeta(**{**meta.__dict__, "tier_cost_weight": weights, "notes": notes})
+    return NeuralPolicy(policy.params, meta), score
 
 
 def train_neural_policy(
@@ -302,54 +313,81 @@ def train_neural_policy(
     split: str = "train",
     log: bool = True,
 ) -> NeuralPolicy:
-    """Train on ``split`` (minus a held-out share for calibration) and calibrate each tier."""
+    """Train on ``split`` minus a held-out share: clone teachers, fine-tune with PPO, and
+    keep whichever of the two scores better on the held-out queries (never the test split)."""
     cfg = config or NeuralPPOConfig()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     ids = sorted(q for q, info in table.queries.items() if info.split == split)
-    fit_ids, cal_ids = _split(ids, cfg.calibration_share)
+    fit_ids, cal_ids = split_ids(ids, cfg.calibration_share)
     dim = len(next(iter(embeddings.values())))
-    meta = _meta(table, experts, tiers, episode_arrays(table, experts, fit_ids), dim, cfg.proj_dim)
-    pca = _pca(np.stack([embeddings[q] for q in fit_ids]), cfg.proj_dim)
-    fit_env = _env(table, experts, fit_ids, embeddings, meta, pca)
-    cal_env = _env(table, experts, cal_ids, embeddings, meta, pca)
-    net = _Net(meta.n_features, meta.n_actions, cfg.hidden)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
-    started = time.perf_counter()
-    for it in range(cfg.iterations):
-        for group in opt.param_groups:  # linear learning-rate decay, as in CleanRL
-            group["lr"] = cfg.lr * (1.0 - it / cfg.iterations)
-        batch = _rollout(net, fit_env, meta, rng, cfg.episodes_per_iter)
-        stats = _update(
-            net,
-            opt,
-            batch,
-            _evaluate_old(net, batch),
-            cfg,
-            gen,
-            cfg.entropy_coef * (1.0 - it / cfg.iterations),
-        )
-        if log and (it % 25 == 0 or it == cfg.iterations - 1):
-            print(
-                f"iter {it:4d} reward {float(batch['score'].mean()):.3f} "
-                f"acc {float(batch['correct'].mean()):.3f} "
-                f"ent {stats['losses/entropy']:.3f} kl {stats['losses/approx_kl']:.4f} "
-                f"{time.perf_counter() - started:.0f}s",
-                flush=True,
-            )
-    policy = NeuralPolicy({**net.numpy_params(), **pca}, meta)
-    weights = calibrate_tiers(policy, cal_env, cfg)
-    notes = {
-        "iterations": cfg.iterations,
-        "episodes_per_iter": cfg.episodes_per_iter,
+    arrays = episode_arrays(table, experts, fit_ids)
+    meta = build_meta(table, experts, tiers, arrays, dim, cfg.proj_dim)
+    pca_params = pca(np.stack([embeddings[q] for q in fit_ids]), cfg.proj_dim)
+    fit_env = build_env(table, experts, fit_ids, embeddings, meta, pca_params)
+    cal_env = build_env(table, experts, cal_ids, embeddings, meta, pca_params)
+    calib = (
+        cal_env
+        if cfg.calibrate_on == "heldout"
+        else build_env(table, experts, ids, embeddings, meta, pca_params)
+    )
+    net = Net(meta.n_features, meta.n_actions, cfg.hidden)
+    notes: dict[str, object] = {
         "fit_queries": len(fit_ids),
         "calibration_queries": len(cal_ids),
         "seed": cfg.seed,
     }
-    meta = NeuralMeta(**{**meta.__dict__, "tier_cost_weight": weights, "notes": notes})
-    return NeuralPolicy(policy.params, meta)
+    candidates: list[tuple[float, str, NeuralPolicy]] = []
+    if cfg.bc is not None:
+        stats = _clone(net, fit_env, meta, cfg, cfg.bc, rng, gen)
+        bc_notes = {**notes, "stage": "bc", "bc_mode": cfg.bc.mode, **stats}
+        policy, score = _finish(net, pca_params, meta, (calib, cal_env), cfg, bc_notes)
+        candidates.append((score, "bc", policy))
+        if log:
+            print(f"bc {stats} held-out {policy.meta.notes['validation_accuracy']}", flush=True)
+    if cfg.iterations > 0:
+        _ppo(net, fit_env, meta, cfg, rng, gen, log)
+        stage = "bc+ppo" if cfg.bc is not None else "ppo"
+        ppo_notes = {
+            **notes,
+            "stage": stage,
+            "iterations": cfg.iterations,
+            "episodes_per_iter": cfg.episodes_per_iter,
+        }
+        policy, score = _finish(net, pca_params, meta, (calib, cal_env), cfg, ppo_notes)
+        candidates.append((score, stage, policy))
+        if log:
+            print(f"{stage} held-out {policy.meta.notes['validation_accuracy']}", flush=True)
+    if not candidates:
+        raise ConfigError("nothing to train: no behaviour cloning and 0 PPO iterations")
+    return max(candidates, key=lambda c: c[0])[2]
+
+
+def select_best(
+    table: OutcomeTable,
+    experts: Sequence[ReplayExpert],
+    tiers: TierSet,
+    embeddings: dict[str, np.ndarray],
+    configs: Sequence[NeuralPPOConfig],
+) -> NeuralPolicy:
+    """Train one policy per config (seeds, teacher choices) and keep the best on the held-out
+    share of the training split."""
+    best: NeuralPolicy | None = None
+    for cfg in configs:
+        policy = train_neural_policy(table, experts, tiers, embeddings, config=cfg)
+        score = float(policy.meta.notes["validation_score"])
+        print(
+            f"seed {cfg.seed} bc {cfg.bc and cfg.bc.mode} -> {policy.meta.notes['stage']} "
+            f"held-out score {score:.4f}",
+            flush=True,
+        )
+        if best is None or score > float(best.meta.notes["validation_score"]):
+            best = policy
+    if best is None:
+        raise ConfigError("select_best needs at least one config")
+    return best
 
 
 def _demo_setup(
@@ -375,9 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output path without suffix")
     parser.add_argument("--iterations", type=int, default=NeuralPPOConfig.iterations)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="train seed..seed+N-1, keep the best")
+    parser.add_argument(
+        "--bc-modes",
+        default="fixed",
+        help="comma-separated teacher choices to try: fixed, per_query, none (PPO from scratch)",
+    )
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
-    cfg = NeuralPPOConfig(iterations=args.iterations, seed=args.seed)
     if args.demo_embeddings:
         table, experts, tiers, emb = _demo_setup(args.demo_embeddings)
     else:
@@ -385,7 +428,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset = preset_for(table.name)
         experts, tiers = preset_experts(table, preset), preset.tiers()
         emb = table_embeddings(table, cache_dir=args.cache_dir)
-    policy = train_neural_policy(table, experts, tiers, emb, config=cfg)
+    configs = [
+        NeuralPPOConfig(
+            iterations=args.iterations,
+            seed=seed,
+            bc=None if mode == "none" else BCConfig(mode=mode),  # type: ignore[arg-type]
+        )
+        for seed in range(args.seed, args.seed + args.seeds)
+        for mode in args.bc_modes.split(",")
+    ]
+    policy = select_best(table, experts, tiers, emb, configs)
     policy.save(args.out)
     print(f"saved {args.out}.npz/.json; tier cost weights {policy.meta.tier_cost_weight}")
     return 0

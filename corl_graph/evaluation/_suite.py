@@ -2,7 +2,8 @@
 
 Everything runs through the real graph (``Router``) with replayed experts on the test split.
 Operating points for AIQ: each router family's per-tier points plus a sweep of its knob on
-the largest tier (kNN: cost weight; threshold: share of strong calls; neural: cost weight).
+the largest tier (kNN: cost weight; threshold: share of strong calls; agreement cascade:
+answers that must agree; neural: cost weight).
 """
 
 from __future__ import annotations
@@ -28,13 +29,24 @@ from corl_graph.evaluation._baselines import (
 from corl_graph.evaluation._harness import route_queries, test_queries
 from corl_graph.evaluation._metrics import TierMetrics, aiq, summarize
 from corl_graph.experts import OutcomeTable, ReplayExpert
-from corl_graph.policies import AlwaysExpert, ControllerOnly, NeuralPolicy, Policy
+from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, NeuralPolicy, Policy
 
 __all__ = ["BenchmarkResult", "run_benchmark", "write_plot"]
 
 SWEEP_SHARES = (0.0, 0.3, 0.6, 1.0)
 SWEEP_KNN = (0.0, 0.1, 0.35, 1.0, 5.0)
-SWEEP_WEIGHTS = (0.001, 0.01, 0.1, 1.0)
+SWEEP_WEIGHTS = (0.001, 0.01, 0.1, 1.0, 3.0)
+# Agreement cascade: 2 is the per-tier point (what a user would pick), 1 and 3 the sweep.
+SWEEP_AGREE = (1, 3)
+
+
+def agreement_cascade(experts: Sequence[ReplayExpert], controller: str, agree: int = 2) -> Cascade:
+    """The fixed agreement cascade: every pool model but the controller, cheapest first,
+    stopping once ``agree`` answers coincide, then the majority vote. A strong router that
+    needs no training; where answers cannot be voted on (code) it calls every affordable
+    model and answers with the last reply."""
+    names = [e.name for e in experts if e.name != controller]
+    return Cascade(names, agree=agree, name=f"cascade(agree={agree})")
 
 
 @dataclass
@@ -129,6 +141,7 @@ async def run_benchmark(
         res.add(await run(knn.with_cost_weight(w), tier), "knn", "tier", w)
         share = calibrate_threshold(thr, table, experts, embeddings, cap)
         res.add(await run(thr.calibrate(share), tier), "threshold", "tier", share)
+        res.add(await run(agreement_cascade(experts, controller), tier), "cascade", "tier", 2)
         if neural is not None:
             m = await run(neural, tier)
             res.add(m, "neural", "tier", neural.meta.tier_cost_weight.get(tier))
@@ -136,7 +149,10 @@ async def run_benchmark(
             res.add(await run(rnd, tier), "random", "tier")
     if sweeps:
         await _sweeps(res, run, knn, thr, neural, top)
-    for family in ("single", "knn", "threshold", "neural", "oracle", "random"):
+        for agree in SWEEP_AGREE:
+            cascade = agreement_cascade(experts, controller, agree)
+            res.add(await run(cascade, top), "cascade", "sweep", agree)
+    for family in ("single", "knn", "threshold", "cascade", "neural", "oracle", "random"):
         if res.points(family):
             res.aiq[family] = aiq(
                 res.points(family), c_min=res.cost_range[0], c_max=res.cost_range[1]
@@ -164,6 +180,7 @@ _STYLE = {
     "oracle": ("*", "gold"),
     "knn": ("^", "tab:blue"),
     "threshold": ("v", "tab:green"),
+    "cascade": ("P", "tab:orange"),
     "random": ("x", "tab:purple"),
     "neural": ("D", "tab:red"),
 }
@@ -187,7 +204,7 @@ def write_plot(res: BenchmarkResult, path: str | Path) -> None:
         xs = [r["mean_cost_usd"] for r in rows]
         ys = [r["accuracy"] for r in rows]
         ax.scatter(xs, ys, marker=marker, color=color, label=label, zorder=3)
-        if family in ("knn", "threshold", "neural"):
+        if family in ("knn", "threshold", "cascade", "neural"):
             sweep = [r for r in rows if r["role"] == "sweep"]
             ax.plot(
                 [r["mean_cost_usd"] for r in sweep],
@@ -196,7 +213,7 @@ def write_plot(res: BenchmarkResult, path: str | Path) -> None:
                 alpha=0.5,
             )
         for r in rows:
-            if r["role"] == "tier" and family in ("neural", "knn", "threshold"):
+            if r["role"] == "tier" and family in ("neural", "knn", "threshold", "cascade"):
                 ax.annotate(
                     r["tier"],
                     (r["mean_cost_usd"], r["accuracy"]),
