@@ -18,6 +18,7 @@ _COMMANDS = {
     "eval": "corl_graph.cli._eval",
     "report": "corl_graph.cli._report",
     "train": "corl_graph.cli._train",
+    "traces": "corl_graph.cli._traces",
     "serve": "corl_graph.cli._serve",
 }
 

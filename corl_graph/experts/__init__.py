@@ -1,6 +1,14 @@
 """Experts: LangChain chat models or recorded outcomes, each with a price sheet and limits."""
 
 from corl_graph.experts._answers import AnswerExtractor, extract_answer, normalize_answer
+from corl_graph.experts._cached import (
+    CacheMatch,
+    CachedExpert,
+    CachedReply,
+    OnMiss,
+    ReplayCache,
+    normalize_subquery,
+)
 from corl_graph.experts._chat import ChatModelExpert
 from corl_graph.experts._expert import (
     Expert,
@@ -15,18 +23,24 @@ from corl_graph.experts._table import Outcome, OutcomeTable, QueryInfo
 
 __all__ = [
     "AnswerExtractor",
+    "CacheMatch",
+    "CachedExpert",
+    "CachedReply",
     "ChatModelExpert",
     "Expert",
     "ExpertReply",
     "ExpertRequest",
+    "OnMiss",
     "Outcome",
     "OutcomeTable",
     "PriceSheet",
     "QueryInfo",
+    "ReplayCache",
     "ReplayExpert",
     "estimate_tokens",
     "extract_answer",
     "input_token_bound",
     "normalize_answer",
+    "normalize_subquery",
     "replay_experts",
 ]
