@@ -49,6 +49,16 @@ from corl_graph.training._verifiers import (
     make_verifier,
     math_match,
 )
+from corl_graph.training._warmstart import (
+    ScriptedPolicy,
+    WarmStartExample,
+    boundary_script,
+    recorded_script,
+    select_best,
+    sft_trainer,
+    sft_warm_start,
+    warm_start_examples,
+)
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -67,8 +77,11 @@ __all__ = [
     "RewardFn",
     "RewardKind",
     "RolloutBatch",
+    "ScriptedPolicy",
     "Verifier",
     "VerifierKind",
+    "WarmStartExample",
+    "boundary_script",
     "build_batch",
     "collect",
     "compute_gae",
@@ -89,9 +102,14 @@ __all__ = [
     "masked_whiten",
     "math_match",
     "policy_loss",
+    "recorded_script",
     "save_checkpoint",
+    "select_best",
+    "sft_trainer",
+    "sft_warm_start",
     "tiny_llama",
     "tiny_tokenizer",
     "token_rewards",
     "value_loss",
+    "warm_start_examples",
 ]

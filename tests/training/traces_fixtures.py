@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
 from corl_graph.graph import Router, RouterConfig
 from corl_graph.policies import ControllerOnly, Policy
-from corl_graph.trajectories import open_store
+from corl_graph.trajectories import Label, open_store
 
 TIERS = TierSet([BudgetTier("low", 2e-5), BudgetTier("high", 1e-3)])
 
@@ -29,8 +30,8 @@ def toy_table(n: int = 8) -> OutcomeTable:
                     reference=ref,
                     model=model,
                     correct=float(correct),
-                    answer=ref if correct else "0",
-                    response=f"The answer is {ref if correct else 0}.",
+                    answer=ref if correct else "-1",
+                    response=f"The answer is {ref if correct else -1}.",
                     input_tokens=20,
                     output_tokens=4,
                     cost_usd=cost,
@@ -64,3 +65,31 @@ def recorded_store(tmp: Path, table: OutcomeTable) -> str:
     asyncio.run(_record(url, table, ControllerOnly("cheap"), qids, "low"))
     asyncio.run(_record(url, table, ControllerOnly("strong"), qids[: len(qids) // 2], "high"))
     return url
+
+
+def tiny_controller(table: OutcomeTable, seed: int = 0) -> tuple[Any, Any]:
+    """A 2-layer random Llama and a BPE tokenizer trained on the task's text (seconds)."""
+    import torch
+    from corl_graph.training import tiny_llama, tiny_tokenizer
+
+    from corl_graph.protocol import render_system_prompt
+
+    experts = toy_experts(table)
+    corpus = [render_system_prompt([e.descriptor for e in experts])]
+    corpus += [q.prompt or "" for q in table.queries.values()]
+    tok = tiny_tokenizer(corpus * 3, vocab_size=400, extra_tokens=["cheap", "strong"])
+    torch.manual_seed(seed)
+    lm = tiny_llama(
+        len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    return lm, tok
+
+
+def all_labels(table: OutcomeTable) -> dict[str, Label]:
+    return {q: Label(q, reference=info.reference) for q, info in table.queries.items()}
