@@ -9,6 +9,7 @@ controller, with expert tokens masked out of the loss, in one process or under F
 from corl_graph.training._checkpoint import load_training_state, save_checkpoint
 from corl_graph.training._config import Algo, MixedPrecision, PPOConfig
 from corl_graph.training._fsdp import DistInfo, init_distributed
+from corl_graph.training._grpo import GraphRollout, make_grpo_trainer, split_for_grpo, train_grpo
 from corl_graph.training._hf_policy import HFPolicy
 from corl_graph.training._model import ActorCritic
 from corl_graph.training._ppo_losses import (
@@ -67,6 +68,7 @@ __all__ = [
     "Algo",
     "DistInfo",
     "Episode",
+    "GraphRollout",
     "HFPolicy",
     "KLEstimator",
     "MixedPrecision",
@@ -96,6 +98,7 @@ __all__ = [
     "load_queries",
     "load_training_state",
     "logprobs_from_logits",
+    "make_grpo_trainer",
     "make_reward",
     "make_verifier",
     "masked_mean",
@@ -107,9 +110,11 @@ __all__ = [
     "select_best",
     "sft_trainer",
     "sft_warm_start",
+    "split_for_grpo",
     "tiny_llama",
     "tiny_tokenizer",
     "token_rewards",
+    "train_grpo",
     "value_loss",
     "warm_start_examples",
 ]

@@ -15,7 +15,7 @@ from corl_graph.budget import BudgetTier, TierSet, default_tiers
 
 __all__ = ["Algo", "MixedPrecision", "PPOConfig"]
 
-Algo = Literal["ppo"]  # "grpo" joins when its issue lands
+Algo = Literal["ppo", "grpo"]  # grpo: TRL GRPOTrainer over graph rollouts (training/_grpo.py)
 MixedPrecision = Literal["no", "bf16", "fp16"]
 
 
@@ -93,8 +93,8 @@ class PPOConfig:
         if not self.tiers:
             raise ConfigError("PPOConfig.tiers is empty: give at least one BudgetTier")
         TierSet(self.tiers)  # raises ConfigError on duplicate names
-        if self.algo != "ppo":
-            raise ConfigError(f"algo {self.algo!r} is not available yet; use algo='ppo'")
+        if self.algo not in ("ppo", "grpo"):
+            raise ConfigError(f"algo must be 'ppo' or 'grpo', got {self.algo!r}")
         if self.episodes_per_iter % self.minibatch_size:
             raise ConfigError(
                 f"episodes_per_iter ({self.episodes_per_iter}) must be a multiple of "

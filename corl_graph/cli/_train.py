@@ -21,7 +21,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Train the controller (a Hugging Face causal LM with a chat template) "
         "with PPO on runs of the routing graph with replayed experts.",
     )
-    p.add_argument("--algo", choices=["ppo"], default="ppo", help="ppo (grpo: later)")
+    p.add_argument(
+        "--algo", choices=["ppo", "grpo"], default="ppo", help="ppo (value model) or grpo (TRL)"
+    )
+    p.add_argument(
+        "--num-generations", type=int, default=None, help="grpo: runs per (query, tier) group"
+    )
     p.add_argument("--model", required=True, help="save_pretrained folder of the controller")
     p.add_argument("--table", required=True, help="outcome table, e.g. zeroeval_gsm8k.jsonl.gz")
     p.add_argument("--experts", required=True, help="comma-separated models of the table")
@@ -101,6 +106,7 @@ def build_config(args: argparse.Namespace) -> Any:
         algo=args.algo,
     )
     skip = {"command", "config", "experts", "tiers", "model", "table", "output_dir", "algo"}
+    skip.add("num_generations")  # a GRPO option, not a PPOConfig field
     for key, value in vars(args).items():
         if key not in skip and value is not None:
             fields[key] = value
@@ -114,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
     from corl_graph.training import PPOTrainer
 
     config = build_config(args)
+    if config.algo == "grpo":
+        from corl_graph.training import train_grpo
+
+        _, final = train_grpo(config, num_generations=args.num_generations or 4)
+        print(f"done: GRPO, checkpoint {final}")
+        return 0
     trainer = PPOTrainer(config)
     history = trainer.train()
     if trainer.info.is_main and history:

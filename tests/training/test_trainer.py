@@ -83,8 +83,8 @@ def test_train_saves_a_loadable_checkpoint_and_resumes(tiny_task: TinyTask, tmp_
 def test_config_errors_name_the_fix(tiny_task: TinyTask, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of minibatch_size"):
         _config(tiny_task, tmp_path, episodes_per_iter=6, minibatch_size=4)
-    with pytest.raises(ConfigError, match="not available yet"):
-        _config(tiny_task, tmp_path, algo="grpo")
+    with pytest.raises(ConfigError, match="'ppo' or 'grpo'"):
+        _config(tiny_task, tmp_path, algo="sac")
     with pytest.raises(ConfigError, match="cpu_offload needs FSDP"):
         _config(tiny_task, tmp_path, cpu_offload=True, fsdp=False)
     with pytest.raises(ConfigError, match="torchrun"):

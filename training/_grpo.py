@@ -1,0 +1,255 @@
+"""GRPO through TRL: ``GRPOTrainer`` with a ``rollout_func`` that runs our routing graph, so
+users without memory for a value model can train the controller too.
+
+Per generation round, TRL hands the rollout function each prompt ``num_generations`` times;
+every prompt is one (query, tier) pair, so a group shares its budget token and GRPO's
+group-relative advantage compares like with like. The function runs the graph with an
+``HFPolicy`` over TRL's live model and returns, per run::
+
+    prompt_ids       the first prompt segment (system + user + assistant header)
+    completion_ids   everything after it: controller turns and observations, in order
+    env_mask         1 on controller tokens, 0 on expert replies / observations
+    logprobs         the sampling log-probs (0 where env_mask is 0)
+    corl_reward      the same reward as PPO (verifier + budget gate/grade + format penalty)
+
+Rewards, experts, tiers and checkpoints are PPO's: ``config`` is a ``PPOConfig`` with
+``algo="grpo"``; ``final/`` is a ``save_pretrained`` folder that transformers and vLLM load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from corl_graph.training._config import PPOConfig
+from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._rewards import RewardFn, make_reward
+from corl_graph.training._rollout import QuerySpec, load_queries
+from corl_graph.training._verifiers import make_verifier
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget import InMemoryLedger, TenantBudget, TierSet
+from corl_graph.experts import Expert, OutcomeTable, ReplayExpert
+from corl_graph.graph import Router, RouterConfig
+from corl_graph.protocol import render_user_prompt
+from corl_graph.trajectories import Trajectory
+
+__all__ = ["GraphRollout", "make_grpo_trainer", "split_for_grpo", "train_grpo"]
+
+
+def split_for_grpo(trajectory: Trajectory) -> dict[str, list[Any]]:
+    """A run's tokens as TRL's multi-turn rollout: the first segment is the prompt, the rest
+    the completion with ``env_mask`` (the trajectory's loss mask, 1 = controller)."""
+    segs = trajectory.segments
+    if not segs or not any(s.trainable for s in segs):
+        raise ConfigError("a GRPO rollout needs a run with controller tokens (HFPolicy)")
+    rest = segs[1:]
+    return {
+        "prompt_ids": list(segs[0].token_ids),
+        "completion_ids": [t for s in rest for t in s.token_ids],
+        "env_mask": [m for s in rest for m in s.loss_mask],
+        "logprobs": [lp for s in rest for lp in (s.logprobs or (0.0,) * len(s.token_ids))],
+    }
+
+
+class GraphRollout:
+    """TRL's ``rollout_func``: each prompt (one per (query, tier), repeated per generation)
+    becomes a run of the routing graph with the trainer's current model as controller."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        experts: Sequence[Expert],
+        queries: Sequence[QuerySpec],
+        tiers: TierSet,
+        reward_fn: RewardFn,
+        max_steps: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int = 0,
+    ):
+        self.tokenizer, self.experts, self.tiers = tokenizer, list(experts), tiers
+        self.reward_fn, self.max_steps = reward_fn, max_steps
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        self.prompts: dict[str, tuple[QuerySpec, str]] = {}
+        for q in queries:
+            for tier in tiers:
+                text = render_user_prompt(q.text, tier, tiers[tier].max_usd_per_query)
+                self.prompts.setdefault(text, (q, tier))
+        self.calls = 0
+
+    def dataset_rows(self) -> list[dict[str, str]]:
+        return [{"prompt": p} for p in self.prompts]
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        self.calls += 1
+        policy = HFPolicy(
+            model,
+            self.tokenizer,
+            name="grpo",
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed + self.calls,
+        )
+        router = Router(
+            RouterConfig(
+                experts=self.experts,
+                policy=policy,
+                tiers=self.tiers,
+                ledger=InMemoryLedger(default_budget=TenantBudget("*", 1e12, "total")),
+                max_steps=self.max_steps,
+                default_tier=next(iter(self.tiers)),
+            )
+        )
+        specs = [self._spec(p) for p in prompts]
+        results = asyncio.run(_run_all(router, specs))
+        out: dict[str, list[Any]] = {
+            k: [] for k in ("prompt_ids", "completion_ids", "env_mask", "logprobs")
+        }
+        out.update(corl_reward=[], corl_correct=[], corl_cost_usd=[], corl_expert_calls=[])
+        for (q, tier), traj in zip(specs, results, strict=True):
+            for k, v in split_for_grpo(traj).items():
+                out[k].append(v)
+            r = self.reward_fn(traj, q.reference, self.tiers[tier])
+            out["corl_reward"].append(r.reward)
+            out["corl_correct"].append(r.correct)
+            out["corl_cost_usd"].append(traj.cost_usd)
+            out["corl_expert_calls"].append(traj.expert_calls)
+        return out
+
+    def _spec(self, prompt: Any) -> tuple[QuerySpec, str]:
+        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        if text not in self.prompts:
+            raise ConfigError("GRPO got a prompt that is not one of GraphRollout.dataset_rows()")
+        return self.prompts[text]
+
+
+async def _run_all(router: Router, specs: list[tuple[QuerySpec, str]]) -> list[Trajectory]:
+    runs = await asyncio.gather(
+        *(router.arun(q.text, tier=tier, query_id=q.query_id) for q, tier in specs)
+    )
+    return [r.trajectory for r in runs]
+
+
+def corl_graph_reward(prompts: list[Any], completions: list[Any], **kw: Any) -> list[float]:
+    """TRL reward function: the graph reward the rollout already computed."""
+    return [float(r) for r in kw["corl_reward"]]
+
+
+def _task(
+    cfg: PPOConfig, experts: Sequence[Expert] | None, queries: Sequence[QuerySpec] | None
+) -> tuple[list[Expert], list[QuerySpec]]:
+    if experts is None or queries is None:
+        table = OutcomeTable.load(cfg.table)
+        experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
+        queries = queries or load_queries(
+            table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
+        )
+    return list(experts), list(queries)
+
+
+def make_grpo_trainer(
+    config: PPOConfig,
+    *,
+    num_generations: int = 4,
+    lm: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    experts: Sequence[Expert] | None = None,
+    queries: Sequence[QuerySpec] | None = None,
+    reward_fn: RewardFn | None = None,
+    **grpo_kwargs: Any,
+) -> Any:
+    """A ``trl.GRPOTrainer`` for ``config`` (a ``PPOConfig``; PPO-only fields such as the
+    value clip are unused). One generation round = ``episodes_per_iter`` runs (prompts x
+    ``num_generations``), split into optimizer steps of ``minibatch_size`` runs;
+    ``iterations`` rounds in all. ``kl_coef`` is GRPO's beta, ``clip`` its epsilon."""
+    cfg = config
+    if cfg.episodes_per_iter % num_generations or cfg.minibatch_size % num_generations:
+        raise ConfigError(
+            f"episodes_per_iter ({cfg.episodes_per_iter}) and minibatch_size "
+            f"({cfg.minibatch_size}) must be multiples of num_generations ({num_generations}) "
+            "so that every GRPO group is complete in a step"
+        )
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is documented here
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
+    model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    ex, qs = _task(cfg, experts, queries)
+    rollout = GraphRollout(
+        tokenizer=tok,
+        experts=ex,
+        queries=qs,
+        tiers=cfg.tier_set,
+        reward_fn=reward_fn
+        or make_reward(
+            make_verifier(cfg.verifier),
+            kind=cfg.reward,
+            alpha=cfg.reward_alpha,
+            per_format_error=cfg.format_penalty,
+        ),
+        max_steps=cfg.max_steps,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+    )
+    rows = rollout.dataset_rows()
+    random.Random(cfg.seed).shuffle(rows)
+    steps_per_round = cfg.episodes_per_iter // cfg.minibatch_size
+    settings: dict[str, Any] = dict(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.minibatch_size,
+        num_generations=num_generations,
+        steps_per_generation=steps_per_round,
+        num_iterations=cfg.ppo_epochs,
+        max_steps=cfg.iterations * steps_per_round,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.kl_coef,
+        epsilon=cfg.clip,
+        temperature=cfg.temperature,
+        max_completion_length=cfg.max_seq_len,
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        logging_steps=1,
+        report_to=["tensorboard"] if cfg.tensorboard else [],
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=max(cfg.save_every * steps_per_round, 1),
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        disable_tqdm=not cfg.progress,
+    )
+    settings.update(grpo_kwargs)
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=corl_graph_reward,
+        args=GRPOConfig(**settings),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        rollout_func=rollout,
+    )
+
+
+def train_grpo(config: PPOConfig, **kwargs: Any) -> tuple[Any, Path]:
+    """Build, train, and save ``OUTPUT_DIR/final`` (a ``save_pretrained`` folder with the
+    tokenizer); returns the trainer and that folder."""
+    trainer = make_grpo_trainer(config, **kwargs)
+    trainer.train()
+    final = Path(config.output_dir) / "final"
+    trainer.save_model(str(final))
+    trainer.processing_class.save_pretrained(str(final))
+    return trainer, final
