@@ -60,3 +60,11 @@ def test_tracing_phoenix_with_an_in_memory_exporter(capsys: pytest.CaptureFixtur
     costs = [s.attributes.get("llm.cost.total") for s in spans if s.attributes]
     assert any(c for c in costs if c)
     assert "trace " in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_train_from_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("train_from_traces", [str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pairs 12/12 (100%)" in out and "warm start: 12 sequences" in out
+    assert "misses 0" in out and (tmp_path / "ppo" / "final" / "config.json").is_file()
