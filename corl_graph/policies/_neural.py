@@ -142,10 +142,10 @@ def _agreement(s: StepBatch, top: np.ndarray, top_count: np.ndarray) -> list[np.
     lets a small MLP memorise which cheap model was right on each training query."""
     k = s.called.shape[1]
     valid = s.answer_id >= 0
-    first = np.zeros_like(valid)  # expert j holds the first occurrence of its answer
-    for j in range(k):
-        earlier = (s.answer_id[:, :j] == s.answer_id[:, j : j + 1]) & valid[:, :j]
-        first[:, j] = valid[:, j] & ~earlier.any(1)
+    # Expert j holds the first occurrence of its answer when no earlier expert gave it;
+    # one (B, K, K) comparison rather than a loop keeps a decision in microseconds.
+    same = (s.answer_id[:, :, None] == s.answer_id[:, None, :]) & valid[:, None, :]
+    first = valid & ~np.tril(same, -1).any(2)
     distinct = first.sum(1)
     agrees = valid & (s.answer_id == top[:, None])
     price = np.where(np.isfinite(s.est), s.est, 0.0)
