@@ -9,13 +9,9 @@ q4     -     no answer, score 0    no answer, score 1, $2.1e-3 (110 output token
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from corl_graph.experts import OutcomeTable, PriceSheet
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "outcomes"
 
 
 def _row(q: str, ref: str | None, model: str, ans: str | None, ok: float, out: int) -> dict:
@@ -48,10 +44,3 @@ def tiny_table() -> OutcomeTable:
     ]
     prices = {"c": PriceSheet(1.0, 1.0), "s": PriceSheet(10.0, 10.0)}
     return OutcomeTable.from_rows(rows, prices=prices, name="tiny")
-
-
-def shared_table(name: str) -> OutcomeTable:
-    path = SHARED / f"{name}.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return OutcomeTable.load(path)

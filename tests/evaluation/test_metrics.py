@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import shared_table
+from eval_tables import shared_table
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet

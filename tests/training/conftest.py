@@ -1,51 +1,14 @@
-"""A tiny routing task for training tests: a synthetic outcome table (no shared data needed),
-a BPE tokenizer trained on its text and a 2-layer random Llama saved to disk."""
+"""Fixtures for the training tests (the task itself lives in training_tasks.py)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 from corl_graph.training import QuerySpec, tiny_llama, tiny_tokenizer
+from training_tasks import TinyTask, _table
 
-from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
+from corl_graph.experts import ReplayExpert
 from corl_graph.protocol import render_system_prompt
-
-
-@dataclass
-class TinyTask:
-    table: OutcomeTable
-    experts: list[ReplayExpert]
-    queries: list[QuerySpec]
-    model_dir: Path
-
-
-def _table() -> OutcomeTable:
-    rows = []
-    for i in range(12):
-        ref = str(i * 3)
-        for model, correct, cost in (("cheap", i % 2, 1e-6), ("strong", 1, 1e-4)):
-            rows.append(
-                dict(
-                    query_id=f"q{i}",
-                    split="train",
-                    task="toy",
-                    prompt=f"What is {i} times 3?",
-                    reference=ref,
-                    model=model,
-                    correct=float(correct),
-                    answer=ref if correct else "0",
-                    response=None,
-                    input_tokens=20,
-                    output_tokens=4,
-                    cost_usd=cost,
-                )
-            )
-    return OutcomeTable.from_rows(
-        rows, prices={"cheap": PriceSheet(0.05, 0.05), "strong": PriceSheet(4.0, 4.0)}, name="toy"
-    )
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
     python fsdp_worker.py MODEL_DIR OUT.pt                       one process, no FSDP
     torchrun --nproc_per_node=2 fsdp_worker.py MODEL_DIR OUT.pt  FSDP2 over gloo
+    ... OUT.pt '{"cpu_offload": true}'                          with PPOConfig overrides
 
 Every process builds the same global batch; rank r trains on rows r, r+N, ... so that the
 union of the ranks' minibatches is the single process's minibatch.
@@ -9,6 +10,7 @@ union of the ranks' minibatches is the single process's minibatch.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
@@ -34,7 +36,7 @@ def fixed_batch(vocab: int, rows: int = 8, length: int = 20) -> RolloutBatch:
     return RolloutBatch(ids, attn, action, scores, ["low"] * rows)
 
 
-def main(model_dir: str, out: str) -> None:
+def main(model_dir: str, out: str, overrides: str = "{}") -> None:
     table = OutcomeTable.from_rows(
         [
             dict(
@@ -63,6 +65,7 @@ def main(model_dir: str, out: str) -> None:
         ent_coef=0.01,
         seed=0,
         progress=False,
+        **json.loads(overrides),
     )
     trainer = PPOTrainer(
         config, experts=[ReplayExpert(table, "m")], queries=[QuerySpec("q", "x", "1")]
@@ -82,4 +85,4 @@ def main(model_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

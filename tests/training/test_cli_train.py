@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TinyTask
+from training_tasks import TinyTask
 
 from corl_graph.cli import main
 from corl_graph.cli._train import parse_tiers

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 import torch
-from conftest import TinyTask
 from corl_graph.training import HFPolicy, logprobs_from_logits
+from training_tasks import TinyTask
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from corl_graph._exceptions import ConfigError

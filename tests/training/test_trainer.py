@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyTask
 from corl_graph.training import PPOConfig, PPOTrainer
+from training_tasks import TinyTask
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from corl_graph._exceptions import ConfigError
