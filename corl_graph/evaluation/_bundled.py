@@ -22,7 +22,7 @@ def load_bundled_policy(**kwargs: object) -> NeuralPolicy:
     """The shipped GSM8K routing policy (``NeuralPolicy.load`` keyword arguments apply)."""
     files = resources.files("corl_graph.data")
     with resources.as_file(files / "gsm8k_policy.npz") as path:
-        return NeuralPolicy.load(path, **kwargs)  # type: ignore[arg-type]
+        return NeuralPolicy.load(path, **kwargs)
 
 
 def load_bundled_embeddings() -> dict[str, np.ndarray]:

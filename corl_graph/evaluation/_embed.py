@@ -120,7 +120,8 @@ def table_embeddings(
             f"table {table.name!r} has no prompts (e.g. {missing[0]!r}); pass path= to "
             "a precomputed embeddings file"
         )
-    cache = Path(cache_dir or os.environ.get("CORL_GRAPH_CACHE", Path.home() / ".cache/corl_graph"))
+    default = Path.home() / ".cache" / "corl_graph"
+    cache = Path(cache_dir or os.environ.get("CORL_GRAPH_CACHE") or default)
     file = _cache_path(table, cache / "embeddings")
     if file.is_file():
         return load_embeddings(file)

@@ -97,8 +97,10 @@ def preset_for(table: str) -> TablePreset:
 
 def preset_experts(table: OutcomeTable, preset: TablePreset) -> list[ReplayExpert]:
     """The preset's pool as replayed experts, cheapest (by output price) first."""
-    limits = (
-        {} if preset.max_output_tokens is None else {"max_output_tokens": preset.max_output_tokens}
-    )
-    experts = [ReplayExpert(table, m, **limits) for m in preset.pool]
+    experts = [
+        ReplayExpert(table, m)
+        if preset.max_output_tokens is None
+        else ReplayExpert(table, m, max_output_tokens=preset.max_output_tokens)
+        for m in preset.pool
+    ]
     return sorted(experts, key=lambda e: (e.price.output_usd_per_mtok, e.name))

@@ -145,7 +145,7 @@ class ReplaySim:
             (np.flatnonzero(vote), self._judge_vote),
         ):
             for i in idx:
-                self.correct[i] = fn(i)
+                self.correct[i] = fn(int(i))
                 self.done[i] = True
 
     def _call(self, idx: np.ndarray, expert: np.ndarray) -> None:

@@ -252,7 +252,8 @@ class NeuralPolicy:
         base = Path(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         with open(base.with_suffix(".npz"), "wb") as fh:
-            np.savez_compressed(fh, **self.params)
+            # numpy's stub types **kwds as the bool allow_pickle; the arrays are fine.
+            np.savez_compressed(fh, **self.params)  # type: ignore[arg-type]
         meta = asdict(self.meta)
         base.with_suffix(".json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
