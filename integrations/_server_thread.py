@@ -31,7 +31,7 @@ class ServerThread:
         self.port = port or _free_port(host)
         # uvicorn's hint says int, but it only ever awaits with this timeout: a float works.
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                lifespan="on",
+                                lifespan="on", timeout_keep_alive=30,  # see cli/_serve.py
                                 timeout_graceful_shutdown=graceful_timeout_s)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self._start_timeout_s = start_timeout_s

@@ -51,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn waits this long for open connections on SIGTERM; the app's own drain then
     # settles whatever is still reserved.
     grace = max(1, round(config.shutdown_grace_s))  # uvicorn takes whole seconds
+    # Keep idle connections longer than clients do (httpx and the openai SDK expire theirs
+    # after 5 s, uvicorn's default too): equal timeouts race, and a client that reuses a
+    # connection the server is closing gets a ReadError on a request never processed.
     uvicorn.run(create_app(config), host=config.host, port=config.port,
-                timeout_graceful_shutdown=grace)
+                timeout_graceful_shutdown=grace, timeout_keep_alive=KEEP_ALIVE_S)
     return 0
+
+
+KEEP_ALIVE_S = 30
 
 
 def _check(config: Any) -> int:
