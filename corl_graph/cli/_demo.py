@@ -5,38 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corl_graph.budget import InMemoryLedger, TenantBudget, TierSet
 from corl_graph.cli._progress import Progress
 from corl_graph.data import DEMO_CONTROLLER, DEMO_MODELS, demo_experts, demo_tiers, load_demo_table
-from corl_graph.experts import OutcomeTable, QueryInfo, normalize_answer
-from corl_graph.graph import Router, RouterConfig, RouteResult
 from corl_graph.policies import Cascade, ControllerOnly, Policy
 
-__all__ = ["TierReport", "add_parser", "run", "summarize"]
+if TYPE_CHECKING:
+    from corl_graph.evaluation import TierMetrics
 
-
-@dataclass(frozen=True, slots=True)
-class TierReport:
-    """One (policy, tier) row of the demo's table."""
-
-    policy: str
-    tier: str
-    cap_usd: float
-    queries: int
-    accuracy: float
-    mean_cost_usd: float
-    p95_cost_usd: float
-    expert_call_ratio: float
-    calls_per_query: float
-    cap_violations: int
-    budget_stops: int
+__all__ = ["add_parser", "run", "run_demo"]
 
 
 def add_parser(sub: Any) -> None:
@@ -50,63 +31,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="route only the first N test queries")
     p.add_argument("--concurrency", type=int, default=64, help="queries in flight at once")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _correct(result: RouteResult, query: QueryInfo) -> bool:
-    if result.answer is None or query.reference is None:
-        return False
-    return normalize_answer(result.answer) == normalize_answer(query.reference)
-
-
-def summarize(
-    policy: str,
-    tiers: TierSet,
-    tier: str,
-    results: Sequence[RouteResult],
-    queries: Sequence[QueryInfo],
-    *,
-    controller: str | None = None,
-) -> TierReport:
-    """Metrics of one policy on one tier. Calls to the ``controller`` model (the small model
-    answering alone) are not expert calls."""
-    costs = sorted(r.cost_usd for r in results)
-    n = max(len(results), 1)
-    expert_calls = [
-        sum(1 for c in r.calls if c.status != "denied" and c.expert != controller) for r in results
-    ]
-    cap = tiers[tier].max_usd_per_query
-    return TierReport(
-        policy=policy,
-        tier=tier,
-        cap_usd=cap,
-        queries=len(results),
-        accuracy=sum(_correct(r, q) for r, q in zip(results, queries, strict=True)) / n,
-        mean_cost_usd=sum(costs) / n,
-        p95_cost_usd=costs[min(math.ceil(0.95 * len(costs)) - 1, len(costs) - 1)] if costs else 0.0,
-        expert_call_ratio=sum(1 for k in expert_calls if k > 0) / n,
-        calls_per_query=sum(expert_calls) / n,
-        cap_violations=sum(1 for c in costs if c > cap + 1e-12),
-        budget_stops=sum(1 for r in results if r.budget_exhausted),
-    )
-
-
-async def _route_all(
-    router: Router, queries: Sequence[QueryInfo], tier: str, concurrency: int, progress: Progress,
-    embeddings: dict[str, Any] | None = None,
-) -> list[RouteResult]:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(q: QueryInfo) -> RouteResult:
-        vec = embeddings.get(q.query_id) if embeddings else None
-        feats = None if vec is None else [float(x) for x in vec]
-        async with gate:
-            result = await router.arun(
-                q.prompt or q.query_id, tier=tier, query_id=q.query_id, features=feats
-            )
-        progress.advance()
-        return result
-
-    return list(await asyncio.gather(*(one(q) for q in queries)))
 
 
 def demo_policies() -> list[tuple[Policy, tuple[str, ...] | None]]:
@@ -132,38 +56,38 @@ def demo_policies() -> list[tuple[Policy, tuple[str, ...] | None]]:
     ]
 
 
-async def run_demo(limit: int | None = None, concurrency: int = 64) -> list[TierReport]:
-    table: OutcomeTable = load_demo_table()
-    queries = table.split("test")[:limit]
-    tiers = demo_tiers()
-    from corl_graph.evaluation import load_bundled_embeddings
+async def run_demo(limit: int | None = None, concurrency: int = 64) -> list[TierMetrics]:
+    """Every demo policy on its tiers, through the evaluation harness (same metrics as
+    ``corl-graph eval``)."""
+    from corl_graph.evaluation import load_bundled_embeddings, route_queries, summarize
 
+    table = load_demo_table()
+    query_ids = sorted(q.query_id for q in table.split("test"))[:limit]
+    tiers = demo_tiers()
     embeddings = load_bundled_embeddings()
     plan = [(policy, only or tuple(tiers)) for policy, only in demo_policies()]
-    progress = Progress(len(queries) * sum(len(t) for _, t in plan), "routing")
+    progress = Progress(len(query_ids) * sum(len(t) for _, t in plan), "routing")
     reports = []
     for policy, tier_names in plan:
-        ledger = InMemoryLedger(default_budget=TenantBudget("*", 1e6, "total"))
-        router = Router(
-            RouterConfig(
-                experts=demo_experts(table),
-                policy=policy,
-                tiers=tiers,
-                ledger=ledger,
-                fallback_expert=DEMO_CONTROLLER,
-            )
-        )
         for tier in tier_names:
-            results = await _route_all(
-                router, queries, tier, concurrency, progress, embeddings
+            outcomes = await route_queries(
+                table,
+                demo_experts(table),
+                policy,
+                tiers,
+                tier,
+                query_ids=query_ids,
+                features=embeddings,
+                controller=DEMO_CONTROLLER,
+                concurrency=concurrency,
+                on_done=progress.advance,
             )
-            reports.append(
-                summarize(policy.name, tiers, tier, results, queries, controller=DEMO_CONTROLLER)
-            )
+            cap = tiers[tier].max_usd_per_query
+            reports.append(summarize(outcomes, policy=policy.name, tier=tier, cap_usd=cap))
     return reports
 
 
-def format_table(reports: Sequence[TierReport]) -> str:
+def format_table(reports: Sequence[TierMetrics]) -> str:
     w = max([len(r.policy) for r in reports] + [6])
     head = (
         f"{'policy':<{w}} {'tier':<6} {'cap $':>8} {'acc':>6} {'mean $':>9} {'p95 $':>9} "
@@ -183,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     reports = asyncio.run(run_demo(args.limit, args.concurrency))
     if args.json:
-        print(json.dumps([asdict(r) for r in reports], indent=2))
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         print(format_table(reports))
         n = reports[0].queries if reports else 0

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -87,8 +87,10 @@ async def route_queries(
     features: Mapping[str, np.ndarray] | None = None,
     controller: str | None = None,
     concurrency: int = 64,
+    on_done: Callable[[], None] | None = None,
 ) -> list[QueryOutcome]:
-    """Route each query through a fresh ``Router`` (its own in-memory ledger), concurrently."""
+    """Route each query through a fresh ``Router`` (its own in-memory ledger), concurrently;
+    ``on_done`` is called after each query (a progress bar)."""
     ids = list(query_ids) if query_ids is not None else test_queries(table)
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 1e12, "total"))
     router = Router(
@@ -110,6 +112,8 @@ async def route_queries(
             result = await router.arun(
                 table.queries[qid].prompt or qid, tier=tier, query_id=qid, features=vec
             )
+        if on_done is not None:
+            on_done()
         return _outcome(result, table, by_name, controller)
 
     return list(await asyncio.gather(*(one(q) for q in ids)))
