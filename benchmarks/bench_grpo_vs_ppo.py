@@ -3,7 +3,7 @@ and peak resident memory, for the tiny Llama and the SmolLM2-135M architecture (
 weights). Each (model, algorithm) runs in a fresh process so peaks do not mix; RSS is
 sampled from /proc every 5 ms (tracemalloc does not see torch's allocations).
 
-    /work/venv/bin/python benchmarks/bench_grpo_vs_ppo.py   # -> results/grpo_vs_ppo.json
+    python benchmarks/bench_grpo_vs_ppo.py   # -> results/grpo_vs_ppo.json
 
 Both updates see the same episodes (rolled out once through the graph with HFPolicy and
 replayed to GRPO through its rollout_func), one optimizer pass (ppo_epochs = 1), no KL

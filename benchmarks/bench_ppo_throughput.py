@@ -2,7 +2,7 @@
 this machine's CPU: a tiny Llama and the SmolLM2-135M architecture (random weights), in 1
 process and in 2 FSDP2 processes (gloo).
 
-    /work/venv/bin/python benchmarks/bench_ppo_throughput.py  # -> results/ppo_throughput.json
+    python benchmarks/bench_ppo_throughput.py  # -> results/ppo_throughput.json
 
 Tokens/s counts the batch's non-padding tokens once per update (the whole update: reference
 and old-policy forward passes, ppo_epochs x forward+backward, optimizer steps).

@@ -10,7 +10,7 @@ expert. The controller is a 2-layer Llama trained from scratch with a tiny BPE v
 
 Writes benchmarks/results/learning_check.json and learning_check.png. Not a timed test:
 
-    /work/venv/bin/python benchmarks/learning_check.py --iterations 24
+    python benchmarks/learning_check.py --iterations 24
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from corl_graph.budget import BudgetTier
 from corl_graph.experts import OutcomeTable, ReplayExpert
 from corl_graph.protocol import render_system_prompt, render_user_prompt
 
-TABLE = "/work/shared/data/outcomes/zeroeval_gsm8k.jsonl.gz"
+TABLE = str(
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "outcomes" / "zeroeval_gsm8k.jsonl.gz"
+)
 EXPERTS = {  # name -> max_output_tokens (caps the worst-case reservation)
     "Phi-3.5-mini-instruct": 400,
     "gpt-4o-mini-2024-07-18": 700,

