@@ -35,9 +35,9 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
         for name in ("memory_untraced", "memory_traced", "sqlite_traced", "postgres_traced"):
             x = r.get(f"{mode}/routed_{name}")
             if x:
+                label, ratio = name.replace("_", " "), x["ratio_p50_vs_bare"]
                 parts.append(
-                    f"{name.replace('_', ' ')} {x['p50_ms']:.1f} ms (x{x['ratio_p50_vs_bare']:.2f}), "
-                    f"{x['qps']:.0f} q/s"
+                    f"{label} {x['p50_ms']:.1f} ms (x{ratio:.2f}), {x['qps']:.0f} q/s"
                 )
         rows.append(
             ("orchestration overhead", f"p50 per query, {mode.replace('_', ' ')}", "; ".join(parts))

@@ -2,9 +2,9 @@
 
 from corl_graph.experts._answers import AnswerExtractor, extract_answer, normalize_answer
 from corl_graph.experts._cached import (
-    CacheMatch,
     CachedExpert,
     CachedReply,
+    CacheMatch,
     OnMiss,
     ReplayCache,
     normalize_subquery,
