@@ -80,7 +80,7 @@ def _tracing(d: dict[str, Any]) -> list[Row]:
             "tracing",
             "added p50 per query vs off",
             "; ".join(
-                f"{k} +{v['p50_added_ms']:.1f} ms (x{v['p50_ratio']:.2f})" for k, v in o.items()
+                f"{k} {v['p50_added_ms']:+.1f} ms (x{v['p50_ratio']:.2f})" for k, v in o.items()
             ),
         )
     ]
@@ -116,8 +116,9 @@ def _ppo(d: dict[str, Any]) -> list[Row]:
     out = []
     for r in d["results"]:
         label = f"{r['model']}, {r['processes']} process(es)"
-        if r.get("threads"):
-            label += f", {r['threads']} thread(s)"
+        threads = r.get("omp_threads_per_process") or r.get("threads")
+        if threads:
+            label += f", {threads} thread(s) each"
         out.append(
             (
                 "PPO update",
