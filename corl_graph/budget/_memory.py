@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from corl_graph._exceptions import ConfigError, UnknownTenantError
 from corl_graph.budget._caps import check_caps
@@ -19,6 +20,7 @@ from corl_graph.budget._ledger import (
     SpendSummary,
     Usage,
 )
+from corl_graph.budget._rows import audit_entry, new_reservation, validate_request
 from corl_graph.budget._tiers import TenantBudget, period_key
 
 __all__ = ["InMemoryLedger"]
@@ -110,37 +112,13 @@ class InMemoryLedger:
             self._by_tenant.setdefault((r.tenant, r.period), _Tally()),
         )
 
-    def _log(
-        self,
-        event: AuditEvent,
-        r: Reservation,
-        *,
-        amount_usd: float | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        detail: str = "",
-    ) -> None:
-        self._audit.append(
-            AuditEntry(
-                at=self._clock(),
-                event=event,
-                reservation_id=r.id,
-                tenant=r.tenant,
-                query_id=r.query_id,
-                tier=r.tier,
-                expert=r.expert,
-                amount_usd=r.amount_usd if amount_usd is None else amount_usd,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                detail=detail,
-            )
-        )
+    def _log(self, event: AuditEvent, r: Reservation, **detail: Any) -> None:
+        self._audit.append(audit_entry(event, r, self._clock(), **detail))
 
     async def reserve(
         self, request: ReservationRequest, *, reservation_id: str | None = None
     ) -> Reservation:
-        if request.amount_usd < 0 or request.input_tokens < 0 or request.max_output_tokens < 0:
-            raise ConfigError(f"reservation amounts must be >= 0, got {request!r}")
+        validate_request(request)
         rid = reservation_id or uuid.uuid4().hex
         now = self._clock()
         with self._lock:
@@ -148,17 +126,8 @@ class InMemoryLedger:
                 return self._reservations[rid]
             budget = self._budget(request.tenant)
             period = period_key(budget.period, now)
-            candidate = Reservation(
-                id=rid,
-                tenant=request.tenant,
-                query_id=request.query_id,
-                tier=request.tier.name,
-                expert=request.expert,
-                amount_usd=request.amount_usd,
-                created_at=now,
-                expires_at=now + request.lease_s,
-                period=period,
-            )
+            stored = new_reservation(request, rid, now, period)
+            candidate = stored.reservation
             query, tenant = self._tallies(candidate)
             try:
                 check_caps(request, query=query.summary(), tenant=tenant.summary(), budget=budget)
@@ -166,12 +135,11 @@ class InMemoryLedger:
                 self._log("denied", candidate, detail=str(exc))
                 raise
             self._reservations[rid] = candidate
-            worst_tokens = request.input_tokens + request.max_output_tokens
-            self._tokens[rid] = worst_tokens
+            self._tokens[rid] = stored.tokens
             for tally in (query, tenant):
                 tally.move(request.amount_usd, src=None, dst="held")
                 tally.calls += 1
-                tally.tokens += worst_tokens
+                tally.tokens += stored.tokens
             self._log("reserved", candidate, input_tokens=request.input_tokens)
             return candidate
 
