@@ -13,6 +13,7 @@ loss; GRPO recomputes the log-probs itself. tokens/s = sequence tokens / update 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -172,30 +173,47 @@ def run_one(size: str, algo: str) -> dict[str, Any]:
     }
 
 
+_RUN_TIMEOUT_S = 600
+
+
 def main() -> int:
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 3 and not sys.argv[1].startswith("-"):
         print(json.dumps(run_one(sys.argv[1], sys.argv[2])))
         return 0
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=",".join(SIZES), help=",".join(SIZES))
+    args = parser.parse_args()
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "PYTHONWARNINGS": "ignore"}
-    rows = []
-    for size in SIZES:
+    rows: list[dict[str, Any]] = []
+    for size in args.models.split(","):
         for algo in ("ppo", "grpo"):
-            proc = subprocess.run(
-                [sys.executable, __file__, size, algo],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=600,
-            )
-            if proc.returncode:
-                rows.append({"model": size, "algo": algo, "error": proc.stderr[-2000:]})
-                continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows.append(_run(size, algo, env))
             print(rows[-1], flush=True)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"runs": rows, "cpu_count": os.cpu_count()}, indent=2))
+    OUT.write_text(
+        json.dumps(
+            {"runs": rows, "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}, indent=2
+        )
+    )
     return 0
+
+
+def _run(size: str, algo: str, env: dict[str, str]) -> dict[str, Any]:
+    """One update in a fresh process; a timeout or a crash is a row too, not a lost file."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, size, algo],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=_RUN_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return {"model": size, "algo": algo, "error": f"timed out after {_RUN_TIMEOUT_S} s"}
+    if proc.returncode:
+        return {"model": size, "algo": algo, "error": proc.stderr[-2000:]}
+    row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return row
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ SUITE: dict[str, list[str]] = {
         "45",
     ],
     "ppo_throughput": ["bench_ppo_throughput.py"],
+    # The SmolLM2-architecture rows take >10 minutes; run the script alone for them.
+    "grpo_vs_ppo": ["bench_grpo_vs_ppo.py", "--models", "tiny"],
 }
 _LIMIT_S = 300  # no single benchmark may take more than this
 

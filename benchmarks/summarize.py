@@ -36,9 +36,7 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
             x = r.get(f"{mode}/routed_{name}")
             if x:
                 label, ratio = name.replace("_", " "), x["ratio_p50_vs_bare"]
-                parts.append(
-                    f"{label} {x['p50_ms']:.1f} ms (x{ratio:.2f}), {x['qps']:.0f} q/s"
-                )
+                parts.append(f"{label} {x['p50_ms']:.1f} ms (x{ratio:.2f}), {x['qps']:.0f} q/s")
         rows.append(
             ("orchestration overhead", f"p50 per query, {mode.replace('_', ' ')}", "; ".join(parts))
         )
@@ -130,6 +128,22 @@ def _ppo(d: dict[str, Any]) -> list[Row]:
     return out
 
 
+def _grpo(d: dict[str, Any]) -> list[Row]:
+    out = []
+    for r in d["runs"]:
+        if "error" in r:
+            out.append(("PPO vs TRL GRPO", f"{r['model']}, {r['algo']}", "failed (see the JSON)"))
+            continue
+        out.append(
+            (
+                "PPO vs TRL GRPO",
+                f"{r['model']}, {r['algo']}, same rollouts",
+                f"{r['tokens_per_s']:.0f} tokens/s, peak RSS +{r['rss_peak_increase_mib']:.0f} MiB",
+            )
+        )
+    return out
+
+
 FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "overhead": _overhead,
     "controller": _controller,
@@ -138,6 +152,7 @@ FORMATTERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ledger": _ledger,
     "load_server": _load,
     "ppo_throughput": _ppo,
+    "grpo_vs_ppo": _grpo,
 }
 
 
