@@ -132,7 +132,7 @@ def _grpo(d: dict[str, Any]) -> list[Row]:
     out = []
     for r in d["runs"]:
         if "error" in r:
-            out.append(("PPO vs TRL GRPO", f"{r['model']}, {r['algo']}", "failed (see the JSON)"))
+            out.append(("PPO vs TRL GRPO", f"{r['model']}, {r['algo']}", r["error"][:60]))
             continue
         out.append(
             (
