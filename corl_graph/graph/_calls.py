@@ -25,12 +25,19 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from corl_graph._exceptions import BudgetExceededError, CorlError, LedgerError
-from corl_graph.budget import BudgetTier, Ledger, Reservation, ReservationRequest, Usage
+from corl_graph.budget import (
+    BudgetTier,
+    InMemoryLedger,
+    Ledger,
+    Reservation,
+    ReservationRequest,
+    Usage,
+)
 from corl_graph.experts import AnswerExtractor, Expert, ExpertReply, ExpertRequest
 from corl_graph.protocol import CallStatus, ExpertCall
 from corl_graph.tracing import RouterTracer, redact
@@ -57,6 +64,7 @@ class _Tally:
     attempts: int = 0
     status: CallStatus = "failed"
     error: str = ""
+    started: float = field(default_factory=time.perf_counter)
 
 
 async def call_expert_with_budget(
@@ -86,7 +94,6 @@ async def call_expert_with_budget(
         tenant=tenant,
         subquery=request.subquery,
     ) as span:
-        started = time.perf_counter()
         tally = _Tally()
         reply: ExpertReply | None = None
         try:
@@ -99,7 +106,6 @@ async def call_expert_with_budget(
             call = _call(expert, request, "failed", error, tally)
             tracer.record_expert_call(span, call, remaining_usd=0.0, response_model=None)
             raise
-        call = _with_latency(call, time.perf_counter() - started)
         tracer.record_expert_call(
             span,
             call,
@@ -138,7 +144,9 @@ async def _attempts(
         tally.reserved += worst
         tally.attempts = attempt
         try:
-            reply = await asyncio.wait_for(expert.agenerate(request), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the call in a task.
+            async with asyncio.timeout(timeout):
+                reply = await expert.agenerate(request)
         except TimeoutError:
             # The provider may have billed a request we gave up on: charge the worst case.
             await _settle_worst(ledger, reservation, in_tokens, expert.max_output_tokens, worst)
@@ -148,7 +156,7 @@ async def _attempts(
             await _settle_on_cancel(ledger, reservation, in_tokens, expert, worst, tally)
             raise
         except CorlError as exc:  # deterministic (e.g. no recording): retrying cannot help
-            await _retrying(partial(ledger.release, reservation.id))
+            await _retrying(ledger, partial(ledger.release, reservation.id))
             return _call(expert, request, "failed", str(exc), tally), None
         except Exception as exc:  # transport / provider error
             tally.status = "failed"
@@ -158,11 +166,11 @@ async def _attempts(
                 tally.spent += worst
                 tally.error += " (lost after the request was sent: charged at its reserved amount)"
             else:  # refused, or answered with an error status: no reply, so nothing billed
-                await _retrying(partial(ledger.release, reservation.id))
+                await _retrying(ledger, partial(ledger.release, reservation.id))
         else:
             cost = expert.cost_of(reply)
             usage = Usage(reply.input_tokens, reply.output_tokens, cost, reply.estimated)
-            await _retrying(partial(ledger.settle, reservation.id, usage))
+            await _retrying(ledger, partial(ledger.settle, reservation.id, usage))
             tally.spent += cost
             return _ok(expert, request, reply, extract, tally), reply
         if attempt <= expert.max_retries:
@@ -176,10 +184,18 @@ async def _attempts(
 # Transport errors raised after the request went out, while the reply was being read: the
 # provider may have generated (and billed) a reply it could not deliver. Matched by class name
 # so that the core needs no HTTP library (httpx, aiohttp and the standard library's names).
-_AFTER_SEND = frozenset({
-    "ReadError", "ReadTimeout", "RemoteProtocolError", "APITimeoutError",
-    "ServerDisconnectedError", "ClientPayloadError", "IncompleteRead", "RemoteDisconnected",
-})
+_AFTER_SEND = frozenset(
+    {
+        "ReadError",
+        "ReadTimeout",
+        "RemoteProtocolError",
+        "APITimeoutError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "IncompleteRead",
+        "RemoteDisconnected",
+    }
+)
 
 
 def _maybe_billed(exc: BaseException) -> bool:
@@ -224,7 +240,7 @@ async def _reserve(
             _background(ledger.release(rid))
 
     return await _retrying(
-        lambda: ledger.reserve(request, reservation_id=rid), on_cancel=release_if_held
+        ledger, lambda: ledger.reserve(request, reservation_id=rid), on_cancel=release_if_held
     )
 
 
@@ -239,6 +255,7 @@ def _background(op: Coroutine[Any, Any, Reservation]) -> None:
 
 
 async def _retrying(
+    ledger: Ledger,
     op: Callable[[], Awaitable[Reservation]],
     *,
     on_cancel: Callable[[asyncio.Future[Reservation]], None] | None = None,
@@ -247,8 +264,12 @@ async def _retrying(
 
     Shielded: a cancelled caller must not abandon a settle half way (the operation finishes
     in the background and the ledger stays consistent either way); ``on_cancel`` is called
-    when that background operation is done.
+    when that background operation is done. The in-memory ledger's operations never suspend,
+    so no cancellation can land inside one: they are awaited directly, without the task and
+    the event-loop round that shielding costs.
     """
+    if type(ledger) is InMemoryLedger:
+        return await op()
     for attempt in range(_LEDGER_TRIES):
         task = asyncio.ensure_future(op())
         try:
@@ -268,7 +289,7 @@ async def _settle_worst(
     ledger: Ledger, reservation: Reservation, in_tokens: int, out_tokens: int, worst: float
 ) -> None:
     usage = Usage(in_tokens, out_tokens, worst, estimated=True)
-    await _retrying(lambda: ledger.settle(reservation.id, usage))
+    await _retrying(ledger, lambda: ledger.settle(reservation.id, usage))
 
 
 async def _settle_on_cancel(
@@ -309,6 +330,7 @@ def _ok(
         estimated=reply.estimated,
         reserved_usd=tally.reserved,
         attempts=tally.attempts,
+        latency_s=time.perf_counter() - tally.started,
     )
 
 
@@ -323,10 +345,7 @@ def _call(
         estimated=tally.spent > 0,
         reserved_usd=tally.reserved,
         attempts=tally.attempts,
+        latency_s=time.perf_counter() - tally.started,
         # Provider errors quote rejected keys; the record goes to stores, transcripts and logs.
         error=redact(error),
     )
-
-
-def _with_latency(call: ExpertCall, seconds: float) -> ExpertCall:
-    return replace(call, latency_s=seconds)

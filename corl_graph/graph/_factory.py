@@ -9,7 +9,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from corl_graph.graph._config import RouterConfig, RouterContext
-from corl_graph.graph._nodes import aggregate, answer, call_expert, route_after_think, think
+from corl_graph.graph._nodes import aggregate, answer, call_expert, think_and_route
 from corl_graph.graph._state import RouterInput, RouterState
 
 __all__ = ["create_router_graph"]
@@ -40,14 +40,17 @@ def create_router_graph(
     ['aggregate', 'answer', 'call_expert', 'think']
     """
     builder = StateGraph(RouterState, context_schema=RouterContext, input_schema=RouterInput)
-    builder.add_node("think", partial(think, router=config))
+    # think routes itself with Command(goto=...): a conditional edge would make LangGraph copy
+    # every state channel once per step to evaluate it.
+    builder.add_node(
+        "think",
+        partial(think_and_route, router=config),
+        destinations=("think", "call_expert", "aggregate", "answer"),
+    )
     builder.add_node("call_expert", partial(call_expert, router=config))
     builder.add_node("aggregate", partial(aggregate, router=config))
     builder.add_node("answer", partial(answer, router=config))
     builder.add_edge(START, "think")
-    builder.add_conditional_edges(
-        "think", route_after_think, ["think", "call_expert", "aggregate", "answer"]
-    )
     builder.add_edge("call_expert", "think")
     builder.add_edge("aggregate", "answer")
     builder.add_edge("answer", END)
