@@ -194,7 +194,9 @@ class CachedExpert(Expert):
         self.cache, self.live, self.on_miss = cache, live, on_miss
         self.ledger, self.tenant, self.match = ledger, tenant, match
         self.model_name = getattr(live, "model_name", name)
-        self.hits = self.misses = self.live_calls = 0
+        # misses = live_calls + refused (training budget spent) + live failures, or every
+        # miss with on_miss="unavailable"
+        self.hits = self.misses = self.live_calls = self.refused = 0
         self.live_usd = 0.0
 
     def _lookup(self, request: ExpertRequest) -> CachedReply | None:
@@ -247,6 +249,7 @@ class CachedExpert(Expert):
                 )
             )
         except BudgetExceededError as exc:
+            self.refused += 1
             raise ExpertError(
                 f"not in cache and the training budget of tenant {self.tenant!r} is spent: {exc}",
                 expert=self.name,

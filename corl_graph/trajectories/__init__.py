@@ -4,7 +4,9 @@ from corl_graph.trajectories._prepare import (
     CoverageReport,
     Label,
     PreparedTraces,
+    fit_prices,
     load_labels,
+    load_prepared,
     prepare_traces,
 )
 from corl_graph.trajectories._record import Segment, SegmentKind, Trajectory, TrajectoryBuilder
@@ -28,7 +30,9 @@ __all__ = [
     "Trajectory",
     "TrajectoryBuilder",
     "TrajectoryStore",
+    "fit_prices",
     "load_labels",
+    "load_prepared",
     "open_store",
     "prepare_traces",
 ]

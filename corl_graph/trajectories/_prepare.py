@@ -6,8 +6,11 @@ with the user's labels, and a coverage report (how much PPO/GRPO can replay with
     out_dir/
       replay_cache.jsonl   one CachedReply per (expert, normalised sub-query)
       queries.jsonl        query_id, query, reference, feedback, runs, tiers
+      runs.jsonl           the selected runs (a JSONL trajectory store: warm start)
       coverage.json        the CoverageReport below
-      manifest.json        store, filters, file names
+      manifest.json        store, file names, labels, expert prices seen in the runs
+
+``load_prepared(out_dir)`` reads the folder back (what ``corl-graph train --traces`` does).
 
 Labels (``--labels FILE``): JSON lines ``{"query_id": ..., "reference": "42"}`` and/or
 ``{"query_id": ..., "feedback": 1.0}`` (a user's score in [0, 1] of that query's recorded
@@ -17,6 +20,7 @@ answer; with ``"trajectory_id"`` it scores one run only).
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,9 +30,17 @@ from typing import Any
 from corl_graph._exceptions import ConfigError, DataFormatError
 from corl_graph.experts._cached import CachedReply, ReplayCache
 from corl_graph.trajectories._record import Trajectory
-from corl_graph.trajectories._store import TrajectoryStore, open_store
+from corl_graph.trajectories._store import TrajectoryStore, encode, open_store
 
-__all__ = ["CoverageReport", "Label", "PreparedTraces", "load_labels", "prepare_traces"]
+__all__ = [
+    "CoverageReport",
+    "Label",
+    "PreparedTraces",
+    "fit_prices",
+    "load_labels",
+    "load_prepared",
+    "prepare_traces",
+]
 
 # Statuses whose reply text is a real answer worth replaying (failed/denied/timeout have none).
 _REPLAYABLE = ("ok", "truncated")
@@ -146,6 +158,9 @@ class PreparedTraces:
     labels: dict[str, Label]
     coverage: CoverageReport
     out_dir: Path | None = None
+    # expert -> {input_usd_per_mtok, output_usd_per_mtok, max_output_tokens}, fitted to the
+    # recorded calls (see ``fit_prices``); what a trainer uses when given no price sheet.
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def build_cache(trajectories: Iterable[Trajectory]) -> tuple[ReplayCache, int, int]:
@@ -251,7 +266,12 @@ def prepare_traces(
     lab = load_labels(labels) if isinstance(labels, str | Path) else dict(labels or {})
     cache, seen, cached = build_cache(runs)
     prepared = PreparedTraces(
-        cache, _query_set(runs, lab), runs, lab, _coverage(runs, cache, seen, cached, lab)
+        cache,
+        _query_set(runs, lab),
+        runs,
+        lab,
+        _coverage(runs, cache, seen, cached, lab),
+        prices=fit_prices(runs),
     )
     if out_dir is not None:
         prepared.out_dir = write_prepared(prepared, out_dir, store=str(store))
@@ -265,12 +285,17 @@ def write_prepared(prepared: PreparedTraces, out_dir: str | Path, *, store: str)
     with (out / "queries.jsonl").open("w", encoding="utf-8") as fh:
         for row in prepared.queries:
             fh.write(json.dumps(row) + "\n")
+    with (out / "runs.jsonl").open("w", encoding="utf-8") as fh:
+        for t in prepared.trajectories:
+            fh.write(json.dumps(encode(t), separators=(",", ":")) + "\n")
     (out / "coverage.json").write_text(json.dumps(prepared.coverage.as_dict(), indent=2))
     manifest = {
         "store": store,
         "replay_cache": "replay_cache.jsonl",
         "queries": "queries.jsonl",
+        "runs": "runs.jsonl",
         "coverage": "coverage.json",
+        "prices": prepared.prices,
         "labels": {
             q: {
                 "reference": lab.reference,
@@ -282,3 +307,77 @@ def write_prepared(prepared: PreparedTraces, out_dir: str | Path, *, store: str)
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def fit_prices(runs: Iterable[Trajectory]) -> dict[str, dict[str, float]]:
+    """Per expert, the list price that explains its recorded calls: least squares of
+    ``cost = in_tokens * p_in + out_tokens * p_out`` (non-negative), in USD per million
+    tokens, and the longest recorded reply. Calls of one shape only (the same input/output
+    ratio every time) cannot separate the two prices: both get the mean price per token.
+    An estimate for the controller's prompt; give the real price sheet where you have it."""
+    import numpy as np
+
+    rows: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+    for t in runs:
+        for c in t.calls:
+            if c.status in _REPLAYABLE and c.input_tokens + c.output_tokens > 0:
+                rows[c.expert].append((c.input_tokens, c.output_tokens, c.cost_usd))
+    out: dict[str, dict[str, float]] = {}
+    for name, calls in sorted(rows.items()):
+        x = np.array([(i, o) for i, o, _ in calls], dtype=np.float64)
+        y = np.array([c for _, _, c in calls], dtype=np.float64)
+        if np.linalg.matrix_rank(x) == 2:
+            p_in, p_out = (max(float(v), 0.0) for v in np.linalg.lstsq(x, y, rcond=None)[0])
+        else:
+            p_in = p_out = float(y.sum() / x.sum())
+        out[name] = {
+            "input_usd_per_mtok": _round(p_in * 1e6),
+            "output_usd_per_mtok": _round(p_out * 1e6),
+            "max_output_tokens": float(max(o for _, o, _ in calls)),
+        }
+    return out
+
+
+def _round(usd_per_mtok: float) -> float:
+    # 6 significant digits: stable across runs, enough for a price sheet
+    return float(f"{usd_per_mtok:.6g}") if math.isfinite(usd_per_mtok) else 0.0
+
+
+def load_prepared(out_dir: str | Path) -> PreparedTraces:
+    """Read a folder written by ``prepare_traces`` (``corl-graph traces prepare``)."""
+    src = Path(out_dir)
+    if not (src / "manifest.json").is_file():
+        raise ConfigError(
+            f"{str(src)!r} is not a prepared traces folder (no manifest.json); build one with "
+            "corl-graph traces prepare --store URL --out DIR"
+        )
+    try:
+        manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+        coverage = CoverageReport(
+            **json.loads((src / manifest.get("coverage", "coverage.json")).read_text())
+        )
+        with (src / manifest.get("queries", "queries.jsonl")).open(encoding="utf-8") as fh:
+            queries = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataFormatError(f"prepared traces {str(src)!r}: {exc}") from exc
+    runs_file = src / manifest.get("runs", "runs.jsonl")
+    if not runs_file.is_file():
+        raise ConfigError(
+            f"{str(runs_file)!r} is missing: re-run corl-graph traces prepare (folders from "
+            "before runs.jsonl was written lack it)"
+        )
+    labels = {
+        q: Label(q, lab.get("reference"), lab.get("feedback"), dict(lab.get("runs") or {}))
+        for q, lab in (manifest.get("labels") or {}).items()
+    }
+    runs = list(open_store(str(runs_file)).iter())
+    prices = manifest.get("prices")
+    return PreparedTraces(
+        ReplayCache.load(src / manifest.get("replay_cache", "replay_cache.jsonl")),
+        queries,
+        runs,
+        labels,
+        coverage,
+        out_dir=src,
+        prices=dict(prices) if prices is not None else fit_prices(runs),
+    )

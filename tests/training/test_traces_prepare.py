@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 from traces_fixtures import recorded_store, toy_table
 
-from corl_graph._exceptions import DataFormatError, ExpertError
+from corl_graph._exceptions import ConfigError, DataFormatError, ExpertError
 from corl_graph.budget import InMemoryLedger, TenantBudget
 from corl_graph.cli import main
 from corl_graph.experts import CachedExpert, ExpertRequest, PriceSheet, ReplayExpert
-from corl_graph.trajectories import load_labels, prepare_traces
+from corl_graph.protocol import ExpertCall
+from corl_graph.trajectories import (
+    Trajectory,
+    fit_prices,
+    load_labels,
+    load_prepared,
+    prepare_traces,
+)
 
 
 @pytest.fixture()
@@ -42,10 +49,37 @@ def test_prepare_builds_cache_queries_and_coverage(store_url: str, tmp_path: Pat
         "queries.jsonl",
         "coverage.json",
         "manifest.json",
+        "runs.jsonl",
     }
     rows = [json.loads(x) for x in (out / "queries.jsonl").read_text().splitlines()]
     q0 = next(r for r in rows if r["query_id"] == "q0")
     assert q0["reference"] == "0" and q0["runs"] == 2 and q0["tiers"] == ["low", "high"]
+
+
+def test_the_prepared_folder_reads_back_with_fitted_prices(store_url: str, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"query_id": "q1", "feedback": "good"}\n')
+    prep = prepare_traces(store_url, tmp_path / "out", labels=labels)
+    back = load_prepared(tmp_path / "out")
+    assert back.queries == prep.queries and back.labels == prep.labels
+    assert len(back.cache) == len(prep.cache) and len(back.trajectories) == 12
+    # every toy call has 20 input and 4 output tokens: one shape, so one price per token
+    assert back.prices["cheap"]["input_usd_per_mtok"] == pytest.approx(1e-6 / 24 * 1e6)
+    assert back.prices["strong"]["output_usd_per_mtok"] == pytest.approx(1e-4 / 24 * 1e6)
+    with pytest.raises(ConfigError, match="traces prepare"):
+        load_prepared(tmp_path)
+
+
+def test_fit_prices_separates_input_and_output_prices() -> None:
+    t = Trajectory("q", "low", "t", "q1")
+    t.calls = [
+        ExpertCall("e", "s", "ok", "x", None, i, o, (i * 0.5 + o * 2.0) / 1e6)
+        for i, o in ((100, 10), (40, 30), (7, 90))
+    ]
+    price = fit_prices([t])["e"]
+    assert price["input_usd_per_mtok"] == pytest.approx(0.5)
+    assert price["output_usd_per_mtok"] == pytest.approx(2.0)
+    assert price["max_output_tokens"] == 90
 
 
 def test_labels_reject_bad_feedback(tmp_path: Path) -> None:
