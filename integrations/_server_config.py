@@ -261,12 +261,16 @@ class ServerConfig(_Strict):
     def open_ledger(self) -> Ledger:
         return open_ledger(self.ledger_url)
 
-    def router_config(self, ledger: Ledger) -> RouterConfig:
-        """The router this file describes, charging ``ledger``."""
+    def build_experts(self) -> list[Expert]:
+        """The experts this file describes (also what training calls live on a cache miss)."""
         if not self.experts:
             raise ConfigError("the server config has no experts: add [[experts]] entries")
-        experts = [e.build() if isinstance(e, OpenAIExpertConfig) else e.build(self.base_dir)
-                   for e in self.experts]
+        return [e.build() if isinstance(e, OpenAIExpertConfig) else e.build(self.base_dir)
+                for e in self.experts]
+
+    def router_config(self, ledger: Ledger) -> RouterConfig:
+        """The router this file describes, charging ``ledger``."""
+        experts = self.build_experts()
         tiers = self.tier_set()
         return RouterConfig(
             experts=experts,

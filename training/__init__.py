@@ -42,6 +42,13 @@ from corl_graph.training._rollout import (
     load_queries,
 )
 from corl_graph.training._tiny import CHATML_TEMPLATE, PROTOCOL_TOKENS, tiny_llama, tiny_tokenizer
+from corl_graph.training._traces import (
+    TRAINING_TENANT,
+    CacheCounters,
+    TracesTask,
+    traces_task,
+    train_sft,
+)
 from corl_graph.training._trainer import PPOTrainer, episode_metrics
 from corl_graph.training._verifiers import (
     Verifier,
@@ -64,8 +71,10 @@ from corl_graph.training._warmstart import (
 __all__ = [
     "CHATML_TEMPLATE",
     "PROTOCOL_TOKENS",
+    "TRAINING_TENANT",
     "ActorCritic",
     "Algo",
+    "CacheCounters",
     "DistInfo",
     "Episode",
     "GraphRollout",
@@ -80,6 +89,7 @@ __all__ = [
     "RewardKind",
     "RolloutBatch",
     "ScriptedPolicy",
+    "TracesTask",
     "Verifier",
     "VerifierKind",
     "WarmStartExample",
@@ -114,7 +124,9 @@ __all__ = [
     "tiny_llama",
     "tiny_tokenizer",
     "token_rewards",
+    "traces_task",
     "train_grpo",
+    "train_sft",
     "value_loss",
     "warm_start_examples",
 ]

@@ -12,10 +12,13 @@ from corl_graph.training._verifiers import VerifierKind
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet, default_tiers
+from corl_graph.experts import CacheMatch, OnMiss
 
 __all__ = ["Algo", "MixedPrecision", "PPOConfig"]
 
-Algo = Literal["ppo", "grpo"]  # grpo: TRL GRPOTrainer over graph rollouts (training/_grpo.py)
+# grpo: TRL GRPOTrainer over graph rollouts (training/_grpo.py); sft: the warm start on
+# prepared traces (training/_traces.py), whose output --algo ppo|grpo continues from.
+Algo = Literal["ppo", "grpo", "sft"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 
 
@@ -31,19 +34,41 @@ class PPOConfig:
     graph runs, then makes ``ppo_epochs`` passes over them in minibatches of
     ``minibatch_size`` sequences.
 
+    The task is an outcome table (``table`` + ``experts``, replayed) or a folder of prepared
+    traces (``traces``: cached experts, the query set and its labels; ``experts`` then
+    optionally picks some of the cached ones). ``on_miss`` says what a sub-query missing
+    from the cache becomes: a failed call ("unavailable") or a live call charged to tenant
+    "training" on ``ledger_url`` within ``training_budget_usd`` ("live").
+    ``algo="sft"`` is the warm start on the traces: ``sft_epochs`` passes over the best
+    recorded run per (query, tier) whose reward reaches ``sft_min_reward``, plus the
+    boundary runs (``sft_boundary``), in batches of ``minibatch_size``.
+
     >>> PPOConfig(model="ckpt", output_dir="out", table="t.jsonl.gz", experts=("a",)).algo
     'ppo'
+    >>> PPOConfig(model="ckpt", output_dir="out", traces="prepared/", algo="sft").on_miss
+    'unavailable'
     """
 
     model: str
     output_dir: str
-    table: str
-    experts: tuple[str, ...]
+    table: str | None = None
+    experts: tuple[str, ...] = ()
     tiers: tuple[BudgetTier, ...] = field(default_factory=_default_tiers)
     algo: Algo = "ppo"
     split: Literal["train", "test"] = "train"
     max_queries: int | None = None
     query_field: Literal["prompt", "question"] = "prompt"
+    # training on prepared traces instead of a table
+    traces: str | None = None
+    on_miss: OnMiss = "unavailable"
+    cache_match: CacheMatch = "query"  # "subquery": only the same wording replays
+    live_experts: str | None = None  # server config with the real experts (read by the CLI)
+    training_budget_usd: float | None = None
+    ledger_url: str = "memory://"
+    # warm start (algo="sft")
+    sft_epochs: float = 1.0
+    sft_min_reward: float = 1.0
+    sft_boundary: bool = True
     # schedule
     iterations: int = 100
     episodes_per_iter: int = 32
@@ -88,13 +113,12 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         self._check_positive()
-        if not self.experts:
-            raise ConfigError("PPOConfig.experts is empty: name at least one model of the table")
+        self._check_task()
         if not self.tiers:
             raise ConfigError("PPOConfig.tiers is empty: give at least one BudgetTier")
         TierSet(self.tiers)  # raises ConfigError on duplicate names
-        if self.algo not in ("ppo", "grpo"):
-            raise ConfigError(f"algo must be 'ppo' or 'grpo', got {self.algo!r}")
+        if self.algo not in ("ppo", "grpo", "sft"):
+            raise ConfigError(f"algo must be 'ppo', 'grpo' or 'sft', got {self.algo!r}")
         if self.episodes_per_iter % self.minibatch_size:
             raise ConfigError(
                 f"episodes_per_iter ({self.episodes_per_iter}) must be a multiple of "
@@ -110,6 +134,33 @@ class PPOConfig:
             raise ConfigError("mixed_precision needs FSDP: set fsdp=True (or leave it None)")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+
+    def _check_task(self) -> None:
+        if (self.table is None) == (self.traces is None):
+            raise ConfigError(
+                "give exactly one task: table= (an outcome table, with experts=) or traces= "
+                "(a folder written by corl-graph traces prepare)"
+            )
+        if self.table is not None and not self.experts:
+            raise ConfigError("PPOConfig.experts is empty: name at least one model of the table")
+        if self.algo == "sft" and self.traces is None:
+            raise ConfigError("algo='sft' (warm start) trains on prepared traces: set traces=")
+        if self.on_miss not in ("unavailable", "live"):
+            raise ConfigError(f"on_miss must be 'unavailable' or 'live', got {self.on_miss!r}")
+        if self.cache_match not in ("query", "subquery"):
+            raise ConfigError(
+                f"cache_match must be 'query' or 'subquery', got {self.cache_match!r}"
+            )
+        if self.on_miss == "live":
+            if self.traces is None:
+                raise ConfigError("on_miss='live' applies to cached experts: set traces=")
+            if self.training_budget_usd is None or self.training_budget_usd < 0:
+                raise ConfigError(
+                    "on_miss='live' needs training_budget_usd >= 0 (the most live calls may "
+                    "spend, enforced by the ledger under tenant 'training')"
+                )
+        if not self.sft_epochs > 0:
+            raise ConfigError(f"sft_epochs must be > 0, got {self.sft_epochs}")
 
     def _check_positive(self) -> None:
         for name in (

@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from corl_graph.training._config import PPOConfig
 from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._metrics import MetricsWriter
 from corl_graph.training._rewards import RewardFn, make_reward
 from corl_graph.training._rollout import QuerySpec, load_queries
+from corl_graph.training._traces import CacheCounters, traces_task
 from corl_graph.training._verifiers import make_verifier
 from transformers import (
     AutoModelForCausalLM,
@@ -152,8 +154,11 @@ def corl_graph_reward(prompts: list[Any], completions: list[Any], **kw: Any) -> 
 def _task(
     cfg: PPOConfig, experts: Sequence[Expert] | None, queries: Sequence[QuerySpec] | None
 ) -> tuple[list[Expert], list[QuerySpec]]:
-    if experts is None or queries is None:
-        table = OutcomeTable.load(cfg.table)
+    if cfg.traces is not None and (experts is None or queries is None):
+        task = traces_task(cfg)
+        experts, queries = experts or task.experts, queries or task.queries
+    elif experts is None or queries is None:
+        table = OutcomeTable.load(str(cfg.table))
         experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
         queries = queries or load_queries(
             table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
@@ -241,7 +246,24 @@ def make_grpo_trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         rollout_func=rollout,
+        callbacks=[_metrics_callback(cfg, ex)],
     )
+
+
+def _metrics_callback(cfg: PPOConfig, experts: Sequence[Expert]) -> Any:
+    """TRL's log lines, plus the cached experts' counters, to ``metrics.jsonl`` as PPO's."""
+    from transformers import TrainerCallback
+
+    writer = MetricsWriter(cfg.metrics_file or Path(cfg.output_dir) / "metrics.jsonl")
+    counters = CacheCounters(experts)
+
+    class _Metrics(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if state.is_world_process_zero and logs:
+                scalars = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+                writer.write(int(state.global_step), {**scalars, **counters.delta()})
+
+    return _Metrics()
 
 
 def train_grpo(config: PPOConfig, **kwargs: Any) -> tuple[Any, Path]:

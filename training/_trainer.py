@@ -46,6 +46,7 @@ from corl_graph.training._rollout import (
     collect,
     load_queries,
 )
+from corl_graph.training._traces import CacheCounters, traces_task
 from corl_graph.training._verifiers import make_verifier
 from transformers import (
     AutoModelForCausalLM,
@@ -133,13 +134,17 @@ class PPOTrainer:
         reward_fn: RewardFn | None,
     ) -> None:
         cfg = self.config
-        if experts is None or queries is None:
-            table = OutcomeTable.load(cfg.table)
+        if cfg.traces is not None and (experts is None or queries is None):
+            task = traces_task(cfg, world_size=self.info.world_size)
+            experts, queries = experts or task.experts, queries or task.queries
+        elif experts is None or queries is None:
+            table = OutcomeTable.load(str(cfg.table))
             experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
             queries = queries or load_queries(
                 table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
             )
         self.queries = list(queries)
+        self.cache_counters = CacheCounters(experts)  # hits / misses / live spend, if cached
         self.policy = HFPolicy(
             self.plain_lm,
             self.tokenizer,
@@ -194,6 +199,8 @@ class PPOTrainer:
         metrics = self.update(batch)
         t2 = time.perf_counter()
         metrics.update(episode_metrics(episodes, list(self.config.tier_set)))
+        for k, v in self.cache_counters.delta().items():  # summed over ranks
+            metrics[k] = float(all_reduce_sum(torch.tensor(v, dtype=torch.float64)))
         metrics.update(
             {
                 "time/rollout_s": t1 - t0,

@@ -1,4 +1,11 @@
-"""``corl-graph train``: fine-tune the controller on graph runs (``--algo ppo``).
+"""``corl-graph train``: fine-tune the controller on graph runs (``--algo ppo|grpo|sft``).
+
+The task is an outcome table (``--table T --experts A,B``) or a folder of prepared traces
+(``--traces DIR``, from ``corl-graph traces prepare``): cached experts, whose misses are
+failed calls (``--on-miss unavailable``) or live calls to the experts of a serve config
+(``--on-miss live --live-experts CONFIG``) within ``--training-budget-usd`` on ``--ledger``.
+``--algo sft`` is the warm start on the traces; its ``OUTPUT_DIR/final`` is the next
+``--model``.
 
 Runs alone or under ``torchrun --nproc_per_node=N --no-python corl-graph train ...`` (FSDP2).
 Imports torch only when the command runs, so the rest of the CLI stays light.
@@ -7,6 +14,7 @@ Imports torch only when the command runs, so the rest of the CLI stays light.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from corl_graph._exceptions import ConfigError
@@ -17,23 +25,58 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "train",
-        help="train the controller with PPO on graph runs",
+        help="train the controller (PPO, GRPO, SFT warm start) on graph runs",
         description="Train the controller (a Hugging Face causal LM with a chat template) "
-        "with PPO on runs of the routing graph with replayed experts.",
+        "on runs of the routing graph, with experts replayed from an outcome table (--table) "
+        "or from your own prepared traces (--traces).",
     )
     p.add_argument(
-        "--algo", choices=["ppo", "grpo"], default="ppo", help="ppo (value model) or grpo (TRL)"
+        "--algo",
+        choices=["ppo", "grpo", "sft"],
+        default="ppo",
+        help="ppo (value model), grpo (TRL) or sft (warm start on --traces)",
     )
     p.add_argument(
         "--num-generations", type=int, default=None, help="grpo: runs per (query, tier) group"
     )
     p.add_argument("--model", required=True, help="save_pretrained folder of the controller")
-    p.add_argument("--table", required=True, help="outcome table, e.g. zeroeval_gsm8k.jsonl.gz")
-    p.add_argument("--experts", required=True, help="comma-separated models of the table")
+    p.add_argument("--table", help="outcome table, e.g. zeroeval_gsm8k.jsonl.gz")
+    p.add_argument("--traces", help="folder written by corl-graph traces prepare")
+    p.add_argument(
+        "--experts", help="comma-separated experts (required with --table; default: all cached)"
+    )
     p.add_argument(
         "--tiers",
-        default="low=0.002,medium=0.01,high=0.05",
-        help="NAME=USD_PER_QUERY,... cheapest first",
+        help=f"NAME=USD_PER_QUERY,... cheapest first (default: the --live-experts config's "
+        f"tiers, else {DEFAULT_TIERS})",
+    )
+    traces = p.add_argument_group("training on prepared traces (--traces)")
+    traces.add_argument(
+        "--on-miss",
+        choices=["unavailable", "live"],
+        help="a sub-query not in the cache: a failed call (default) or a live call",
+    )
+    traces.add_argument(
+        "--live-experts",
+        "--experts-config",
+        dest="live_experts",
+        help="serve config (.json/.toml) with the real experts: called on a miss with "
+        "--on-miss live; their price sheets are used in any case",
+    )
+    traces.add_argument(
+        "--training-budget-usd", type=float, help="--on-miss live: the most live calls may spend"
+    )
+    traces.add_argument(
+        "--ledger", dest="ledger_url", help="ledger of the training budget (default memory://)"
+    )
+    traces.add_argument("--cache-match", choices=["query", "subquery"])
+    traces.add_argument("--sft-epochs", type=float)
+    traces.add_argument("--sft-min-reward", type=float)
+    traces.add_argument(
+        "--sft-boundary",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the always-cheapest / always-strongest boundary runs (default on)",
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument("--config", help="JSON file of PPOConfig fields (flags override it)")
@@ -71,6 +114,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_TIERS = "low=0.002,medium=0.01,high=0.05"
+
+
 def parse_tiers(text: str) -> list[dict[str, Any]]:
     """``"low=0.002,high=0.05"`` -> BudgetTier fields."""
     tiers = []
@@ -85,11 +131,35 @@ def parse_tiers(text: str) -> list[dict[str, Any]]:
     return tiers
 
 
-def build_config(args: argparse.Namespace) -> Any:
+def _check_task(args: argparse.Namespace) -> None:
+    if bool(args.table) == bool(args.traces):
+        raise ConfigError(
+            "give exactly one of --table (an outcome table, with --experts) and --traces "
+            "(a folder written by corl-graph traces prepare)"
+        )
+    if args.table and not args.experts:
+        raise ConfigError("--table needs --experts A,B,... (models of the table)")
+    traces_only = ("on_miss", "live_experts", "training_budget_usd", "ledger_url", "cache_match")
+    if args.table and any(getattr(args, k) is not None for k in traces_only):
+        raise ConfigError(
+            "--on-miss, --live-experts, --training-budget-usd, --ledger and "
+            "--cache-match apply to --traces only"
+        )
+    if args.on_miss == "live" and not args.live_experts:
+        raise ConfigError(
+            "--on-miss live needs --live-experts CONFIG (a serve config with the real experts) "
+            "and --training-budget-usd X"
+        )
+    if args.on_miss != "live" and (args.training_budget_usd is not None or args.ledger_url):
+        raise ConfigError("--training-budget-usd and --ledger apply to --on-miss live only")
+
+
+def build_config(args: argparse.Namespace, *, tiers: str | None = None) -> Any:
     import json
 
     from corl_graph.training import PPOConfig
 
+    _check_task(args)
     fields: dict[str, Any] = {}
     if args.config:
         try:
@@ -99,13 +169,12 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--config {args.config!r}: {exc}") from exc
     fields.update(
         model=args.model,
-        table=args.table,
         output_dir=args.output_dir,
-        experts=[e.strip() for e in args.experts.split(",") if e.strip()],
-        tiers=parse_tiers(args.tiers),
+        experts=[e.strip() for e in (args.experts or "").split(",") if e.strip()],
+        tiers=parse_tiers(args.tiers or tiers or DEFAULT_TIERS),
         algo=args.algo,
     )
-    skip = {"command", "config", "experts", "tiers", "model", "table", "output_dir", "algo"}
+    skip = {"command", "config", "experts", "tiers", "model", "output_dir", "algo"}
     skip.add("num_generations")  # a GRPO option, not a PPOConfig field
     for key, value in vars(args).items():
         if key not in skip and value is not None:
@@ -116,22 +185,63 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigError(f"bad training config: {exc}") from exc
 
 
-def run(args: argparse.Namespace) -> int:
-    from corl_graph.training import PPOTrainer
+def _live_experts(path: str) -> tuple[dict[str, Any], str | None]:
+    """The serve config's experts by name, and its tiers as a --tiers string."""
+    from corl_graph.integrations import ServerConfig
 
-    config = build_config(args)
-    if config.algo == "grpo":
+    config = ServerConfig.load(path)
+    experts = {e.name: e for e in config.build_experts()}
+    tiers = ",".join(f"{t.name}={t.max_usd_per_query}" for t in config.tiers) or None
+    return experts, tiers
+
+
+def run(args: argparse.Namespace) -> int:
+    live: dict[str, Any] = {}
+    config_tiers = None
+    if args.live_experts:
+        _check_task(args)  # a wrong combination fails before the config file is read
+        live, config_tiers = _live_experts(args.live_experts)
+    config = build_config(args, tiers=config_tiers)
+    task = None
+    if config.traces is not None:
+        from corl_graph.training import traces_task
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        task = traces_task(config, live=live, world_size=world)
+        print(f"traces: {task.prepared.coverage.summary()}")
+        print(
+            f"traces: {len(task.queries)} queries with a reference, {task.unlabelled} without "
+            f"(not trained on); on a cache miss: {config.on_miss}"
+        )
+    injected: dict[str, Any] = (
+        {"experts": task.experts, "queries": task.queries} if task is not None else {}
+    )
+    if config.algo == "sft":
+        from corl_graph.training import train_sft
+
+        final = train_sft(config, task=task)
+        print(f"done: SFT warm start, checkpoint {final} (continue with --model {final})")
+    elif config.algo == "grpo":
         from corl_graph.training import train_grpo
 
-        _, final = train_grpo(config, num_generations=args.num_generations or 4)
+        _, final = train_grpo(config, num_generations=args.num_generations or 4, **injected)
         print(f"done: GRPO, checkpoint {final}")
-        return 0
-    trainer = PPOTrainer(config)
-    history = trainer.train()
-    if trainer.info.is_main and history:
-        last = history[-1]
+    else:
+        from corl_graph.training import PPOTrainer
+
+        trainer = PPOTrainer(config, **injected)
+        history = trainer.train()
+        if trainer.info.is_main and history:
+            last = history[-1]
+            print(
+                f"done: {trainer.iteration} iterations, reward/mean "
+                f"{last.get('reward/mean', 0):.3f}, checkpoint {config.output_dir}/final"
+            )
+    if task is not None:
+        e = task.experts
         print(
-            f"done: {trainer.iteration} iterations, reward/mean {last.get('reward/mean', 0):.3f}, "
-            f"checkpoint {config.output_dir}/final"
+            f"cache: {sum(x.hits for x in e)} hits, {sum(x.misses for x in e)} misses "
+            f"({sum(x.live_calls for x in e)} live, ${sum(x.live_usd for x in e):.6f}; "
+            f"{sum(x.refused for x in e)} refused by the training budget)"
         )
     return 0

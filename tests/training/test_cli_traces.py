@@ -1,0 +1,179 @@
+"""``corl-graph train --traces``: warm start, PPO and GRPO on prepared traces from the command
+line, with cache misses scored as unavailable or sent live within a ledger-enforced budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traces_cli_fixtures import (
+    TIERS_FLAG,
+    live_config,
+    metrics,
+    prepare,
+    save_controller,
+    store_of_both,
+    store_of_strong_only,
+    write_labels,
+)
+from traces_fixtures import toy_table
+
+from corl_graph.budget import open_ledger
+from corl_graph.cli import main
+
+# TRL 1.16 reads transformers' deprecated alias; a third-party warning, filtered by name.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)
+
+SMALL = [
+    "--tiers", TIERS_FLAG, "--iterations", "1", "--episodes-per-iter", "4",
+    "--minibatch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "6",
+    "--max-steps", "2", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cli-traces")
+    table = toy_table()
+    labels = write_labels(table, root / "labels.jsonl")
+    return {
+        "root": root,
+        "table": table,
+        "model": save_controller(table, root / "model"),
+        "prepared": prepare(store_of_both(table, root), root / "prepared", labels),
+        "strong_only": prepare(store_of_strong_only(table, root), root / "strong", labels),
+        "serve": live_config(table, root),
+    }
+
+
+def _train(*args: str) -> int:
+    return main(["train", *args, *SMALL])
+
+
+def test_sft_warm_start_then_ppo_continues_from_it(
+    files: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sft, ppo = tmp_path / "sft", tmp_path / "ppo"
+    common = ["--traces", str(files["prepared"]), "--learning-rate", "1e-3"]
+    # a quarter epoch: one optimizer step (this CPU is shared; test_warm_start checks the loss)
+    warm = ["--algo", "sft", "--sft-epochs", "0.25", "--model", str(files["model"])]
+    assert _train(*warm, "--output-dir", str(sft), *common) == 0
+    assert (sft / "final" / "model.safetensors").is_file()
+    (line,) = metrics(sft)
+    assert line["sft/recorded"] > 0 and line["sft/boundary"] > 0 and line["sft/steps"] == 1
+    assert "done: SFT warm start" in capsys.readouterr().out
+
+    assert _train("--model", str(sft / "final"), "--output-dir", str(ppo), *common) == 0
+    (it,) = metrics(ppo)
+    # every call the controller (or its fallback) made was answered from the cache or missed
+    assert it["cache/hits"] + it["cache/misses"] >= 1
+    assert it["cache/live_calls"] == 0 and it["cache/live_usd_total"] == 0
+    assert it["cache/refused"] == 0 and it["episodes"] == 4
+    state = json.loads((ppo / "final" / "trainer_state.json").read_text())
+    assert state["config"]["model"] == str(sft / "final")
+    assert state["config"]["traces"] == str(files["prepared"])
+    out = capsys.readouterr().out
+    assert "done: 1 iterations" in out and "cache:" in out
+
+
+def test_grpo_on_traces(files: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "grpo"
+    code = _train(
+        "--algo", "grpo", "--num-generations", "2", "--traces", str(files["prepared"]),
+        "--model", str(files["model"]), "--output-dir", str(out), "--kl-coef", "0",
+    )  # fmt: skip
+    assert code == 0
+    assert (out / "final" / "model.safetensors").is_file()
+    lines = metrics(out)
+    assert lines and any("cache/hits" in m for m in lines)
+
+
+def test_unavailable_misses_are_failed_calls(files: dict[str, Any], tmp_path: Path) -> None:
+    # Only the strong expert was ever recorded; the cheap one's price comes from the serve
+    # config, and its every call (the fallback of a random controller) is a miss.
+    out = tmp_path / "unavail"
+    code = _train(
+        "--traces", str(files["strong_only"]), "--live-experts", str(files["serve"]),
+        "--model", str(files["model"]), "--output-dir", str(out), "--episodes-per-iter", "8",
+        "--minibatch-size", "8",
+    )  # fmt: skip
+    assert code == 0
+    (it,) = metrics(out)
+    assert it["cache/misses"] >= 1 and it["cache/live_calls"] == 0
+
+
+def test_live_misses_stay_within_the_training_budget(files: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "live"
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    budget = 3e-6  # two cheap calls (1e-6 each, reserved at ~1.2e-6), not three
+    code = _train(
+        "--traces", str(files["strong_only"]), "--on-miss", "live",
+        "--live-experts", str(files["serve"]), "--training-budget-usd", str(budget),
+        "--ledger", ledger_url, "--model", str(files["model"]), "--output-dir", str(out),
+        "--episodes-per-iter", "8", "--minibatch-size", "8",
+    )  # fmt: skip
+    assert code == 0
+    (it,) = metrics(out)
+    assert it["cache/live_calls"] >= 1
+    assert it["cache/live_usd_total"] <= budget
+    assert it["cache/refused"] >= 1  # misses beyond the budget: failed calls, not a crash
+    assert it["cache/misses"] >= it["cache/live_calls"] + it["cache/refused"]
+    spent = asyncio.run(open_ledger(ledger_url).tenant_spend("training"))
+    assert 0 < spent.committed_usd <= budget
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--table", "t.jsonl.gz", "--experts", "a", "--traces", "p"], "exactly one of"),
+        ([], "exactly one of"),
+        (["--table", "t.jsonl.gz"], "--table needs --experts"),
+        (["--traces", "p", "--on-miss", "live"], "--on-miss live needs --live-experts"),
+        (["--traces", "p", "--training-budget-usd", "1"], "apply to --on-miss live only"),
+        (["--table", "t", "--experts", "a", "--on-miss", "live"], "apply to --traces only"),
+        (["--table", "t", "--experts", "a", "--algo", "sft"], "algo='sft'"),
+        (["--traces", "no/such/folder"], "does not exist"),
+        (
+            ["--traces", "p", "--on-miss", "live", "--live-experts", "missing.toml"],
+            "cannot read server config",
+        ),
+    ],
+)
+def test_wrong_combinations_are_config_errors(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "--model", "m", "--output-dir", str(tmp_path), *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_live_needs_a_training_budget(
+    files: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train", "--model", "m", "--output-dir", str(tmp_path), "--traces",
+            str(files["strong_only"]), "--on-miss", "live", "--live-experts", str(files["serve"]),
+        ]
+    )  # fmt: skip
+    assert code == 2
+    assert "training_budget_usd" in capsys.readouterr().err
+
+
+def test_feedback_makes_a_pseudo_reference(tmp_path: Path) -> None:
+    from corl_graph.training import PPOConfig, traces_task
+
+    table = toy_table()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"query_id": "q1", "feedback": "good"}\n{"query_id": "q2", "feedback": 0}\n')
+    prepared = prepare(store_of_both(table, tmp_path), tmp_path / "prepared", labels)
+    task = traces_task(PPOConfig(model="m", output_dir=str(tmp_path), traces=str(prepared)))
+    # q1's recorded answer was scored good: it becomes the reference; q2's was scored bad
+    assert [(q.query_id, q.reference) for q in task.queries] == [("q1", "3")]
+    assert task.unlabelled == 7
+    assert [e.name for e in task.experts] == ["cheap", "strong"]
