@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from corl_graph.training._sampling import sample_batch
@@ -63,8 +65,8 @@ class HFPolicy:
             )
         if tokenizer.eos_token_id is None:
             raise ConfigError("HFPolicy needs a tokenizer with an eos_token (the end of a turn)")
-        if max_new_tokens < 1 or temperature <= 0:
-            raise ConfigError("max_new_tokens must be >= 1 and temperature > 0")
+        if max_new_tokens < 1 or temperature < 0:
+            raise ConfigError("max_new_tokens must be >= 1 and temperature >= 0 (0: greedy)")
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -80,6 +82,22 @@ class HFPolicy:
         self._cache_size = cache_size
         self._pending: list[tuple[list[int], asyncio.Future[tuple[list[int], list[float]]]]] = []
         self._flush: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> HFPolicy:
+        """Load a ``save_pretrained`` folder (e.g. ``OUTPUT_DIR/final`` of ``corl-graph
+        train``) in float32, in eval mode; ``kwargs`` go to ``HFPolicy``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = Path(path)
+        if not (src / "config.json").is_file():
+            raise ConfigError(
+                f"{str(src)!r} is not a save_pretrained folder (no config.json); give e.g. "
+                "OUTPUT_DIR/final of corl-graph train"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        return cls(model, tokenizer, **kwargs)
 
     # ----------------------------------------------------------------- context building
     def messages(self, view: PolicyView) -> list[dict[str, str]]:

@@ -28,7 +28,8 @@ def sample_batch(
     """Sample a continuation of each context; returns (token ids, log-probs) per row.
 
     A row stops after emitting a stop id (kept: the model must learn to end its turn).
-    Log-probs are of the sampling distribution (logits / temperature).
+    Log-probs are of the sampling distribution (logits / temperature); ``temperature=0``
+    decodes greedily (evaluation) and reports the log-probs of the untempered logits.
     """
     device = next(model.parameters()).device
     B, L = len(contexts), max(len(c) for c in contexts)
@@ -53,8 +54,12 @@ def sample_batch(
             use_cache=True,
         )
         past = out.past_key_values
-        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
-        token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+        if temperature > 0:
+            logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+        else:  # greedy (evaluation); log-probs of the untempered distribution
+            logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+            token = logp.argmax(-1)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out_ids = torch.cat([out_ids, token[:, None]], dim=1)
         out_lp = torch.cat([out_lp, logp.gather(-1, token[:, None])], dim=1)

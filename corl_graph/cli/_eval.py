@@ -1,4 +1,7 @@
-"""``corl-graph eval``: the replay benchmark on any table in the canonical format."""
+"""``corl-graph eval``: the replay benchmark on any table in the canonical format, with the
+neural policy (``--policy``) and LLM controllers (``--controller-checkpoint``: a
+``save_pretrained`` folder run in process; ``--controller-url`` + ``--controller-model``: an
+OpenAI-compatible server such as vLLM) as rows beside the baselines."""
 
 from __future__ import annotations
 
@@ -30,6 +33,38 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="only the first N test queries")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--no-sweeps", action="store_true", help="skip the AIQ sweeps")
+    llm = p.add_argument_group("LLM controllers (repeatable; LABEL= names the row)")
+    llm.add_argument(
+        "--controller-checkpoint",
+        action="append",
+        default=[],
+        metavar="[LABEL=]DIR",
+        help="save_pretrained folder (e.g. OUTPUT_DIR/final of corl-graph train), run in "
+        "process (needs the training extra)",
+    )
+    llm.add_argument(
+        "--controller-url",
+        action="append",
+        default=[],
+        metavar="[LABEL=]URL",
+        help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (vLLM)",
+    )
+    llm.add_argument(
+        "--controller-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="served model name, one per --controller-url (or one URL, several models)",
+    )
+    llm.add_argument("--controller-api-key-env", help="environment variable of the server's key")
+    llm.add_argument("--controller-temperature", type=float, default=0.0, help="0: greedy")
+    llm.add_argument("--controller-max-tokens", type=int, default=64, help="per controller turn")
+    llm.add_argument(
+        "--controller-batch",
+        type=int,
+        default=8,
+        help="in-process checkpoints: queries routed (and decisions batched) at once",
+    )
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
@@ -63,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from corl_graph.policies import NeuralPolicy
 
     table, experts, tiers, controller = _setup(args)
+    llms = controllers(args)
     emb = table_embeddings(table, path=args.embeddings)
     neural = NeuralPolicy.load(args.policy) if args.policy else None
     res = asyncio.run(
@@ -76,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             limit=args.limit,
             sweeps=not args.no_sweeps,
+            controllers=llms,
         )
     )
     out = Path(args.out)
@@ -85,6 +122,59 @@ def run(args: argparse.Namespace) -> int:
     print("AIQ: " + ", ".join(f"{k} {v:.3f}" for k, v in res.aiq.items()))
     print(f"wrote {out}/replay_{table.name}.json and .png ({res.seconds:.0f}s)")
     return 0
+
+
+def _labelled(value: str) -> tuple[str | None, str]:
+    # "trained=runs/ppo/final" -> ("trained", path); a URL's "://" is not a label
+    label, sep, rest = value.partition("=")
+    if sep and label and "/" not in label and ":" not in label:
+        return label, rest
+    return None, value
+
+
+def controllers(args: argparse.Namespace) -> list[Any]:
+    """The ``ControllerSpec`` of every --controller-checkpoint and --controller-url."""
+    from corl_graph.evaluation import checkpoint_controller, endpoint_controller
+
+    if args.controller_batch < 1 or args.controller_max_tokens < 1:
+        raise ConfigError("--controller-batch and --controller-max-tokens must be >= 1")
+    urls, models = args.controller_url, args.controller_model
+    if bool(urls) != bool(models):
+        raise ConfigError("--controller-url and --controller-model go together")
+    if len(urls) > 1 and len(models) > 1 and len(urls) != len(models):
+        raise ConfigError(
+            f"{len(urls)} --controller-url but {len(models)} --controller-model: give one "
+            "model per URL, or one URL with several models"
+        )
+    specs = []
+    for value in args.controller_checkpoint:
+        label, path = _labelled(value)
+        specs.append(
+            checkpoint_controller(
+                path,
+                label=label,
+                temperature=args.controller_temperature,
+                max_new_tokens=args.controller_max_tokens,
+                batch=args.controller_batch,
+            )
+        )
+    for i in range(max(len(urls), len(models))):
+        label, url = _labelled(urls[min(i, len(urls) - 1)])
+        model = models[min(i, len(models) - 1)]
+        specs.append(
+            endpoint_controller(
+                url,
+                model,
+                label=label if len(models) <= 1 or len(urls) > 1 else None,
+                api_key_env=args.controller_api_key_env,
+                temperature=args.controller_temperature,
+                max_tokens=args.controller_max_tokens,
+            )
+        )
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"controller labels must differ, got {labels}: name them LABEL=...")
+    return specs
 
 
 def format_rows(rows: list[dict[str, Any]], roles: tuple[str, ...]) -> str:

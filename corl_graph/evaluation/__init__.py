@@ -3,7 +3,8 @@
 Metrics (``TierMetrics``): accuracy, mean and p95 cost per query, expert-call ratio, calls
 per query, cap violations; ``aiq`` for the cost/accuracy curve (RouterBench's AIQ).
 ``run_benchmark`` compares every single model, the controller alone, random routing at
-matched cost, the oracle, kNN and threshold routers and the neural policy.
+matched cost, the oracle, kNN and threshold routers, the neural policy and LLM controllers
+(``checkpoint_controller``: a trained checkpoint in process; ``endpoint_controller``: vLLM).
 """
 
 from corl_graph.evaluation._baselines import (
@@ -15,6 +16,11 @@ from corl_graph.evaluation._baselines import (
     matched_random,
 )
 from corl_graph.evaluation._bundled import load_bundled_embeddings, load_bundled_policy
+from corl_graph.evaluation._controllers import (
+    ControllerSpec,
+    checkpoint_controller,
+    endpoint_controller,
+)
 from corl_graph.evaluation._embed import (
     load_embeddings,
     query_text,
@@ -29,6 +35,7 @@ from corl_graph.evaluation._suite import BenchmarkResult, run_benchmark, write_p
 __all__ = [
     "PRESETS",
     "BenchmarkResult",
+    "ControllerSpec",
     "OraclePolicy",
     "QueryOutcome",
     "TablePreset",
@@ -36,6 +43,8 @@ __all__ = [
     "aiq",
     "calibrate_knn",
     "calibrate_threshold",
+    "checkpoint_controller",
+    "endpoint_controller",
     "evaluate_policy",
     "fit_knn",
     "fit_threshold",

@@ -1,4 +1,5 @@
-"""The replay benchmark: every baseline and the neural policy on one table, per tier.
+"""The replay benchmark: every baseline, the neural policy and any LLM controllers (a trained
+checkpoint, its base, a vLLM endpoint) on one table, per tier.
 
 Everything runs through the real graph (``Router``) with replayed experts on the test split.
 Operating points for AIQ: each router family's per-tier points plus a sweep of its knob on
@@ -26,6 +27,7 @@ from corl_graph.evaluation._baselines import (
     fit_threshold,
     matched_random,
 )
+from corl_graph.evaluation._controllers import ControllerSpec
 from corl_graph.evaluation._harness import route_queries, test_queries
 from corl_graph.evaluation._metrics import TierMetrics, aiq, summarize
 from corl_graph.experts import OutcomeTable, ReplayExpert
@@ -110,8 +112,34 @@ async def run_benchmark(
     concurrency: int = 64,
     limit: int | None = None,
     sweeps: bool = True,
+    controllers: Sequence[ControllerSpec] = (),
 ) -> BenchmarkResult:
-    """Run the whole comparison on the test split of ``table``."""
+    """Run the whole comparison on the test split of ``table``. Each of ``controllers``
+    adds one row per tier (family ``llm:<label>``), routed ``spec.concurrency`` at a time;
+    their ``aclose`` runs at the end, on this event loop."""
+    try:
+        return await _benchmark(
+            table, experts, tiers, controller, embeddings, neural, concurrency, limit, sweeps,
+            controllers,
+        )  # fmt: skip
+    finally:
+        for spec in controllers:
+            if spec.aclose is not None:
+                await spec.aclose()
+
+
+async def _benchmark(
+    table: OutcomeTable,
+    experts: Sequence[ReplayExpert],
+    tiers: TierSet,
+    controller: str,
+    embeddings: dict[str, np.ndarray],
+    neural: NeuralPolicy | None,
+    concurrency: int,
+    limit: int | None,
+    sweeps: bool,
+    controllers: Sequence[ControllerSpec],
+) -> BenchmarkResult:
     started = time.perf_counter()
     ids = test_queries(table)[:limit]
     top = list(tiers)[-1]
@@ -122,9 +150,9 @@ async def run_benchmark(
         {t: tiers[t].max_usd_per_query for t in tiers},
     )
 
-    async def run(policy: Policy, tier: str) -> TierMetrics:
+    async def run(policy: Policy, tier: str, conc: int | None = None) -> TierMetrics:
         return await _run(
-            table, experts, policy, tiers, tier, embeddings, controller, ids, concurrency
+            table, experts, policy, tiers, tier, embeddings, controller, ids, conc or concurrency
         )
 
     for e in experts:  # single models: tier-independent, run where every call fits
@@ -147,12 +175,15 @@ async def run_benchmark(
             res.add(m, "neural", "tier", neural.meta.tier_cost_weight.get(tier))
             rnd = matched_random(experts, single_costs, m.mean_cost_usd)
             res.add(await run(rnd, tier), "random", "tier")
+        for spec in controllers:
+            res.add(await run(spec.policy, tier, spec.concurrency), spec.family, "tier")
     if sweeps:
         await _sweeps(res, run, knn, thr, neural, top)
         for agree in SWEEP_AGREE:
             cascade = agreement_cascade(experts, controller, agree)
             res.add(await run(cascade, top), "cascade", "sweep", agree)
-    for family in ("single", "knn", "threshold", "cascade", "neural", "oracle", "random"):
+    llm = [spec.family for spec in controllers]
+    for family in ("single", "knn", "threshold", "cascade", "neural", "oracle", "random", *llm):
         if res.points(family):
             res.aiq[family] = aiq(
                 res.points(family), c_min=res.cost_range[0], c_max=res.cost_range[1]
@@ -185,6 +216,15 @@ _STYLE = {
     "neural": ("D", "tab:red"),
 }
 
+# LLM controllers (trained checkpoints, their bases, endpoints), in the order of their labels
+_LLM_STYLE = (
+    ("p", "tab:brown"),
+    ("h", "tab:pink"),
+    ("X", "tab:cyan"),
+    ("d", "tab:olive"),
+    ("8", "navy"),
+)
+
 
 def write_plot(res: BenchmarkResult, path: str | Path) -> None:
     """Cost (log scale) vs accuracy, every policy on one chart; tier points labelled."""
@@ -194,7 +234,11 @@ def write_plot(res: BenchmarkResult, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for family, (marker, color) in _STYLE.items():
+    styles = dict(_STYLE)
+    llm = sorted({r["family"] for r in res.rows if r["family"].startswith("llm:")})
+    for i, family in enumerate(llm):
+        styles[family] = _LLM_STYLE[i % len(_LLM_STYLE)]
+    for family, (marker, color) in styles.items():
         rows = sorted(
             (r for r in res.rows if r["family"] == family), key=lambda r: r["mean_cost_usd"]
         )
@@ -204,6 +248,8 @@ def write_plot(res: BenchmarkResult, path: str | Path) -> None:
         xs = [r["mean_cost_usd"] for r in rows]
         ys = [r["accuracy"] for r in rows]
         ax.scatter(xs, ys, marker=marker, color=color, label=label, zorder=3)
+        if family in llm:  # an LLM controller's tiers, joined cheapest first
+            ax.plot(xs, ys, color=color, alpha=0.5, linestyle="--")
         if family in ("knn", "threshold", "cascade", "neural"):
             sweep = [r for r in rows if r["role"] == "sweep"]
             ax.plot(
@@ -213,7 +259,7 @@ def write_plot(res: BenchmarkResult, path: str | Path) -> None:
                 alpha=0.5,
             )
         for r in rows:
-            if r["role"] == "tier" and family in ("neural", "knn", "threshold", "cascade"):
+            if r["role"] == "tier" and family in ("neural", "knn", "threshold", "cascade", *llm):
                 ax.annotate(
                     r["tier"],
                     (r["mean_cost_usd"], r["accuracy"]),

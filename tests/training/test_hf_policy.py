@@ -73,3 +73,16 @@ async def test_concurrent_decisions_are_sampled_in_one_batch(tiny_task: TinyTask
     router = Router(RouterConfig(experts=tiny_task.experts, policy=policy, max_steps=1))
     await asyncio.gather(*(router.arun(q.text, query_id=q.query_id) for q in tiny_task.queries[:6]))
     assert sizes[0] == 6
+
+
+def test_from_pretrained_with_temperature_zero_decodes_greedily(tiny_task: TinyTask) -> None:
+    policy = HFPolicy.from_pretrained(tiny_task.model_dir, temperature=0.0, max_new_tokens=5)
+    context = policy.tokenizer("<answer>", add_special_tokens=False)["input_ids"]
+    (ids, lps), (again, _) = policy.generate([context, context])
+    assert ids == again  # no sampling: both rows take the argmax
+    with torch.no_grad():
+        logits = policy.model(input_ids=torch.tensor([context])).logits[0, -1]
+    assert ids[0] == int(logits.argmax())
+    assert lps[0] == pytest.approx(float(torch.log_softmax(logits, -1).max()), abs=1e-5)
+    with pytest.raises(ConfigError, match="save_pretrained"):
+        HFPolicy.from_pretrained(tiny_task.model_dir / "missing")
