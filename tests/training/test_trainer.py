@@ -83,7 +83,7 @@ def test_train_saves_a_loadable_checkpoint_and_resumes(tiny_task: TinyTask, tmp_
 def test_config_errors_name_the_fix(tiny_task: TinyTask, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of minibatch_size"):
         _config(tiny_task, tmp_path, episodes_per_iter=6, minibatch_size=4)
-    with pytest.raises(ConfigError, match="'ppo' or 'grpo'"):
+    with pytest.raises(ConfigError, match="'ppo', 'grpo' or 'sft'"):
         _config(tiny_task, tmp_path, algo="sac")
     with pytest.raises(ConfigError, match="cpu_offload needs FSDP"):
         _config(tiny_task, tmp_path, cpu_offload=True, fsdp=False)
@@ -95,3 +95,7 @@ def test_config_errors_name_the_fix(tiny_task: TinyTask, tmp_path: Path) -> None
         )
     with pytest.raises(ConfigError, match="experts is empty"):
         _config(tiny_task, tmp_path, experts=())
+    with pytest.raises(ConfigError, match="exactly one task"):
+        _config(tiny_task, tmp_path, traces="prepared/")
+    with pytest.raises(ConfigError, match="training_budget_usd"):
+        _config(tiny_task, tmp_path, table=None, traces="p", on_miss="live")
