@@ -86,7 +86,7 @@ class HFPolicy:
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> HFPolicy:
         """Load a ``save_pretrained`` folder (e.g. ``OUTPUT_DIR/final`` of ``corl-graph
-        train``) in float32, in eval mode; ``kwargs`` go to ``HFPolicy``."""
+        train``) in float32 (generation switches it to eval mode); ``kwargs`` go to ``HFPolicy``."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         src = Path(path)
@@ -96,7 +96,7 @@ class HFPolicy:
                 "OUTPUT_DIR/final of corl-graph train"
             )
         tokenizer = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
         return cls(model, tokenizer, **kwargs)
 
     # ----------------------------------------------------------------- context building
