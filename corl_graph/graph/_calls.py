@@ -25,6 +25,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,10 +40,21 @@ from corl_graph.budget import (
     Usage,
 )
 from corl_graph.experts import AnswerExtractor, Expert, ExpertReply, ExpertRequest
+from corl_graph.graph._envelope import QueryEnvelope, envelope_request
 from corl_graph.protocol import CallStatus, ExpertCall
 from corl_graph.tracing import RouterTracer, redact
 
-__all__ = ["call_expert_with_budget"]
+__all__ = [
+    "BudgetHolder",
+    "call_expert_with_budget",
+    "close_envelope",
+    "close_envelopes_on_error",
+    "hold_for_run",
+    "run_envelopes",
+]
+
+# Where a run's attempts are reserved: the ledger itself, or the run's envelope in it.
+BudgetHolder = Ledger | QueryEnvelope
 
 # How long past its timeout a reservation is held before reconcile treats its holder as dead.
 _LEASE_MARGIN_S = 60.0
@@ -71,7 +83,7 @@ async def call_expert_with_budget(
     expert: Expert,
     request: ExpertRequest,
     *,
-    ledger: Ledger,
+    ledger: BudgetHolder,
     tier: BudgetTier,
     tenant: str,
     run_id: str,
@@ -119,7 +131,7 @@ async def call_expert_with_budget(
 async def _attempts(
     expert: Expert,
     request: ExpertRequest,
-    ledger: Ledger,
+    ledger: BudgetHolder,
     tier: BudgetTier,
     tenant: str,
     run_id: str,
@@ -214,7 +226,7 @@ def _time_left(limit_s: float, deadline: float | None) -> float:
 
 
 async def _reserve(
-    ledger: Ledger,
+    ledger: BudgetHolder,
     expert: Expert,
     tier: BudgetTier,
     tenant: str,
@@ -244,10 +256,11 @@ async def _reserve(
     )
 
 
+_NEVER_SUSPENDS = (InMemoryLedger, QueryEnvelope)
 _pending: set[asyncio.Task[Reservation]] = set()  # strong references to background releases
 
 
-def _background(op: Coroutine[Any, Any, Reservation]) -> None:
+def _background(op: Coroutine[Any, Any, Any]) -> None:
     task = asyncio.ensure_future(op)
     _pending.add(task)
     task.add_done_callback(_pending.discard)
@@ -255,7 +268,7 @@ def _background(op: Coroutine[Any, Any, Reservation]) -> None:
 
 
 async def _retrying(
-    ledger: Ledger,
+    ledger: BudgetHolder,
     op: Callable[[], Awaitable[Reservation]],
     *,
     on_cancel: Callable[[asyncio.Future[Reservation]], None] | None = None,
@@ -268,7 +281,7 @@ async def _retrying(
     so no cancellation can land inside one: they are awaited directly, without the task and
     the event-loop round that shielding costs.
     """
-    if type(ledger) is InMemoryLedger:
+    if type(ledger) in _NEVER_SUSPENDS:
         return await op()
     for attempt in range(_LEDGER_TRIES):
         task = asyncio.ensure_future(op())
@@ -286,14 +299,18 @@ async def _retrying(
 
 
 async def _settle_worst(
-    ledger: Ledger, reservation: Reservation, in_tokens: int, out_tokens: int, worst: float
+    ledger: BudgetHolder,
+    reservation: Reservation,
+    in_tokens: int,
+    out_tokens: int,
+    worst: float,
 ) -> None:
     usage = Usage(in_tokens, out_tokens, worst, estimated=True)
     await _retrying(ledger, lambda: ledger.settle(reservation.id, usage))
 
 
 async def _settle_on_cancel(
-    ledger: Ledger,
+    ledger: BudgetHolder,
     reservation: Reservation,
     in_tokens: int,
     expert: Expert,
@@ -349,3 +366,69 @@ def _call(
         # Provider errors quote rejected keys; the record goes to stores, transcripts and logs.
         error=redact(error),
     )
+
+
+# The envelopes opened while one Router.arun runs, so that a run that fails can settle them.
+run_envelopes: ContextVar[list[str] | None] = ContextVar("corl_run_envelopes", default=None)
+
+
+async def hold_for_run(
+    ledger: Ledger,
+    envelopes: dict[str, QueryEnvelope | None],
+    *,
+    tier: BudgetTier,
+    tenant: str,
+    run_id: str,
+    lease_s: float,
+) -> BudgetHolder:
+    """The run's envelope, reserved from ``ledger`` at its first call (``budget_hold="per_query"``).
+
+    An envelope the ledger refuses makes the run reserve per attempt from then on (recorded as
+    None); an unreachable ledger is left to the attempt, which fails closed.
+    """
+    if run_id in envelopes:
+        return envelopes[run_id] or ledger
+    request = envelope_request(tenant, run_id, tier, lease_s)
+    rid = uuid.uuid4().hex
+
+    def release_if_held(task: asyncio.Future[Reservation]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            _background(ledger.release(rid))
+
+    try:
+        reservation = await _retrying(
+            ledger, lambda: ledger.reserve(request, reservation_id=rid), on_cancel=release_if_held
+        )
+    except BudgetExceededError:
+        envelopes[run_id] = None
+        return ledger
+    except LedgerError:
+        return ledger
+    envelope = envelopes[run_id] = QueryEnvelope(reservation)
+    opened = run_envelopes.get()
+    if opened is not None:
+        opened.append(run_id)
+    return envelope
+
+
+async def close_envelope(
+    ledger: Ledger, envelopes: dict[str, QueryEnvelope | None], run_id: str
+) -> None:
+    """Settle the run's envelope with what its calls cost (nothing to do without one)."""
+    envelope = envelopes.pop(run_id, None)
+    if envelope is not None:
+        usage = envelope.usage()
+        await _retrying(ledger, lambda: ledger.settle(envelope.reservation.id, usage))
+
+
+async def close_envelopes_on_error(
+    ledger: Ledger, envelopes: dict[str, QueryEnvelope | None], run_ids: list[str]
+) -> None:
+    """A run that raised or was cancelled: settle its envelopes at what was spent, best effort
+    (one left HELD expires charged at the whole cap, never less)."""
+    for run_id in run_ids:
+        close = close_envelope(ledger, envelopes, run_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(close), _CANCEL_SETTLE_S)
+        except (LedgerError, TimeoutError, asyncio.CancelledError):
+            continue

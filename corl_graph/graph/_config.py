@@ -19,11 +19,14 @@ from corl_graph.budget import (
     default_tiers,
 )
 from corl_graph.experts import AnswerExtractor, Expert, extract_answer
+from corl_graph.graph._envelope import QueryEnvelope
 from corl_graph.policies import Policy
 from corl_graph.protocol import ExpertDescriptor
 from corl_graph.tracing import RouterTracer
 
-__all__ = ["RouterConfig", "RouterContext"]
+__all__ = ["BudgetHold", "RouterConfig", "RouterContext"]
+
+BudgetHold = Literal["per_attempt", "per_query"]
 
 # A tenant limit that no real bill reaches; used by the default in-memory ledger so that
 # only the per-query caps of the tiers apply until the user configures tenants.
@@ -55,6 +58,14 @@ class RouterConfig:
     any timed-out call), and the run answers with what it has (``stop_reason="deadline"``);
     the controller's own decision is cut short the same way. See docs/reliability.md.
 
+    ``budget_hold`` says how calls are held in the ledger. ``"per_attempt"`` (default): every
+    attempt reserves its worst case and settles its real cost, two ledger operations each.
+    ``"per_query"``: the run's first call reserves the tier's whole cap once (an *envelope*),
+    attempts are checked against it in memory, and the run settles it once at the end: two
+    ledger operations per query, but the tenant sees the whole cap committed while the query
+    runs, the audit trail has one line per query, and a run killed mid-way stays charged its
+    whole cap until a late settle. See docs/budget.md.
+
     >>> from langchain_core.language_models import FakeListChatModel
     >>> from corl_graph.experts import ChatModelExpert, PriceSheet
     >>> from corl_graph.policies import ControllerOnly
@@ -75,6 +86,7 @@ class RouterConfig:
     default_tenant: str = "default"
     fallback_expert: str | Literal["cheapest"] | None = "cheapest"
     query_timeout_s: float | None = None
+    budget_hold: BudgetHold = "per_attempt"
     answer_extractor: AnswerExtractor = extract_answer
     # Derived in __post_init__.
     expert_map: Mapping[str, Expert] = field(init=False, repr=False)
@@ -82,6 +94,8 @@ class RouterConfig:
     tracer: RouterTracer = field(init=False, repr=False)
     resolved_ledger: Ledger = field(init=False, repr=False)
     resolved_fallback: str | None = field(init=False, repr=False)
+    envelopes: dict[str, QueryEnvelope | None] = field(init=False, repr=False)
+    envelope_lease_s: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         experts = list(self.experts)
@@ -114,6 +128,10 @@ class RouterConfig:
                 f"query_timeout_s must be a number of seconds > 0 or None, got "
                 f"{self.query_timeout_s!r}"
             )
+        if self.budget_hold not in ("per_attempt", "per_query"):
+            raise ConfigError(
+                f"budget_hold must be 'per_attempt' or 'per_query', got {self.budget_hold!r}"
+            )
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.ledger is not None and not isinstance(self.ledger, Ledger):
@@ -138,9 +156,29 @@ class RouterConfig:
             or InMemoryLedger(default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")),
         )
         set_(self, "resolved_fallback", _resolve_fallback(self.fallback_expert, expert_map))
+        set_(self, "envelopes", {})  # run id -> its envelope (None: refused, per attempt)
+        set_(
+            self, "envelope_lease_s", _envelope_lease(self.query_timeout_s, experts, self.max_steps)
+        )
 
     def tier(self, name: str | None) -> BudgetTier:
         return self.tiers[name or self.default_tier]
+
+
+# How long past a run's expected end its envelope is held before reconcile may expire it.
+_ENVELOPE_MARGIN_S = 60.0
+
+
+def _envelope_lease(timeout_s: float | None, experts: Sequence[Expert], steps: int) -> float:
+    """A run's longest expected life: its deadline, else every step calling the slowest
+    expert with all its retries. Longer runs are still safe: an expired envelope stays
+    charged at the whole cap and the run's final settle replaces it with the real cost."""
+    if timeout_s is not None:
+        return timeout_s + _ENVELOPE_MARGIN_S
+    slowest = max(
+        e.timeout_s * (e.max_retries + 1) + e.retry_backoff_s * 2**e.max_retries for e in experts
+    )
+    return float(steps * slowest + _ENVELOPE_MARGIN_S)
 
 
 def _resolve_fallback(choice: str | None, experts: Mapping[str, Expert]) -> str | None:

@@ -19,7 +19,12 @@ from langgraph.types import Command
 from corl_graph._exceptions import PolicyError
 from corl_graph.budget import BudgetTier
 from corl_graph.experts import ExpertRequest, normalize_answer
-from corl_graph.graph._calls import call_expert_with_budget
+from corl_graph.graph._calls import (
+    BudgetHolder,
+    call_expert_with_budget,
+    close_envelope,
+    hold_for_run,
+)
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._state import RouterState
 from corl_graph.policies import Decision, PolicyView, Turn
@@ -244,14 +249,25 @@ async def call_expert(
         raise PolicyError(f"call_expert needs a pending CallExpert, got {action!r}")
     tier, tenant = _run_settings(runtime, router)
     step = len(state.get("steps", ()))
+    run_id = state.get("run_id") or state.get("query_id") or uuid.uuid4().hex
     with router.tracer.step_span("call_expert", step):
+        holder: BudgetHolder = router.resolved_ledger
+        if router.budget_hold == "per_query":
+            holder = await hold_for_run(
+                router.resolved_ledger,
+                router.envelopes,
+                tier=tier,
+                tenant=tenant,
+                run_id=run_id,
+                lease_s=router.envelope_lease_s,
+            )
         call = await call_expert_with_budget(
             router.expert_map[action.expert],
             ExpertRequest(state.get("query_id", ""), state["query"], action.subquery),
-            ledger=router.resolved_ledger,
+            ledger=holder,
             tier=tier,
             tenant=tenant,
-            run_id=state.get("run_id") or state.get("query_id") or uuid.uuid4().hex,
+            run_id=run_id,
             tracer=router.tracer,
             extract=router.answer_extractor,
             remaining_usd=max(tier.max_usd_per_query - _spent(state), 0.0),
@@ -312,8 +328,11 @@ async def aggregate(
 async def answer(
     state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
 ) -> dict[str, Any]:
-    """Finish the run: the final answer and why the run stopped."""
+    """Finish the run: the final answer and why the run stopped (and, with
+    ``budget_hold="per_query"``, settle the run's envelope)."""
     with router.tracer.step_span("answer", len(state.get("steps", ()))):
+        if router.budget_hold == "per_query" and "run_id" in state:
+            await close_envelope(router.resolved_ledger, router.envelopes, state["run_id"])
         action = state.get("pending")
         text = action.text if isinstance(action, Answer) else ""
         source = state.get("answer_source")

@@ -11,6 +11,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from corl_graph._exceptions import ConfigError, QueryTimeoutError
+from corl_graph.graph._calls import close_envelopes_on_error, run_envelopes
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._factory import create_router_graph
 from corl_graph.graph._state import RouterInput
@@ -134,6 +135,22 @@ class Router:
         return result
 
     async def _invoke(self, inputs: RouterInput, context: RouterContext) -> dict[str, Any]:
+        if self.config.budget_hold != "per_query":
+            return await self._ainvoke(inputs, context)
+        opened: list[str] = []
+        token = run_envelopes.set(opened)
+        try:
+            return await self._ainvoke(inputs, context)
+        except BaseException:
+            # The answer node settles a run's envelope; a run that never got there settles
+            # it here with what its calls were charged.
+            config = self.config
+            await close_envelopes_on_error(config.resolved_ledger, config.envelopes, opened)
+            raise
+        finally:
+            run_envelopes.reset(token)
+
+    async def _ainvoke(self, inputs: RouterInput, context: RouterContext) -> dict[str, Any]:
         config: RunnableConfig = {"recursion_limit": self._recursion_limit}
         timeout = self.config.query_timeout_s
         if timeout is None:
@@ -145,7 +162,8 @@ class Router:
             raise QueryTimeoutError(
                 f"query {inputs['query_id']!r} did not finish within query_timeout_s={timeout}s "
                 f"(+{_HARD_STOP_GRACE_S}s grace); calls in flight were settled at their "
-                "reserved amount", timeout_s=timeout,
+                "reserved amount",
+                timeout_s=timeout,
             ) from exc
 
     def run(self, query: str, **kwargs: Any) -> RouteResult:
