@@ -59,7 +59,7 @@ from corl_graph.budget._rows import (
     transition,
     validate_request,
 )
-from corl_graph.budget._tiers import TenantBudget, period_key
+from corl_graph.budget._tiers import Period, TenantBudget, period_key
 
 __all__ = ["PostgresLedger"]
 
@@ -169,6 +169,9 @@ class PostgresLedger:
         self._connect_timeout_s = connect_timeout_s
         self._pool = _Pool(self._open, pool_size)
         self._ready = False
+        # Period kind ("day", ...) of each tenant's budget as last read: a reserve locks the
+        # tenant's totals row in its first round trip on this guess (checked, redone if wrong).
+        self._periods: dict[str, Period] = {}
         self._closed = False
 
     async def __aenter__(self) -> PostgresLedger:
@@ -275,6 +278,23 @@ class PostgresLedger:
             (query_id,),
         )
 
+    async def _ask_lock_totals_of(self, conn: Any, reservation_id: str) -> tuple[Any, Any]:
+        """Lock the query's, then the tenant period's, totals rows of a reservation, found by
+        its id: sent together with the reservation's own lock, in one round trip."""
+        t = self._tables
+        query = await conn.execute(
+            f"UPDATE {t.query_totals} SET query_id = query_id WHERE query_id = "
+            f"(SELECT query_id FROM {t.reservations} WHERE id = %s) RETURNING {TOTALS_COLUMNS}",
+            (reservation_id,),
+        )
+        tenant = await conn.execute(
+            f"UPDATE {t.tenant_totals} SET tenant = tenant WHERE (tenant, period) = "
+            f"(SELECT tenant, period FROM {t.reservations} WHERE id = %s) "
+            f"RETURNING {TOTALS_COLUMNS}",
+            (reservation_id,),
+        )
+        return query, tenant
+
     async def _ask_lock_tenant(self, conn: Any, tenant: str, period: str) -> Any:
         return await conn.execute(
             f"INSERT INTO {self._tables.tenant_totals} (tenant, period, {TOTALS_COLUMNS}) "
@@ -337,22 +357,32 @@ class PostgresLedger:
 
         async def op(conn: Any) -> Reservation | BudgetExceededError:
             now = self._clock()
-            # Three round trips: (budget, lock query row, look up id), (lock tenant row), writes.
+            guess = self._periods.get(request.tenant) or (
+                self._default.period if self._default is not None else None
+            )
+            # Two round trips: (budget, lock query row, look up id, lock the tenant row of the
+            # period guessed from the last budget seen), writes. A wrong guess costs a third.
             async with conn.pipeline(), conn.transaction():
                 budget_cur = await self._ask_budget(conn, request.tenant)
                 query_cur = await self._ask_lock_query(conn, request.query_id)
                 # Runs after the query row is locked, so a concurrent retry of this same
                 # reserve has either committed (we return it) or not started (we insert).
                 existing_cur = await self._ask_reservation(conn, rid, lock=False)
+                guessed = period_key(guess, now) if guess is not None else None
+                tenant_cur = None
+                if guessed is not None:
+                    tenant_cur = await self._ask_lock_tenant(conn, request.tenant, guessed)
                 budget = await self._budget(request.tenant, budget_cur)
+                self._periods[request.tenant] = budget.period
                 query = totals_from_row(await query_cur.fetchone())
                 existing = await existing_cur.fetchone()
                 if existing is not None:
                     return reservation_from_row(existing).reservation
                 row = new_reservation(request, rid, now, period_key(budget.period, now))
-                tenant_cur = await self._ask_lock_tenant(
-                    conn, request.tenant, row.reservation.period
-                )
+                if tenant_cur is None or guessed != row.reservation.period:
+                    tenant_cur = await self._ask_lock_tenant(
+                        conn, request.tenant, row.reservation.period
+                    )
                 tenant = totals_from_row(await tenant_cur.fetchone())
                 try:
                     check_caps(
@@ -375,8 +405,10 @@ class PostgresLedger:
         self, conn: Any, reservation_id: str, action: Action, usage: Usage | None
     ) -> tuple[Reservation, bool]:
         """Settle, release or expire one reservation; also says whether anything changed."""
+        # Two round trips: (lock the reservation, then its totals rows), writes.
         async with conn.pipeline(), conn.transaction():
             cursor = await self._ask_reservation(conn, reservation_id, lock=True)
+            query_cur, tenant_cur = await self._ask_lock_totals_of(conn, reservation_id)
             found = await cursor.fetchone()
             if found is None:
                 raise ConfigError(f"no reservation with id {reservation_id!r}")
@@ -386,10 +418,14 @@ class PostgresLedger:
                 return row.reservation, False
             new, entries = changed
             r = row.reservation
-            query_cur = await self._ask_lock_query(conn, r.query_id)
-            tenant_cur = await self._ask_lock_tenant(conn, r.tenant, r.period)
-            query = totals_from_row(await query_cur.fetchone())
-            tenant = totals_from_row(await tenant_cur.fetchone())
+            query_row, tenant_row = await query_cur.fetchone(), await tenant_cur.fetchone()
+            if query_row is None:  # a totals row deleted by hand: recreate it as a reserve does
+                query_row = await (await self._ask_lock_query(conn, r.query_id)).fetchone()
+            if tenant_row is None:
+                tenant_cur = await self._ask_lock_tenant(conn, r.tenant, r.period)
+                tenant_row = await tenant_cur.fetchone()
+            query = totals_from_row(query_row)
+            tenant = totals_from_row(tenant_row)
             query.move(row, new)
             tenant.move(row, new)
             await self._write(conn, new, (query, tenant), entries)
