@@ -2,12 +2,16 @@
 
 Both graphs run think → call → think → call → think → aggregate → answer (7 node executions)
 with two instant fake LangChain chat models. The bare graph has no ledger, no tracing and a
-trivial routing rule; the routed one is corl_graph's Router with the AlwaysExpert policy, a
-ledger (memory, SQLite, PostgreSQL) and tracing on or off. Variants are interleaved in rounds
-in one process so machine noise hits them alike; ratios are against the bare graph of the same
-round.
+trivial routing rule on a conditional edge (as LangGraph's docs write it); ``bare_langgraph_
+command`` is the same graph routing with ``Command(goto=...)`` from the node, as corl_graph's
+graph does. The routed one is corl_graph's Router with the AlwaysExpert policy, a ledger
+(memory, SQLite, PostgreSQL; one reservation per attempt, or ``per_query`` envelopes) and
+tracing off or on (an SDK TracerProvider with a BatchSpanProcessor into an exporter that drops
+the spans). Variants are interleaved in rounds in one process so machine noise hits them alike;
+ratios are against the bare graph measured in the same process.
 
     python benchmarks/bench_overhead.py [--queries 300] [--rounds 3] [--concurrency 100]
+        [--only memory,sqlite]   # substrings of variant names (the bare graphs always run)
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from corl_graph import ChatModelExpert, PriceSheet, Router, RouterConfig, TenantBudget
 from corl_graph.budget import BudgetTier, InMemoryLedger, Ledger, TierSet, open_ledger
@@ -48,11 +52,14 @@ class Bare(TypedDict, total=False):
     answer: str
 
 
-def bare_graph() -> Any:
+def bare_graph(*, command: bool = False) -> Any:
     models = [FakeChatModel("It is 4"), FakeChatModel("The answer is 4")]
 
-    async def think(state: Bare) -> dict[str, Any]:
-        return {"steps": state.get("steps", 0) + 1}
+    async def think(state: Bare) -> Any:
+        update = {"steps": state.get("steps", 0) + 1}
+        if command:
+            return Command(update=update, goto=await route(state))
+        return update
 
     async def call(state: Bare) -> dict[str, Any]:
         reply = await models[len(state.get("replies", []))].ainvoke([HumanMessage(state["query"])])
@@ -68,15 +75,16 @@ def bare_graph() -> Any:
         return "call" if len(state.get("replies", [])) < 2 else "aggregate"
 
     b = StateGraph(Bare)
+    b.add_node("think", think, destinations=("call", "aggregate") if command else None)
     for name, fn in (
-        ("think", think),
         ("call", call),
         ("aggregate", aggregate),
         ("answer", answer),
     ):
         b.add_node(name, fn)
     b.add_edge(START, "think")
-    b.add_conditional_edges("think", route, ["call", "aggregate"])
+    if not command:
+        b.add_conditional_edges("think", route, ["call", "aggregate"])
     b.add_edge("call", "think")
     b.add_edge("aggregate", "answer")
     b.add_edge("answer", END)
@@ -85,7 +93,9 @@ def bare_graph() -> Any:
 
 
 # --- the routed graph -----------------------------------------------------------------------
-def routed(ledger: Ledger, tracing: bool) -> Callable[[], Awaitable[Any]]:
+def routed(
+    ledger: Ledger, tracing: bool, hold: str = "per_attempt"
+) -> tuple[Callable[[], Awaitable[Any]], TracerProvider | None]:
     experts = [
         ChatModelExpert("a", FakeChatModel("It is 4"), PriceSheet(0.1, 0.4), max_output_tokens=64),
         ChatModelExpert(
@@ -95,7 +105,7 @@ def routed(ledger: Ledger, tracing: bool) -> Callable[[], Awaitable[Any]]:
     provider = None
     if tracing:
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_DropExporter()))
+        provider.add_span_processor(BatchSpanProcessor(_DropExporter()))
     config = RouterConfig(
         experts=experts,
         policy=AlwaysExpert(["a", "b"]),
@@ -103,16 +113,17 @@ def routed(ledger: Ledger, tracing: bool) -> Callable[[], Awaitable[Any]]:
         default_tier="high",
         ledger=ledger,
         tracer_provider=provider,
+        budget_hold=hold,  # type: ignore[arg-type]
     )
     router = Router(config)
-    return lambda: router.arun("What is 2 + 2?")
+    return (lambda: router.arun("What is 2 + 2?")), provider
 
 
-class _DropExporter(InMemorySpanExporter):
+class _DropExporter(SpanExporter):
     """Exports into nothing, so memory stays flat over a long run."""
 
-    def export(self, spans: Any) -> Any:
-        return super().export(())
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
 
 
 async def measure(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
@@ -155,13 +166,27 @@ async def _ledgers(tmp: str) -> dict[str, Ledger]:
     return out
 
 
-async def main(queries: int, rounds: int, concurrency: int) -> dict[str, Any]:
+async def main(
+    queries: int, rounds: int, concurrency: int, only: list[str] | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         ledgers = await _ledgers(tmp)
-        variants: dict[str, Callable[[], Awaitable[Any]]] = {"bare_langgraph": bare_graph()}
+        variants: dict[str, Callable[[], Awaitable[Any]]] = {
+            "bare_langgraph": bare_graph(),
+            "bare_langgraph_command": bare_graph(command=True),
+        }
+        providers: list[TracerProvider] = []
         for name, ledger in ledgers.items():
-            variants[f"routed_{name}_untraced"] = routed(ledger, tracing=False)
-            variants[f"routed_{name}_traced"] = routed(ledger, tracing=True)
+            holds = ["per_attempt"] if name == "memory" else ["per_attempt", "per_query"]
+            for hold in holds:
+                for traced in (False, True):
+                    label = "_per_query" if hold == "per_query" else ""
+                    key = f"routed_{name}{label}_{'traced' if traced else 'untraced'}"
+                    if only and not any(o in key for o in only):
+                        continue
+                    variants[key], provider = routed(ledger, tracing=traced, hold=hold)
+                    if provider is not None:
+                        providers.append(provider)
         results: dict[str, dict[str, list[float]]] = {}
         for mode, conc in (("sequential", 1), (f"concurrent_{concurrency}", concurrency)):
             for _ in range(rounds):
@@ -171,6 +196,8 @@ async def main(queries: int, rounds: int, concurrency: int) -> dict[str, Any]:
                         results.setdefault(f"{mode}/{name}", {}).setdefault(k, []).append(v)
         for ledger in ledgers.values():
             await ledger.aclose()
+        for provider in providers:
+            provider.shutdown()
     summary = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in results.items()}
     for key, row in summary.items():
         mode = key.split("/")[0]
@@ -183,17 +210,22 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--only", default="", help="comma-separated substrings of variant names")
+    parser.add_argument("--no-write", action="store_true", help="print only, keep the results")
     args = parser.parse_args()
-    summary = asyncio.run(main(args.queries, args.rounds, args.concurrency))
+    only = [o for o in args.only.split(",") if o]
+    summary = asyncio.run(main(args.queries, args.rounds, args.concurrency, only))
     sys.path.insert(0, str(Path(__file__).parent))
     from _machine import machine
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps({"machine": machine(), "args": vars(args), "results": summary}, indent=2) + "\n"
-    )
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            json.dumps({"machine": machine(), "args": vars(args), "results": summary}, indent=2)
+            + "\n"
+        )
     for key, row in summary.items():
         print(
-            f"{key:<45} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
+            f"{key:<52} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
             f"{row['qps']:7.1f} q/s  x{row['ratio_p50_vs_bare']:.2f}"
         )
