@@ -102,21 +102,36 @@ async def create_schema(conn: Any, tables: Tables) -> None:
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"corl_ledger:{tables.meta}",)
         )
-        if tables.schema is not None:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"')
-        for statement in _ddl(tables):
-            await conn.execute(statement)
-        await conn.execute(
-            f"INSERT INTO {tables.meta} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
-            (str(SCHEMA_VERSION),),
-        )
-        cur = await conn.execute(f"SELECT value FROM {tables.meta} WHERE key = 'schema_version'")
-        (version,) = await cur.fetchone()
+        version = await _version(conn, tables)
+        if version is None:
+            # DDL only when missing: CREATE INDEX IF NOT EXISTS still takes a SHARE lock on a
+            # live table, which blocks (or deadlocks with) other replicas' writes.
+            if tables.schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{tables.schema}"')
+            for statement in _ddl(tables):
+                await conn.execute(statement)
+            await conn.execute(
+                f"INSERT INTO {tables.meta} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+            version = await _version(conn, tables)
+    if version is None:  # the INSERT above cannot leave it missing
+        raise LedgerError(f"ledger tables {tables.meta} have no schema_version row")
     if int(version) > SCHEMA_VERSION:
         raise LedgerError(
             f"ledger tables {tables.meta} have schema version {version}, newer than this "
             f"corl_graph supports ({SCHEMA_VERSION}); upgrade corl_graph"
         )
+
+
+async def _version(conn: Any, tables: Tables) -> str | None:
+    """The stored schema version, or None when the tables are not (all) there yet."""
+    cur = await conn.execute("SELECT to_regclass(%s)", (tables.meta,))
+    if (await cur.fetchone())[0] is None:
+        return None
+    cur = await conn.execute(f"SELECT value FROM {tables.meta} WHERE key = 'schema_version'")
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
 
 
 async def drop_schema(conn: Any, tables: Tables) -> None:

@@ -310,24 +310,35 @@ class PostgresLedger:
         totals: tuple[Totals, Totals],
         entries: list[AuditEntry],
     ) -> None:
+        """The reservation, both totals rows and the audit lines in ONE statement: every
+        statement costs psycopg's pipeline about 0.2 ms of client CPU, more than the server's
+        work here. The rows were locked earlier in this transaction, in the fixed order."""
         t, r = self._tables, new.reservation
         query, tenant = totals
+        audit_rows = ", ".join([f"({', '.join(['%s'] * 11)})"] * len(entries))
+        audit_sql = (
+            f"INSERT INTO {t.audit} ({AUDIT_COLUMNS}) VALUES {audit_rows}"
+            if entries
+            else "SELECT 1"
+        )
         await conn.execute(
-            f"INSERT INTO {t.reservations} ({RESERVATION_COLUMNS}) "
+            f"WITH r AS (INSERT INTO {t.reservations} ({RESERVATION_COLUMNS}) "
             f"VALUES ({', '.join(['%s'] * 12)}) ON CONFLICT (id) DO UPDATE SET "
             "status = excluded.status, charged_usd = excluded.charged_usd, "
-            "tokens = excluded.tokens",
-            reservation_values(new),
+            "tokens = excluded.tokens), "
+            f"q AS (UPDATE {t.query_totals} SET {_TOTALS_SET} WHERE query_id = %s), "
+            f"p AS (UPDATE {t.tenant_totals} SET {_TOTALS_SET} "
+            f"WHERE tenant = %s AND period = %s) {audit_sql}",
+            (
+                *reservation_values(new),
+                *query.as_tuple(),
+                r.query_id,
+                *tenant.as_tuple(),
+                r.tenant,
+                r.period,
+                *(v for e in entries for v in audit_values(e)),
+            ),
         )
-        await conn.execute(
-            f"UPDATE {t.query_totals} SET {_TOTALS_SET} WHERE query_id = %s",
-            (*query.as_tuple(), r.query_id),
-        )
-        await conn.execute(
-            f"UPDATE {t.tenant_totals} SET {_TOTALS_SET} WHERE tenant = %s AND period = %s",
-            (*tenant.as_tuple(), r.tenant, r.period),
-        )
-        await self._log(conn, entries)
 
     async def _log(self, conn: Any, entries: list[AuditEntry]) -> None:
         async with conn.cursor() as cur:
