@@ -113,7 +113,8 @@ def routed(
         default_tier="high",
         ledger=ledger,
         tracer_provider=provider,
-        budget_hold=hold,  # type: ignore[arg-type]
+        # Passed only when not the default, so this script also runs against older versions.
+        **({"budget_hold": hold} if hold != "per_attempt" else {}),  # type: ignore[arg-type]
     )
     router = Router(config)
     return (lambda: router.arun("What is 2 + 2?")), provider

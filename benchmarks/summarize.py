@@ -32,7 +32,14 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
         if not bare:
             continue
         parts = [f"bare LangGraph {bare['p50_ms']:.1f} ms, {bare['qps']:.0f} q/s"]
-        for name in ("memory_untraced", "memory_traced", "sqlite_traced", "postgres_traced"):
+        for name in (
+            "memory_untraced",
+            "memory_traced",
+            "sqlite_traced",
+            "sqlite_per_query_traced",
+            "postgres_traced",
+            "postgres_per_query_traced",
+        ):
             x = r.get(f"{mode}/routed_{name}")
             if x:
                 label, ratio = name.replace("_", " "), x["ratio_p50_vs_bare"]
