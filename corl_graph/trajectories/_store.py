@@ -218,8 +218,19 @@ class SQLiteTrajectoryStore:
                     "INSERT INTO trajectories (trajectory_id, created_at, tier, tenant, query_id,"
                     " policy, cost_usd, answer, stop_reason, schema_version, record)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (t.trajectory_id, t.created_at, t.tier, t.tenant, t.query_id, t.policy,
-                     t.cost_usd, t.answer, t.stop_reason, SCHEMA_VERSION, record),
+                    (
+                        t.trajectory_id,
+                        t.created_at,
+                        t.tier,
+                        t.tenant,
+                        t.query_id,
+                        t.policy,
+                        t.cost_usd,
+                        t.answer,
+                        t.stop_reason,
+                        SCHEMA_VERSION,
+                        record,
+                    ),
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -240,8 +251,12 @@ class SQLiteTrajectoryStore:
     ) -> Iterator[Trajectory]:
         """Records in insertion order, filtered in SQL."""
         where, params = [], []
-        for clause, value in (("tier = ?", tier), ("tenant = ?", tenant),
-                              ("created_at >= ?", since), ("created_at < ?", until)):
+        for clause, value in (
+            ("tier = ?", tier),
+            ("tenant = ?", tenant),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+        ):
             if value is not None:
                 where.append(clause)
                 params.append(value)

@@ -46,5 +46,3 @@ def _table() -> OutcomeTable:
     return OutcomeTable.from_rows(
         rows, prices={"cheap": PriceSheet(0.05, 0.05), "strong": PriceSheet(4.0, 4.0)}, name="toy"
     )
-
-
