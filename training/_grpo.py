@@ -235,6 +235,10 @@ def make_grpo_trainer(
         save_strategy="steps" if cfg.save_every else "no",
         save_steps=max(cfg.save_every * steps_per_round, 1),
         use_cpu=not torch.cuda.is_available(),
+        # the same precision as PPO: TRL would autocast to bf16 by default, on a CPU too
+        # (emulated without bf16 hardware, many times slower than float32 there)
+        bf16=cfg.mixed_precision == "bf16",
+        fp16=cfg.mixed_precision == "fp16",
         activation_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=not cfg.progress,
     )

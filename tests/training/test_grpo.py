@@ -91,6 +91,8 @@ def test_one_grpo_step_through_the_graph(tmp_path: Path) -> None:
     )
     assert trainer.state.global_step == 1
     assert trainer.rollout_func.calls == 1
+    # PPOConfig.mixed_precision="no": float32 like PPO, not TRL's default bf16 autocast
+    assert not trainer.args.bf16 and not trainer.args.fp16
     logged = trainer.state.log_history[0]
     assert logged["reward_std"] > 0 and "completions/mean_length" in logged
     loaded = AutoModelForCausalLM.from_pretrained(final)
