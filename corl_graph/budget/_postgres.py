@@ -64,8 +64,19 @@ from corl_graph.budget._tiers import Period, TenantBudget, period_key
 __all__ = ["PostgresLedger"]
 
 T = TypeVar("T")
-_RETRIES = 8
+_RETRIES = 8  # tries of one operation that keeps hitting deadlocks or serialization failures
+_BACKOFF_S = 0.002  # first retry waits up to this long (random), doubling up to _BACKOFF_MAX_S
+_BACKOFF_MAX_S = 0.25
 _RECONNECTS = 2  # fresh connections tried after the server dropped one
+# SQLSTATEs after which the whole transaction may simply be run again: transaction_rollback,
+# serialization_failure, deadlock_detected. psycopg 3 gives every SQLSTATE its own class
+# directly under OperationalError (DeadlockDetected is NOT a TransactionRollback, unlike
+# psycopg2's hierarchy), so conflicts are recognised by code, not by class.
+_CONFLICTS = {
+    "40000": "transaction rollback",
+    "40001": "serialization failure",
+    "40P01": "deadlock detected",
+}
 _ZEROS = "0, 0, 0, 0, 0, 0, 0"
 _TOTALS_SET = ", ".join(f"{c} = %s" for c in TOTALS_COLUMNS.split(", "))
 
@@ -84,6 +95,26 @@ def redact(url: str) -> str:
     """``url`` with any password replaced by ***, for error messages and logs."""
     url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+
+
+def conflict_of(exc: BaseException) -> BaseException | None:
+    """The deadlock or serialization failure behind ``exc``, or None if it is not one.
+
+    Looks through ``__cause__`` and ``__context__`` as well: in pipeline mode the server's
+    error may reach us wrapped (a ``PipelineAborted`` raised while the real error was being
+    handled, or an error of ours raised from it).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if getattr(e, "sqlstate", None) in _CONFLICTS:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 class _Pool:
@@ -209,12 +240,17 @@ class PostgresLedger:
         return conn
 
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``op`` on a pooled connection; retry conflicts, map storage errors to LedgerError."""
+        """Run ``op`` on a pooled connection; retry conflicts, map storage errors to LedgerError.
+
+        A deadlock or serialization failure rolls back ``op``'s transaction (the connection is
+        back to idle and goes back to the pool), so ``op`` runs again from its first statement
+        in a new transaction, after a random, doubling pause: at most ``_RETRIES`` tries.
+        """
         if self._closed:
             raise ConfigError("this PostgresLedger is closed; open a new one")
         psycopg = _psycopg()
         reconnects = 0
-        for attempt in range(_RETRIES):
+        for attempt in range(1, _RETRIES + 1):
             lost = False
             try:
                 async with self._pool.connection() as conn:
@@ -223,26 +259,33 @@ class PostgresLedger:
                     except psycopg.OperationalError:
                         lost = bool(conn.broken or conn.closed)
                         raise
-            except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization failure
-                if attempt == _RETRIES - 1:
-                    msg = f"ledger conflict persisted after {_RETRIES} tries: {exc}"
-                    raise LedgerError(msg) from exc
-                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                conflict = conflict_of(exc)
+                if conflict is not None and not lost:
+                    if attempt == _RETRIES:
+                        raise self._conflict_error(conflict) from exc
+                    cap = min(_BACKOFF_MAX_S, _BACKOFF_S * 2 ** (attempt - 1))
+                    await asyncio.sleep(random.uniform(0, cap))
+                    continue
                 # The server closed the connection (restart, failover, pg_terminate_backend):
                 # its idle siblings are most likely dead too. Drop them and retry on a fresh
                 # connection; every operation is idempotent by id, so an unknown outcome is safe.
-                if not lost or reconnects >= _RECONNECTS:
+                if not lost or reconnects >= _RECONNECTS or attempt == _RETRIES:
                     raise LedgerError(
                         f"PostgreSQL ledger at {redact(self._url)} failed: {str(exc).strip()}"
                     ) from exc
                 reconnects += 1
                 await self._pool.discard_idle()
-            except psycopg.Error as exc:
-                raise LedgerError(
-                    f"PostgreSQL ledger at {redact(self._url)} failed: {str(exc).strip()}"
-                ) from exc
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _conflict_error(self, conflict: BaseException) -> LedgerError:
+        code = getattr(conflict, "sqlstate", None)
+        return LedgerError(
+            f"PostgreSQL ledger at {redact(self._url)}: {_CONFLICTS.get(code or '', 'conflict')} "
+            f"(SQLSTATE {code}) persisted after {_RETRIES} tries: {str(conflict).strip()}; "
+            "nothing was written by the failed tries, so the operation can be retried with the "
+            "same reservation_id; look for long transactions locking the ledger's tables"
+        )
 
     # --- reads and writes inside a transaction ------------------------------------------------
 
