@@ -79,13 +79,20 @@ class OpenAIExpertConfig(_Strict):
     def build(self) -> Expert:
         from langchain_openai import ChatOpenAI
 
-        model = ChatOpenAI(model=self.model, base_url=self.base_url,
-                           api_key=SecretStr(_env_key(self.api_key_env)), max_retries=0)
+        model = ChatOpenAI(
+            model=self.model,
+            base_url=self.base_url,
+            api_key=SecretStr(_env_key(self.api_key_env)),
+            max_retries=0,
+        )
         return ChatModelExpert(
-            self.name, model,
+            self.name,
+            model,
             PriceSheet(self.price.input_usd_per_mtok, self.price.output_usd_per_mtok),
-            description=self.description, system_prompt=self.system_prompt,
-            max_output_tokens=self.max_output_tokens, timeout_s=self.timeout_s,
+            description=self.description,
+            system_prompt=self.system_prompt,
+            max_output_tokens=self.max_output_tokens,
+            timeout_s=self.timeout_s,
             max_retries=self.max_retries,
         )
 
@@ -132,9 +139,14 @@ class PolicyConfig(_Strict):
             raise ConfigError("policy kind 'llm' needs policy.model (and usually policy.base_url)")
         from langchain_openai import ChatOpenAI
 
-        chat = ChatOpenAI(model=self.model, base_url=self.base_url, temperature=self.temperature,
-                          max_completion_tokens=self.max_tokens,
-                          api_key=SecretStr(_env_key(self.api_key_env)), max_retries=0)
+        chat = ChatOpenAI(
+            model=self.model,
+            base_url=self.base_url,
+            temperature=self.temperature,
+            max_completion_tokens=self.max_tokens,
+            api_key=SecretStr(_env_key(self.api_key_env)),
+            max_retries=0,
+        )
         return LLMPolicy(chat, timeout_s=self.timeout_s)
 
 
@@ -210,8 +222,10 @@ class ServerConfig(_Strict):
         for t in self.tenants:
             unknown = sorted(set(t.allowed_tiers or ()) - set(tiers))
             if unknown:
-                raise ValueError(f"tenant {t.name!r}: allowed_tiers {unknown} are not tiers "
-                                 f"(tiers: {', '.join(tiers)})")
+                raise ValueError(
+                    f"tenant {t.name!r}: allowed_tiers {unknown} are not tiers "
+                    f"(tiers: {', '.join(tiers)})"
+                )
         return self
 
     @classmethod
@@ -255,8 +269,10 @@ class ServerConfig(_Strict):
     def tier_set(self) -> TierSet:
         if not self.tiers:
             return default_tiers()
-        return TierSet(BudgetTier(t.name, t.max_usd_per_query, t.max_expert_calls,
-                                  t.max_tokens_per_query) for t in self.tiers)
+        return TierSet(
+            BudgetTier(t.name, t.max_usd_per_query, t.max_expert_calls, t.max_tokens_per_query)
+            for t in self.tiers
+        )
 
     def open_ledger(self) -> Ledger:
         return open_ledger(self.ledger_url)
@@ -265,8 +281,10 @@ class ServerConfig(_Strict):
         """The experts this file describes (also what training calls live on a cache miss)."""
         if not self.experts:
             raise ConfigError("the server config has no experts: add [[experts]] entries")
-        return [e.build() if isinstance(e, OpenAIExpertConfig) else e.build(self.base_dir)
-                for e in self.experts]
+        return [
+            e.build() if isinstance(e, OpenAIExpertConfig) else e.build(self.base_dir)
+            for e in self.experts
+        ]
 
     def router_config(self, ledger: Ledger) -> RouterConfig:
         """The router this file describes, charging ``ledger``."""

@@ -20,9 +20,18 @@ from corl_graph._exceptions import ConfigError
 from corl_graph.cli import main
 
 ROWS = [
-    {"query_id": "q1", "split": "test", "prompt": "What is 2 + 2?", "model": model,
-     "correct": 1.0, "answer": "4", "response": "2 + 2 = 4", "input_tokens": 12,
-     "output_tokens": 6, "cost_usd": cost}
+    {
+        "query_id": "q1",
+        "split": "test",
+        "prompt": "What is 2 + 2?",
+        "model": model,
+        "correct": 1.0,
+        "answer": "4",
+        "response": "2 + 2 = 4",
+        "input_tokens": 12,
+        "output_tokens": 6,
+        "cost_usd": cost,
+    }
     for model, cost in (("small", 1e-6), ("big", 1e-5))
 ]
 
@@ -31,8 +40,10 @@ def _write_table(folder: Path) -> None:
     with (folder / "toy.jsonl").open("w") as fh:
         for row in ROWS:
             fh.write(json.dumps(row) + "\n")
-    prices = {"small": {"input_usd_per_mtok": 0.05, "output_usd_per_mtok": 0.1},
-              "big": {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.0}}
+    prices = {
+        "small": {"input_usd_per_mtok": 0.05, "output_usd_per_mtok": 0.1},
+        "big": {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.0},
+    }
     (folder / "toy.models.json").write_text(json.dumps(prices))
 
 
@@ -40,7 +51,7 @@ def _toml(folder: Path, port: int) -> Path:
     _write_table(folder)
     path = folder / "server.toml"
     path.write_text(f"""
-ledger_url = "sqlite:///{folder / 'ledger.db'}"
+ledger_url = "sqlite:///{folder / "ledger.db"}"
 port = {port}
 shutdown_grace_s = 2
 
@@ -82,12 +93,22 @@ def test_check_prints_models_from_a_toml_file(
 
 def test_config_errors_name_the_fix(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"tenants": [{"name": "a", "limit_usd": 1, "api_keys": ["k"]}],
-                               "ledgr_url": "memory://"}))
+    bad.write_text(
+        json.dumps(
+            {
+                "tenants": [{"name": "a", "limit_usd": 1, "api_keys": ["k"]}],
+                "ledgr_url": "memory://",
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="ledgr_url"):
         ServerConfig.load(bad)
-    shared = {"tenants": [{"name": "a", "limit_usd": 1, "api_keys": ["k"]},
-                          {"name": "b", "limit_usd": 1, "api_keys": ["k"]}]}
+    shared = {
+        "tenants": [
+            {"name": "a", "limit_usd": 1, "api_keys": ["k"]},
+            {"name": "b", "limit_usd": 1, "api_keys": ["k"]},
+        ]
+    }
     with pytest.raises(ConfigError, match="both 'a' and 'b'"):
         ServerConfig.parse(shared).api_keys()
     assert main(["serve", "--config", str(bad), "--check"]) == 2
@@ -97,15 +118,23 @@ def test_serve_subprocess_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     config = _toml(tmp_path, port)
     env = {**os.environ, "CORL_TEST_ACME_KEY": "sk-acme"}
-    command = [sys.executable, "-c", "import sys; from corl_graph.cli import main; "
-               "sys.exit(main())", "serve", "--config", str(config)]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from corl_graph.cli import main; sys.exit(main())",
+        "serve",
+        "--config",
+        str(config),
+    ]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/health", proc)
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-acme",
-                           max_retries=0) as client:
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-acme", max_retries=0
+        ) as client:
             reply = client.chat.completions.create(
-                model="corl-low", messages=[{"role": "user", "content": "What is 2 + 2?"}])
+                model="corl-low", messages=[{"role": "user", "content": "What is 2 + 2?"}]
+            )
         assert reply.choices[0].message.content == "4"
         assert (reply.model_extra or {})["corl"]["cost_usd"] > 0
     finally:
