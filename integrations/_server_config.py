@@ -38,6 +38,7 @@ from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, Ledger, TierSet, default_tiers, open_ledger
 from corl_graph.experts import ChatModelExpert, Expert, OutcomeTable, PriceSheet, ReplayExpert
 from corl_graph.graph import RouterConfig
+from corl_graph.graph._config import BudgetHold
 from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, LLMPolicy, Policy
 
 __all__ = [
@@ -209,6 +210,9 @@ class ServerConfig(_Strict):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     rate_limit: RateLimitConfig | None = None
     query_timeout_s: float | None = Field(default=None, gt=0)
+    # "per_query": one ledger hold (the tier's whole cap) per query instead of one per attempt;
+    # fewer ledger round trips, but a tenant sees whole caps committed (docs/budget.md).
+    budget_hold: BudgetHold = "per_attempt"
     max_steps: int = Field(default=8, ge=1)
     record_content: bool = False
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -298,6 +302,7 @@ class ServerConfig(_Strict):
             max_steps=self.max_steps,
             record_content=self.record_content,
             query_timeout_s=self.query_timeout_s,
+            budget_hold=self.budget_hold,
             default_tier=self.default_tier or next(iter(tiers)),
         )
 

@@ -13,11 +13,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from corl_graph.integrations import ServerConfig
+from corl_graph.integrations import ServerConfig, ServerThread, create_app
 from integration_fakes import free_port
 
 from corl_graph._exceptions import ConfigError
+from corl_graph.budget import InMemoryLedger, SQLiteLedger
 from corl_graph.cli import main
+from corl_graph.graph._envelope import ENVELOPE_EXPERT
 
 ROWS = [
     {
@@ -47,13 +49,15 @@ def _write_table(folder: Path) -> None:
     (folder / "toy.models.json").write_text(json.dumps(prices))
 
 
-def _toml(folder: Path, port: int) -> Path:
+def _toml(folder: Path, port: int, extra: str = "") -> Path:
+    """A server config over two replay experts; ``extra`` adds top-level keys."""
     _write_table(folder)
     path = folder / "server.toml"
     path.write_text(f"""
 ledger_url = "sqlite:///{folder / "ledger.db"}"
 port = {port}
 shutdown_grace_s = 2
+{extra}
 
 [[experts]]
 kind = "replay"
@@ -112,6 +116,56 @@ def test_config_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="both 'a' and 'b'"):
         ServerConfig.parse(shared).api_keys()
     assert main(["serve", "--config", str(bad), "--check"]) == 2
+
+
+def test_budget_hold_is_read_checked_and_reaches_the_router(tmp_path: Path) -> None:
+    plain = ServerConfig.load(_toml(tmp_path, 0))
+    assert plain.budget_hold == "per_attempt"
+    assert plain.router_config(InMemoryLedger()).budget_hold == "per_attempt"
+    per_query = ServerConfig.load(_toml(tmp_path, 0, 'budget_hold = "per_query"'))
+    assert per_query.router_config(InMemoryLedger()).budget_hold == "per_query"
+    bad = _toml(tmp_path, 0, 'budget_hold = "per_call"')
+    with pytest.raises(ConfigError, match=r"budget_hold\n.*'per_attempt' or 'per_query'"):
+        ServerConfig.load(bad)
+    with pytest.raises(ConfigError, match="budget_hold"):
+        ServerConfig.parse({"tenants": [{"name": "a", "limit_usd": 1}], "budget_hold": None})
+    assert main(["serve", "--config", str(bad), "--check"]) == 2
+
+
+async def test_a_per_query_server_holds_one_envelope_per_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORL_TEST_ACME_KEY", "sk-acme")
+    config = ServerConfig.load(_toml(tmp_path, 0, 'budget_hold = "per_query"'))
+    server = ServerThread(create_app(config)).start()
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=server.url + "/v1", api_key="sk-acme", max_retries=0
+        ) as client:
+            reply = await client.chat.completions.create(
+                model="corl-low",
+                messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                metadata={"query_id": "q1"},  # the replay table's id
+            )
+    finally:
+        server.stop()
+    assert reply.choices[0].message.content == "4"
+    corl = (reply.model_extra or {})["corl"]
+    assert len(corl["calls"]) == 2  # the cascade asked both experts ...
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    try:
+        entries = await ledger.audit(tenant="acme")  # a fresh ledger: this query only
+        spend = await ledger.tenant_spend("acme")
+    finally:
+        await ledger.aclose()
+    # ... and the ledger saw one hold: the tier's whole cap, settled at the calls' cost.
+    assert [(e.event, e.expert) for e in entries] == [
+        ("reserved", ENVELOPE_EXPERT),
+        ("settled", ENVELOPE_EXPERT),
+    ]
+    assert entries[0].amount_usd == pytest.approx(0.001)
+    assert entries[1].amount_usd == pytest.approx(corl["cost_usd"])
+    assert spend.settled_usd == pytest.approx(corl["cost_usd"]) and spend.held_usd == 0
 
 
 def test_serve_subprocess_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
