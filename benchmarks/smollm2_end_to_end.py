@@ -1,12 +1,17 @@
-"""SmolLM2-135M-Instruct as the controller, end to end on this CPU: convert (once), evaluate,
-warm start (SFT on boundary runs), PPO, evaluate again, then serve the checkpoint with the
-real vLLM server and route through ChatOpenAI + LLMPolicy.
+"""SmolLM2-135M-Instruct as the controller, end to end on this CPU: convert (once), serve the
+base model with the real vLLM server and evaluate it through ChatOpenAI + LLMPolicy, warm start
+(SFT on boundary runs), evaluate the warm-started checkpoint the same way, PPO, evaluate the
+PPO checkpoint the same way.
 
 GSM8K (zeroeval_gsm8k; query text from the table's prompt field, read from ../shared at run
 time), three replayed experts, the preset's tiers. Every phase writes its figures to
 benchmarks/results/smollm2_e2e.json as soon as it ends, so a cut-off run keeps what it did.
 
-    python benchmarks/smollm2_end_to_end.py [--eval-queries 8] [--skip-vllm]
+    scripts/setup_vllm_venv.sh ~/.cache/corl-graph/vllm-venv      # once, ~6 min
+    CORL_VLLM_PYTHON=~/.cache/corl-graph/vllm-venv/bin/python \
+        python benchmarks/smollm2_end_to_end.py [--eval-queries 12]
+
+Without CORL_VLLM_PYTHON, ``--hf-eval`` evaluates in process with HFPolicy instead (slower).
 
 Sizes are tiny on purpose (a PPO update of the 135M model runs at ~15 tokens/s here): the
 figures show the pipeline works end to end, not that the controller learned GSM8K routing.
@@ -63,10 +68,19 @@ def _experts(table: OutcomeTable) -> list[ReplayExpert]:
 
 
 def evaluate(policy: Policy, table: OutcomeTable, ids: list[str]) -> dict[str, Any]:
-    """Per tier: accuracy, mean cost, expert-call ratio (the evaluation harness)."""
+    """Per tier: accuracy, mean cost, expert-call ratio (the evaluation harness). The tiers run
+    concurrently so that a served controller sees one large batch."""
+
+    async def all_tiers() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                evaluate_policy(table, _experts(table), policy, TIERS, tier, query_ids=ids)
+                for tier in TIERS
+            )
+        )
+
     out = {}
-    for tier in TIERS:
-        m = asyncio.run(evaluate_policy(table, _experts(table), policy, TIERS, tier, query_ids=ids))
+    for tier, m in zip(TIERS, asyncio.run(all_tiers()), strict=True):
         out[tier] = {
             "accuracy": m.accuracy,
             "mean_cost_usd": m.mean_cost_usd,
@@ -136,10 +150,22 @@ def ppo(start: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     history = PPOTrainer(config).train()
-    return {"iterations": history, "seconds": time.perf_counter() - t0}
+    return {
+        "settings": {
+            "episodes_per_iter": config.episodes_per_iter,
+            "iterations": config.iterations,
+            "train_queries": args.train_queries,
+            "max_new_tokens": config.max_new_tokens,
+            "max_steps": config.max_steps,
+        },
+        "iterations": history,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def vllm_eval(model_dir: Path, table: OutcomeTable, ids: list[str], max_new: int) -> dict[str, Any]:
+def vllm_eval(
+    model_dir: Path, table: OutcomeTable, ids: list[str], max_new: int, log_path: Path
+) -> dict[str, Any]:
     import httpx
     from corl_graph.integrations import vllm_serve_command
     from langchain_openai import ChatOpenAI
@@ -150,13 +176,13 @@ def vllm_eval(model_dir: Path, table: OutcomeTable, ids: list[str], max_new: int
     port = 8019
     cmd = vllm_serve_command(str(model_dir), python=VLLM_PYTHON, port=port, max_model_len=2048)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}
-    log = (OUT.parent / "smollm2_vllm.log").open("wb")
+    log = log_path.open("wb")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited; see {log.name}")
+                raise RuntimeError(f"vLLM exited; see {log_path}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
@@ -188,46 +214,66 @@ def vllm_eval(model_dir: Path, table: OutcomeTable, ids: list[str], max_new: int
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--eval-queries", type=int, default=8)
+    p.add_argument("--eval-queries", type=int, default=12)
     p.add_argument("--train-queries", type=int, default=16)
     p.add_argument("--warm-queries", type=int, default=8)
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--ppo-iterations", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--work", default=str(Path("~/.cache/corl_graph/e2e").expanduser()))
-    p.add_argument("--skip-vllm", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the phases already in the results file (same eval queries) and run the rest",
+    )
+    p.add_argument(
+        "--hf-eval", action="store_true", help="evaluate in process (HFPolicy), not with vLLM"
+    )
     args = p.parse_args(argv)
+    if not args.hf_eval and VLLM_PYTHON is None:
+        raise SystemExit("set CORL_VLLM_PYTHON to a vllm-cpu venv's python, or pass --hf-eval")
     torch.manual_seed(0)
     work = Path(args.work)
     table = OutcomeTable.load(TABLE)
     ids = sorted(q.query_id for q in table.split("test"))[: args.eval_queries]
     results: dict[str, Any] = {
         "settings": vars(args),
+        "evaluated_with": "HFPolicy in process" if args.hf_eval else "vLLM + ChatOpenAI",
         "experts": POOL,
         "tiers": {t: TIERS[t].max_usd_per_query for t in TIERS},
         "eval_query_ids": ids,
         "phases": {},
     }
+    if args.resume and OUT.exists():
+        earlier = json.loads(OUT.read_text())
+        if earlier.get("eval_query_ids") != ids:
+            raise SystemExit(f"--resume: {OUT} was made on other eval queries; run without it")
+        results["phases"] = earlier["phases"]
+        results["earlier_settings"] = earlier.get("settings")
     phases = results["phases"]
     t0 = time.perf_counter()
     base = convert_smollm2()
     phases["convert_s"] = time.perf_counter() - t0
+
+    work.mkdir(parents=True, exist_ok=True)
+
+    def evaluate_dir(model_dir: Path) -> dict[str, Any]:
+        if args.hf_eval:
+            return {"tiers": hf_eval(model_dir, table, ids, args.max_new_tokens)}
+        log = work / f"vllm_{model_dir.name}.log"
+        return vllm_eval(model_dir, table, ids, args.max_new_tokens, log)
+
     steps = [
-        ("before", lambda: hf_eval(base, table, ids, args.max_new_tokens)),
+        ("before", lambda: evaluate_dir(base)),
         ("warm_start", lambda: warm_start(base, table, args.warm_queries, work / "warm")),
+        ("after_warm_start", lambda: evaluate_dir(work / "warm")),
         ("ppo", lambda: ppo(work / "warm", work / "ppo", args)),
-        ("after", lambda: hf_eval(work / "ppo" / "final", table, ids, args.max_new_tokens)),
+        ("after_ppo", lambda: evaluate_dir(work / "ppo" / "final")),
     ]
-    if not args.skip_vllm and VLLM_PYTHON is None:
-        raise SystemExit("set CORL_VLLM_PYTHON to a vllm-cpu venv's python, or pass --skip-vllm")
-    if not args.skip_vllm:
-        steps.append(
-            (
-                "vllm_after",
-                lambda: vllm_eval(work / "ppo" / "final", table, ids, args.max_new_tokens),
-            )
-        )
     for name, fn in steps:
+        if name in phases:
+            print(f"{name}: kept from the earlier run", flush=True)
+            continue
         t = time.perf_counter()
         phases[name] = fn()
         phases[f"{name}_s"] = time.perf_counter() - t
