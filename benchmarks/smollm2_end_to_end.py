@@ -13,7 +13,7 @@ benchmarks/results/smollm2_e2e.json as soon as it ends, so a cut-off run keeps w
 
 Without CORL_VLLM_PYTHON, ``--hf-eval`` evaluates in process with HFPolicy instead (slower).
 
-Sizes are tiny on purpose (a PPO update of the 135M model runs at ~15 tokens/s here): the
+Sizes are tiny on purpose (a PPO update of the 135M model runs at ~40 tokens/s here): the
 figures show the pipeline works end to end, not that the controller learned GSM8K routing.
 """
 
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     table = OutcomeTable.load(TABLE)
     ids = sorted(q.query_id for q in table.split("test"))[: args.eval_queries]
     results: dict[str, Any] = {
-        "settings": vars(args),
+        # the work folder as the user wrote it, home as "~" (no machine paths in results)
+        "settings": {**vars(args), "work": args.work.replace(str(Path.home()), "~", 1)},
         "evaluated_with": "HFPolicy in process" if args.hf_eval else "vLLM + ChatOpenAI",
         "experts": POOL,
         "tiers": {t: TIERS[t].max_usd_per_query for t in TIERS},
