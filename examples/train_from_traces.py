@@ -11,6 +11,13 @@ The experts here are arithmetic stand-ins and the controller is a 2-layer random
 in production the store holds your users' runs and the model is e.g. SmolLM2 or Qwen.
 
     python examples/train_from_traces.py [OUT_DIR]
+
+The same steps from the command line, on a store your router wrote (docs/training.md):
+
+    corl-graph traces prepare --store sqlite:///runs.db --out prepared/ --labels labels.jsonl
+    corl-graph train --algo sft --traces prepared/ --model ./controller --output-dir runs/warm
+    corl-graph train --algo ppo --traces prepared/ --model runs/warm/final \
+        --output-dir runs/ppo --on-miss unavailable        # or --algo grpo
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--algo",
         choices=["ppo", "grpo", "sft"],
-        default="ppo",
-        help="ppo (value model), grpo (TRL) or sft (warm start on --traces)",
+        default=None,
+        help="ppo (value model, the default), grpo (TRL) or sft (warm start on --traces)",
     )
     p.add_argument(
         "--num-generations", type=int, default=None, help="grpo: runs per (query, tier) group"
@@ -154,29 +154,62 @@ def _check_task(args: argparse.Namespace) -> None:
         raise ConfigError("--training-budget-usd and --ledger apply to --on-miss live only")
 
 
-def build_config(args: argparse.Namespace, *, tiers: str | None = None) -> Any:
+# Fields of a --config file that decide the task: a flag left out takes the file's value
+# before the combination is checked, so a file alone can name the table or the traces.
+_TASK_FIELDS = (
+    "table",
+    "traces",
+    "on_miss",
+    "live_experts",
+    "training_budget_usd",
+    "ledger_url",
+    "cache_match",
+)
+
+
+def _with_config_file(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The flags with the --config file's task fields filled in (flags win), and the file."""
     import json
 
-    from corl_graph.training import PPOConfig
-
-    _check_task(args)
-    fields: dict[str, Any] = {}
+    file_fields: dict[str, Any] = {}
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as fh:
-                fields.update(json.load(fh))
+                loaded = json.load(fh)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--config {args.config!r}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {args.config!r} must hold a JSON object of fields")
+        file_fields = loaded
+    merged = argparse.Namespace(**vars(args))
+    for key in _TASK_FIELDS:
+        if getattr(merged, key, None) is None and file_fields.get(key) is not None:
+            setattr(merged, key, file_fields[key])
+    if merged.experts is None and file_fields.get("experts"):
+        experts = file_fields["experts"]
+        merged.experts = ",".join(experts) if isinstance(experts, list) else str(experts)
+    return merged, file_fields
+
+
+def build_config(args: argparse.Namespace, *, tiers: str | None = None) -> Any:
+    """PPOConfig from the flags over the --config file; tiers: flag, file, ``tiers`` (the
+    serve config's), then DEFAULT_TIERS."""
+    from corl_graph.training import PPOConfig
+
+    merged, file_fields = _with_config_file(args)
+    _check_task(merged)
+    fields: dict[str, Any] = dict(file_fields)
+    if args.tiers or tiers or not file_fields.get("tiers"):
+        fields["tiers"] = parse_tiers(args.tiers or tiers or DEFAULT_TIERS)
     fields.update(
         model=args.model,
         output_dir=args.output_dir,
-        experts=[e.strip() for e in (args.experts or "").split(",") if e.strip()],
-        tiers=parse_tiers(args.tiers or tiers or DEFAULT_TIERS),
-        algo=args.algo,
+        experts=[e.strip() for e in (merged.experts or "").split(",") if e.strip()],
+        algo=args.algo or file_fields.get("algo") or "ppo",
     )
     skip = {"command", "config", "experts", "tiers", "model", "output_dir", "algo"}
     skip.add("num_generations")  # a GRPO option, not a PPOConfig field
-    for key, value in vars(args).items():
+    for key, value in vars(merged).items():
         if key not in skip and value is not None:
             fields[key] = value
     try:
@@ -198,9 +231,10 @@ def _live_experts(path: str) -> tuple[dict[str, Any], str | None]:
 def run(args: argparse.Namespace) -> int:
     live: dict[str, Any] = {}
     config_tiers = None
-    if args.live_experts:
-        _check_task(args)  # a wrong combination fails before the config file is read
-        live, config_tiers = _live_experts(args.live_experts)
+    merged, _ = _with_config_file(args)
+    if merged.live_experts:
+        _check_task(merged)  # a wrong combination fails before the serve config is read
+        live, config_tiers = _live_experts(merged.live_experts)
     config = build_config(args, tiers=config_tiers)
     task = None
     if config.traces is not None:

@@ -177,3 +177,50 @@ def test_feedback_makes_a_pseudo_reference(tmp_path: Path) -> None:
     assert [(q.query_id, q.reference) for q in task.queries] == [("q1", "3")]
     assert task.unlabelled == 7
     assert [e.name for e in task.experts] == ["cheap", "strong"]
+
+
+def _parse_train(*argv: str) -> Any:
+    import argparse
+
+    from corl_graph.cli import _train
+
+    parser = argparse.ArgumentParser()
+    _train.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *argv])
+
+
+def test_a_config_file_alone_can_name_the_traces(tmp_path: Path) -> None:
+    from corl_graph.cli._train import build_config
+
+    file = tmp_path / "train.json"
+    file.write_text(
+        json.dumps(
+            {
+                "traces": "prepared/",
+                "algo": "sft",
+                "on_miss": "unavailable",
+                "tiers": [{"name": "low", "max_usd_per_query": 0.001}],
+                "sft_epochs": 3,
+            }
+        )
+    )
+    config = build_config(_parse_train("--model", "m", "--output-dir", "o", "--config", str(file)))
+    assert (config.traces, config.algo, config.sft_epochs) == ("prepared/", "sft", 3)
+    assert [t.name for t in config.tiers] == ["low"]
+
+    # flags win over the file; a flag naming the other task conflicts with the file's
+    flags = ("--model", "m", "--output-dir", "o", "--config", str(file))
+    config = build_config(_parse_train(*flags, "--algo", "ppo", "--tiers", "a=0.1,b=0.2"))
+    assert config.algo == "ppo" and [t.name for t in config.tiers] == ["a", "b"]
+    with pytest.raises(Exception, match="exactly one of"):
+        build_config(_parse_train(*flags, "--table", "t.jsonl.gz", "--experts", "a"))
+
+
+def test_a_config_file_that_is_not_an_object_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "train.json"
+    file.write_text("[1, 2]")
+    code = main(["train", "--model", "m", "--output-dir", str(tmp_path), "--config", str(file)])
+    assert code == 2
+    assert "JSON object" in capsys.readouterr().err
