@@ -1,6 +1,6 @@
 """Rerun the performance suite and rewrite the README's results table, in one command.
 
-    python benchmarks/run_all.py            # about 10-15 minutes on 2 cores
+    python benchmarks/run_all.py            # about 14 minutes on 2 cores
     python benchmarks/run_all.py --only overhead,controller --no-readme
 
 Each benchmark is its own script writing ``benchmarks/results/<name>.json`` with the machine
@@ -37,10 +37,11 @@ SUITE: dict[str, list[str]] = {
         "45",
     ],
     "ppo_throughput": ["bench_ppo_throughput.py"],
-    # The SmolLM2-architecture rows take >10 minutes; run the script alone for them.
-    "grpo_vs_ppo": ["bench_grpo_vs_ppo.py", "--models", "tiny"],
+    # both models: the SmolLM2-architecture rows take about 3 minutes since GRPO runs in
+    # float32 on a CPU (in emulated bf16 one GRPO step did not finish in 10 minutes)
+    "grpo_vs_ppo": ["bench_grpo_vs_ppo.py"],
 }
-_LIMIT_S = 300  # no single benchmark may take more than this
+_LIMIT_S = 420  # no single benchmark may take more than this (grpo_vs_ppo: ~270 s)
 
 
 def main() -> int:
