@@ -5,7 +5,8 @@ with two instant fake LangChain chat models. The bare graph has no ledger, no tr
 trivial routing rule on a conditional edge (as LangGraph's docs write it); ``bare_langgraph_
 command`` is the same graph routing with ``Command(goto=...)`` from the node, as corl_graph's
 graph does. The routed one is corl_graph's Router with the AlwaysExpert policy, a ledger
-(memory, SQLite, PostgreSQL; one reservation per attempt, or ``per_query`` envelopes) and
+(memory, SQLite, PostgreSQL; one reservation per attempt, ``per_query`` envelopes, or
+``leased`` envelopes carved in memory from $50 budget slices) and
 tracing off or on (an SDK TracerProvider with a BatchSpanProcessor into an exporter that drops
 the spans). Variants are interleaved in rounds in one process so machine noise hits them alike;
 ratios are against the bare graph measured in the same process.
@@ -115,9 +116,15 @@ def routed(
         tracer_provider=provider,
         # Passed only when not the default, so this script also runs against older versions.
         **({"budget_hold": hold} if hold != "per_attempt" else {}),  # type: ignore[arg-type]
+        # leased: a slice holds 50 of this tier's $1 envelopes
+        **({"budget_lease_usd": 50.0} if hold == "leased" else {}),
     )
     router = Router(config)
+    _ROUTERS.append(router)  # closed at the end (leased: settles the open budget slices)
     return (lambda: router.arun("What is 2 + 2?")), provider
+
+
+_ROUTERS: list[Router] = []
 
 
 class _DropExporter(SpanExporter):
@@ -178,10 +185,12 @@ async def main(
         }
         providers: list[TracerProvider] = []
         for name, ledger in ledgers.items():
-            holds = ["per_attempt"] if name == "memory" else ["per_attempt", "per_query"]
+            holds = ["per_attempt"]
+            if name != "memory":
+                holds += ["per_query", "leased"]
             for hold in holds:
                 for traced in (False, True):
-                    label = "_per_query" if hold == "per_query" else ""
+                    label = "" if hold == "per_attempt" else f"_{hold}"
                     key = f"routed_{name}{label}_{'traced' if traced else 'untraced'}"
                     if only and not any(o in key for o in only):
                         continue
@@ -195,6 +204,8 @@ async def main(
                     m = await measure(fn, queries, conc)
                     for k, v in m.items():
                         results.setdefault(f"{mode}/{name}", {}).setdefault(k, []).append(v)
+        for router in _ROUTERS:
+            await router.aclose()
         for ledger in ledgers.values():
             await ledger.aclose()
         for provider in providers:

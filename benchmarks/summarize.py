@@ -37,8 +37,10 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
             "memory_traced",
             "sqlite_traced",
             "sqlite_per_query_traced",
+            "sqlite_leased_traced",
             "postgres_traced",
             "postgres_per_query_traced",
+            "postgres_leased_traced",
         ):
             x = r.get(f"{mode}/routed_{name}")
             if x:

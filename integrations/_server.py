@@ -38,7 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corl_graph._exceptions import BudgetExceededError, ConfigError, RunError
+from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError, RunError
 from corl_graph.budget import TenantBudget
 from corl_graph.experts import ReplayExpert
 from corl_graph.graph import Router, RouterConfig, RouteResult
@@ -235,7 +235,11 @@ async def _check_tenant_budget(state: _State, tenant: str) -> None:
     """Refuse before routing when the tenant has nothing left (the ledger refuses each call
     anyway; this saves the controller's work and gives a clear 429)."""
     spend = await state.ledger.tenant_spend(tenant)
-    if spend.committed_usd >= state.budgets[tenant].limit_usd:
+    committed = spend.committed_usd
+    leases = state.router.config.leases
+    if leases is not None:  # budget_hold="leased": room in its open slices is not spent
+        committed -= leases.open_usd(tenant)
+    if committed >= state.budgets[tenant].limit_usd - 1e-12:
         raise budget_exhausted(
             f"tenant {tenant!r} has spent its {state.budgets[tenant].period} budget of "
             f"${state.budgets[tenant].limit_usd:g}"
@@ -286,6 +290,11 @@ async def _drain(state: _State) -> None:
             task.cancel()
         if late:
             await asyncio.wait(late)
+    try:
+        # budget_hold="leased": settle the open budget slices at what their queries cost
+        await state.router.aclose()
+    except LedgerError as exc:
+        log.warning("budget slices not settled, they stay charged in full: %s", exc)
     settled = await state.ledger.settle_open(reason="server shutdown")
     if settled:
         log.warning("settled %d reservation(s) of cancelled calls at their reserved amount",

@@ -212,7 +212,9 @@ class ServerConfig(_Strict):
     query_timeout_s: float | None = Field(default=None, gt=0)
     # "per_query": one ledger hold (the tier's whole cap) per query instead of one per attempt;
     # fewer ledger round trips, but a tenant sees whole caps committed (docs/budget.md).
+    # "leased": those holds carved in memory from per-tenant slices of budget_lease_usd.
     budget_hold: BudgetHold = "per_attempt"
+    budget_lease_usd: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=8, ge=1)
     record_content: bool = False
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -303,6 +305,7 @@ class ServerConfig(_Strict):
             record_content=self.record_content,
             query_timeout_s=self.query_timeout_s,
             budget_hold=self.budget_hold,
+            budget_lease_usd=self.budget_lease_usd,
             default_tier=self.default_tier or next(iter(tiers)),
         )
 

@@ -2,6 +2,7 @@
 
 from corl_graph.budget._audit import export_audit
 from corl_graph.budget._caps import check_caps
+from corl_graph.budget._leases import BudgetLeases
 from corl_graph.budget._ledger import (
     AuditEntry,
     AuditEvent,
@@ -29,6 +30,7 @@ from corl_graph.budget._url import open_ledger
 __all__ = [
     "AuditEntry",
     "AuditEvent",
+    "BudgetLeases",
     "BudgetTier",
     "InMemoryLedger",
     "Ledger",

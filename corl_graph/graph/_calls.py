@@ -32,6 +32,7 @@ from typing import Any
 
 from corl_graph._exceptions import BudgetExceededError, CorlError, LedgerError
 from corl_graph.budget import (
+    BudgetLeases,
     BudgetTier,
     InMemoryLedger,
     Ledger,
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 # Where a run's attempts are reserved: the ledger itself, or the run's envelope in it.
-BudgetHolder = Ledger | QueryEnvelope
+BudgetHolder = Ledger | QueryEnvelope | BudgetLeases
 
 # How long past its timeout a reservation is held before reconcile treats its holder as dead.
 _LEASE_MARGIN_S = 60.0
@@ -256,7 +257,9 @@ async def _reserve(
     )
 
 
-_NEVER_SUSPENDS = (InMemoryLedger, QueryEnvelope)
+# Awaited directly by _retrying: their operations never suspend, or (BudgetLeases) shield
+# the ledger work they do suspend on, so a cancellation cannot land half way through one.
+_NEVER_SUSPENDS = (InMemoryLedger, QueryEnvelope, BudgetLeases)
 _pending: set[asyncio.Task[Reservation]] = set()  # strong references to background releases
 
 
@@ -380,24 +383,27 @@ async def hold_for_run(
     tenant: str,
     run_id: str,
     lease_s: float,
+    source: Ledger | BudgetLeases | None = None,
 ) -> BudgetHolder:
-    """The run's envelope, reserved from ``ledger`` at its first call (``budget_hold="per_query"``).
+    """The run's envelope, reserved at its first call (``budget_hold="per_query"``) from
+    ``source`` (``ledger`` itself, or with "leased" the router's ``BudgetLeases`` over it).
 
-    An envelope the ledger refuses makes the run reserve per attempt from then on (recorded as
-    None); an unreachable ledger is left to the attempt, which fails closed.
+    An envelope that is refused makes the run reserve per attempt from ``ledger`` from then on
+    (recorded as None); an unreachable ledger is left to the attempt, which fails closed.
     """
     if run_id in envelopes:
         return envelopes[run_id] or ledger
+    origin = source or ledger
     request = envelope_request(tenant, run_id, tier, lease_s)
     rid = uuid.uuid4().hex
 
     def release_if_held(task: asyncio.Future[Reservation]) -> None:
         if not task.cancelled() and task.exception() is None:
-            _background(ledger.release(rid))
+            _background(origin.release(rid))
 
     try:
         reservation = await _retrying(
-            ledger, lambda: ledger.reserve(request, reservation_id=rid), on_cancel=release_if_held
+            origin, lambda: origin.reserve(request, reservation_id=rid), on_cancel=release_if_held
         )
     except BudgetExceededError:
         envelopes[run_id] = None
@@ -412,22 +418,23 @@ async def hold_for_run(
 
 
 async def close_envelope(
-    ledger: Ledger, envelopes: dict[str, QueryEnvelope | None], run_id: str
+    source: Ledger | BudgetLeases, envelopes: dict[str, QueryEnvelope | None], run_id: str
 ) -> None:
-    """Settle the run's envelope with what its calls cost (nothing to do without one)."""
+    """Settle the run's envelope, where it was reserved (``source``), with what its calls
+    cost (nothing to do without one)."""
     envelope = envelopes.pop(run_id, None)
     if envelope is not None:
         usage = envelope.usage()
-        await _retrying(ledger, lambda: ledger.settle(envelope.reservation.id, usage))
+        await _retrying(source, lambda: source.settle(envelope.reservation.id, usage))
 
 
 async def close_envelopes_on_error(
-    ledger: Ledger, envelopes: dict[str, QueryEnvelope | None], run_ids: list[str]
+    source: Ledger | BudgetLeases, envelopes: dict[str, QueryEnvelope | None], run_ids: list[str]
 ) -> None:
     """A run that raised or was cancelled: settle its envelopes at what was spent, best effort
     (one left HELD expires charged at the whole cap, never less)."""
     for run_id in run_ids:
-        close = close_envelope(ledger, envelopes, run_id)
+        close = close_envelope(source, envelopes, run_id)
         try:
             await asyncio.wait_for(asyncio.shield(close), _CANCEL_SETTLE_S)
         except (LedgerError, TimeoutError, asyncio.CancelledError):

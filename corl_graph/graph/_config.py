@@ -11,6 +11,7 @@ from opentelemetry.trace import TracerProvider
 
 from corl_graph._exceptions import ConfigError, UnknownExpertError
 from corl_graph.budget import (
+    BudgetLeases,
     BudgetTier,
     InMemoryLedger,
     Ledger,
@@ -26,7 +27,7 @@ from corl_graph.tracing import RouterTracer
 
 __all__ = ["BudgetHold", "RouterConfig", "RouterContext"]
 
-BudgetHold = Literal["per_attempt", "per_query"]
+BudgetHold = Literal["per_attempt", "per_query", "leased"]
 
 # A tenant limit that no real bill reaches; used by the default in-memory ledger so that
 # only the per-query caps of the tiers apply until the user configures tenants.
@@ -64,7 +65,12 @@ class RouterConfig:
     attempts are checked against it in memory, and the run settles it once at the end: two
     ledger operations per query, but the tenant sees the whole cap committed while the query
     runs, the audit trail has one line per query, and a run killed mid-way stays charged its
-    whole cap until a late settle. See docs/budget.md.
+    whole cap until a late settle. ``"leased"``: per-query envelopes as above, carved in
+    memory from per-tenant slices of ``budget_lease_usd`` held on the ledger
+    (``corl_graph.budget.BudgetLeases``): two ledger operations per slice instead of per
+    query, the tenant sees whole slices committed, a dead process leaves at most one slice per
+    tenant charged until its lease expires; call ``await router.aclose()`` on shutdown to
+    settle the open slices. See docs/budget.md.
 
     >>> from langchain_core.language_models import FakeListChatModel
     >>> from corl_graph.experts import ChatModelExpert, PriceSheet
@@ -87,6 +93,7 @@ class RouterConfig:
     fallback_expert: str | Literal["cheapest"] | None = "cheapest"
     query_timeout_s: float | None = None
     budget_hold: BudgetHold = "per_attempt"
+    budget_lease_usd: float = 1.0
     answer_extractor: AnswerExtractor = extract_answer
     # Derived in __post_init__.
     expert_map: Mapping[str, Expert] = field(init=False, repr=False)
@@ -96,6 +103,7 @@ class RouterConfig:
     resolved_fallback: str | None = field(init=False, repr=False)
     envelopes: dict[str, QueryEnvelope | None] = field(init=False, repr=False)
     envelope_lease_s: float = field(init=False, repr=False)
+    leases: BudgetLeases | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         experts = list(self.experts)
@@ -128,9 +136,10 @@ class RouterConfig:
                 f"query_timeout_s must be a number of seconds > 0 or None, got "
                 f"{self.query_timeout_s!r}"
             )
-        if self.budget_hold not in ("per_attempt", "per_query"):
+        if self.budget_hold not in ("per_attempt", "per_query", "leased"):
             raise ConfigError(
-                f"budget_hold must be 'per_attempt' or 'per_query', got {self.budget_hold!r}"
+                f"budget_hold must be 'per_attempt', 'per_query' or 'leased', got "
+                f"{self.budget_hold!r}"
             )
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
@@ -160,6 +169,20 @@ class RouterConfig:
         set_(
             self, "envelope_lease_s", _envelope_lease(self.query_timeout_s, experts, self.max_steps)
         )
+        leases = None
+        if self.budget_hold == "leased":
+            # a slice is closed once it is half its lease old, so every envelope carved from
+            # it (at most envelope_lease_s long) ends before the slice can expire
+            lease_s = max(_MIN_SLICE_LEASE_S, 2 * self.envelope_lease_s + _ENVELOPE_MARGIN_S)
+            leases = BudgetLeases(
+                self.resolved_ledger, slice_usd=self.budget_lease_usd, lease_s=lease_s
+            )  # raises ConfigError for a bad budget_lease_usd
+        set_(self, "leases", leases)
+
+    @property
+    def holds_per_query(self) -> bool:
+        """Runs hold a per-query envelope (``budget_hold`` "per_query" or "leased")."""
+        return self.budget_hold != "per_attempt"
 
     def tier(self, name: str | None) -> BudgetTier:
         return self.tiers[name or self.default_tier]
@@ -167,6 +190,8 @@ class RouterConfig:
 
 # How long past a run's expected end its envelope is held before reconcile may expire it.
 _ENVELOPE_MARGIN_S = 60.0
+# The shortest lease of a budget slice (budget_hold="leased").
+_MIN_SLICE_LEASE_S = 300.0
 
 
 def _envelope_lease(timeout_s: float | None, experts: Sequence[Expert], steps: int) -> float:

@@ -252,7 +252,7 @@ async def call_expert(
     run_id = state.get("run_id") or state.get("query_id") or uuid.uuid4().hex
     with router.tracer.step_span("call_expert", step):
         holder: BudgetHolder = router.resolved_ledger
-        if router.budget_hold == "per_query":
+        if router.holds_per_query:
             holder = await hold_for_run(
                 router.resolved_ledger,
                 router.envelopes,
@@ -260,6 +260,7 @@ async def call_expert(
                 tenant=tenant,
                 run_id=run_id,
                 lease_s=router.envelope_lease_s,
+                source=router.leases,
             )
         call = await call_expert_with_budget(
             router.expert_map[action.expert],
@@ -329,10 +330,11 @@ async def answer(
     state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
 ) -> dict[str, Any]:
     """Finish the run: the final answer and why the run stopped (and, with
-    ``budget_hold="per_query"``, settle the run's envelope)."""
+    ``budget_hold`` "per_query" or "leased", settle the run's envelope)."""
     with router.tracer.step_span("answer", len(state.get("steps", ()))):
-        if router.budget_hold == "per_query" and "run_id" in state:
-            await close_envelope(router.resolved_ledger, router.envelopes, state["run_id"])
+        if router.holds_per_query and "run_id" in state:
+            held_at = router.leases or router.resolved_ledger
+            await close_envelope(held_at, router.envelopes, state["run_id"])
         action = state.get("pending")
         text = action.text if isinstance(action, Answer) else ""
         source = state.get("answer_source")

@@ -135,7 +135,7 @@ class Router:
         return result
 
     async def _invoke(self, inputs: RouterInput, context: RouterContext) -> dict[str, Any]:
-        if self.config.budget_hold != "per_query":
+        if not self.config.holds_per_query:
             return await self._ainvoke(inputs, context)
         opened: list[str] = []
         token = run_envelopes.set(opened)
@@ -145,7 +145,8 @@ class Router:
             # The answer node settles a run's envelope; a run that never got there settles
             # it here with what its calls were charged.
             config = self.config
-            await close_envelopes_on_error(config.resolved_ledger, config.envelopes, opened)
+            source = config.leases or config.resolved_ledger
+            await close_envelopes_on_error(source, config.envelopes, opened)
             raise
         finally:
             run_envelopes.reset(token)
@@ -165,6 +166,20 @@ class Router:
                 "reserved amount",
                 timeout_s=timeout,
             ) from exc
+
+    async def aclose(self) -> None:
+        """Settle what the router holds on the ledger beyond single queries: with
+        ``budget_hold="leased"``, its open budget slices (``LedgerError`` if the ledger cannot
+        settle them now; they stay charged at their whole amount). The ledger itself is the
+        caller's to close. Safe to call more than once."""
+        if self.config.leases is not None:
+            await self.config.leases.aclose()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def run(self, query: str, **kwargs: Any) -> RouteResult:
         """Blocking ``arun`` for scripts and notebooks without a running event loop."""

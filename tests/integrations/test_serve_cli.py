@@ -18,6 +18,7 @@ from integration_fakes import free_port
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import InMemoryLedger, SQLiteLedger
+from corl_graph.budget._leases import LEASE_EXPERT
 from corl_graph.cli import main
 from corl_graph.graph._envelope import ENVELOPE_EXPERT
 
@@ -125,11 +126,52 @@ def test_budget_hold_is_read_checked_and_reaches_the_router(tmp_path: Path) -> N
     per_query = ServerConfig.load(_toml(tmp_path, 0, 'budget_hold = "per_query"'))
     assert per_query.router_config(InMemoryLedger()).budget_hold == "per_query"
     bad = _toml(tmp_path, 0, 'budget_hold = "per_call"')
-    with pytest.raises(ConfigError, match=r"budget_hold\n.*'per_attempt' or 'per_query'"):
+    with pytest.raises(ConfigError, match=r"budget_hold\n.*'per_attempt', 'per_query' or 'leased'"):
         ServerConfig.load(bad)
     with pytest.raises(ConfigError, match="budget_hold"):
         ServerConfig.parse({"tenants": [{"name": "a", "limit_usd": 1}], "budget_hold": None})
     assert main(["serve", "--config", str(bad), "--check"]) == 2
+    leased = ServerConfig.load(
+        _toml(tmp_path, 0, 'budget_hold = "leased"\nbudget_lease_usd = 0.5')
+    ).router_config(InMemoryLedger())
+    assert leased.budget_hold == "leased" and leased.leases is not None
+    assert leased.leases.slice_usd == 0.5
+    with pytest.raises(ConfigError, match="budget_lease_usd"):
+        ServerConfig.load(_toml(tmp_path, 0, "budget_lease_usd = 0"))
+
+
+async def test_a_leased_server_holds_one_slice_and_settles_it_on_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORL_TEST_ACME_KEY", "sk-acme")
+    config = ServerConfig.load(_toml(tmp_path, 0, 'budget_hold = "leased"'))
+    server = ServerThread(create_app(config)).start()
+    costs = []
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=server.url + "/v1", api_key="sk-acme", max_retries=0
+        ) as client:
+            for _ in range(3):
+                reply = await client.chat.completions.create(
+                    model="corl-low",
+                    messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                    metadata={"query_id": "q1"},  # the replay table's id
+                )
+                costs.append((reply.model_extra or {})["corl"]["cost_usd"])
+    finally:
+        server.stop()  # drains, then settles the open slice at what its queries cost
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    try:
+        entries = await ledger.audit(tenant="acme")
+        spend = await ledger.tenant_spend("acme")
+    finally:
+        await ledger.aclose()
+    assert [(e.event, e.expert) for e in entries] == [
+        ("reserved", LEASE_EXPERT),
+        ("settled", LEASE_EXPERT),
+    ]
+    assert entries[0].amount_usd == pytest.approx(1.0)  # budget_lease_usd's default
+    assert spend.settled_usd == pytest.approx(sum(costs)) and spend.held_usd == 0
 
 
 async def test_a_per_query_server_holds_one_envelope_per_query(
