@@ -50,6 +50,14 @@ class TracesTask:
     queries: list[QuerySpec]
     ledger: Ledger | None
     unlabelled: int  # queries without a reference or a positively scored run: not trained on
+    owns_ledger: bool = False  # opened by traces_task from cfg.ledger_url: close() closes it
+
+    def close(self) -> None:
+        """Close the training-budget ledger if ``traces_task`` opened it (its connections
+        and files); one the caller passed in stays the caller's. Safe to call twice."""
+        if self.ledger is not None and self.owns_ledger:
+            ledger, self.ledger = self.ledger, None
+            asyncio.run(ledger.aclose())
 
 
 def _reference(
@@ -115,12 +123,14 @@ def traces_task(
         )
     prepared = load_prepared(cfg.traces)
     live = dict(live or {})
+    owns_ledger = False
     if cfg.on_miss == "live":
         if not live:
             raise ConfigError(
                 "on_miss='live' needs the real experts: corl-graph train --live-experts "
                 "CONFIG (the serve config format), or live= in Python"
             )
+        owns_ledger = ledger is None
         ledger = ledger or open_ledger(cfg.ledger_url)
         budget = float(cfg.training_budget_usd or 0.0)
         if cfg.ledger_url.startswith("memory://"):
@@ -148,7 +158,7 @@ def traces_task(
             f"no query of {cfg.traces!r} has a reference or a positively scored run: give "
             "labels to corl-graph traces prepare --labels FILE"
         )
-    return TracesTask(prepared, experts, queries, ledger, unlabelled)
+    return TracesTask(prepared, experts, queries, ledger, unlabelled, owns_ledger)
 
 
 class CacheCounters:

@@ -46,7 +46,7 @@ from corl_graph.training._rollout import (
     collect,
     load_queries,
 )
-from corl_graph.training._traces import CacheCounters, traces_task
+from corl_graph.training._traces import CacheCounters, TracesTask, traces_task
 from corl_graph.training._verifiers import make_verifier
 from transformers import (
     AutoModelForCausalLM,
@@ -134,8 +134,10 @@ class PPOTrainer:
         reward_fn: RewardFn | None,
     ) -> None:
         cfg = self.config
+        self._traces: TracesTask | None = None
         if cfg.traces is not None and (experts is None or queries is None):
             task = traces_task(cfg, world_size=self.info.world_size)
+            self._traces = task  # its training-budget ledger is closed when train() ends
             experts, queries = experts or task.experts, queries or task.queries
         elif experts is None or queries is None:
             table = OutcomeTable.load(str(cfg.table))
@@ -339,6 +341,8 @@ class PPOTrainer:
             self.save(out / "final")
         finally:
             writer.close()
+            if self._traces is not None:
+                self._traces.close()
         return history
 
     def save(self, path: str | Path) -> Path:

@@ -157,8 +157,12 @@ class _Pool:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
+        same_loop = self._loop is asyncio.get_running_loop()
         for conn in idle:
-            await conn.close()
+            if same_loop:
+                await conn.close()
+            else:  # opened under an earlier event loop: it cannot be awaited here
+                conn.pgconn.finish()
 
 
 class PostgresLedger:

@@ -247,6 +247,15 @@ def run(args: argparse.Namespace) -> int:
             f"traces: {len(task.queries)} queries with a reference, {task.unlabelled} without "
             f"(not trained on); on a cache miss: {config.on_miss}"
         )
+    try:
+        _train(config, task, args)
+    finally:
+        if task is not None:
+            task.close()  # the training-budget ledger's connections and files
+    return 0
+
+
+def _train(config: Any, task: Any, args: argparse.Namespace) -> None:
     injected: dict[str, Any] = (
         {"experts": task.experts, "queries": task.queries} if task is not None else {}
     )
@@ -278,4 +287,3 @@ def run(args: argparse.Namespace) -> int:
             f"({sum(x.live_calls for x in e)} live, ${sum(x.live_usd for x in e):.6f}; "
             f"{sum(x.refused for x in e)} refused by the training budget)"
         )
-    return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +109,38 @@ def test_unavailable_misses_are_failed_calls(files: dict[str, Any], tmp_path: Pa
     assert it["cache/misses"] >= 1 and it["cache/live_calls"] == 0
 
 
-def test_live_misses_stay_within_the_training_budget(files: dict[str, Any], tmp_path: Path) -> None:
+async def _training_spend(url: str) -> Any:
+    ledger = open_ledger(url)
+    try:
+        return await ledger.tenant_spend("training")
+    finally:
+        await ledger.aclose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def training_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A fresh ledger URL: a SQLite file, or a PostgreSQL schema of its own (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    psycopg = pytest.importorskip("psycopg")
+    base = os.environ.get("CORL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"train_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL at {base} is unreachable ({str(exc).strip()[:80]})")
+    yield base + ("&" if "?" in base else "?") + f"options=-csearch_path%3D{schema}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_live_misses_stay_within_the_training_budget(
+    files: dict[str, Any], tmp_path: Path, training_ledger_url: str
+) -> None:
     out = tmp_path / "live"
-    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger_url = training_ledger_url
     budget = 3e-6  # two cheap calls (1e-6 each, reserved at ~1.2e-6), not three
     code = _train(
         "--traces", str(files["strong_only"]), "--on-miss", "live",
@@ -123,7 +154,7 @@ def test_live_misses_stay_within_the_training_budget(files: dict[str, Any], tmp_
     assert it["cache/live_usd_total"] <= budget
     assert it["cache/refused"] >= 1  # misses beyond the budget: failed calls, not a crash
     assert it["cache/misses"] >= it["cache/live_calls"] + it["cache/refused"]
-    spent = asyncio.run(open_ledger(ledger_url).tenant_spend("training"))
+    spent = asyncio.run(_training_spend(ledger_url))
     assert 0 < spent.committed_usd <= budget
 
 
