@@ -166,6 +166,22 @@ def _task(
     return list(experts), list(queries)
 
 
+def _distributed_settings(cfg: PPOConfig) -> dict[str, Any]:
+    """FSDP2 through accelerate under torchrun, as PPO shards (``fsdp`` None: on with more
+    than one process); ``fsdp=False`` with several processes is accelerate's DDP. Accelerate
+    (1.15) shards on GPUs only: on CPUs it ignores the FSDP plugin and runs DDP (each process
+    holds the whole model), which ``corl-graph train`` reports."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = cfg.fsdp if cfg.fsdp is not None else world > 1
+    if not fsdp:
+        return {}
+    if world < 2:
+        raise ConfigError(
+            "fsdp=True needs several processes: launch with torchrun --nproc_per_node=N"
+        )
+    return {"fsdp": True, "fsdp_config": {"version": 2, "cpu_offload": cfg.cpu_offload}}
+
+
 def make_grpo_trainer(
     config: PPOConfig,
     *,
@@ -242,6 +258,7 @@ def make_grpo_trainer(
         activation_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=not cfg.progress,
     )
+    settings.update(_distributed_settings(cfg))
     settings.update(grpo_kwargs)
     return GRPOTrainer(
         model=model,

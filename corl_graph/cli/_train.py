@@ -267,8 +267,12 @@ def _train(config: Any, task: Any, args: argparse.Namespace) -> None:
     elif config.algo == "grpo":
         from corl_graph.training import train_grpo
 
-        _, final = train_grpo(config, num_generations=args.num_generations or 4, **injected)
-        print(f"done: GRPO, checkpoint {final}")
+        trainer, final = train_grpo(config, num_generations=args.num_generations or 4, **injected)
+        world = trainer.accelerator.num_processes
+        how = ""
+        if world > 1:  # accelerate shards with FSDP2 on GPUs only; on CPUs it runs DDP
+            how = f", {'FSDP2' if trainer.is_fsdp_enabled else 'DDP'} over {world} processes"
+        print(f"done: GRPO{how}, checkpoint {final}")
     else:
         from corl_graph.training import PPOTrainer
 

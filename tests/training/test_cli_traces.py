@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,24 @@ def test_a_config_file_that_is_not_an_object_is_a_config_error(
     code = main(["train", "--model", "m", "--output-dir", str(tmp_path), "--config", str(file)])
     assert code == 2
     assert "JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_grpo_runs_under_torchrun_with_two_processes(files: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "grpo2"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "corl_graph.cli", "train", "--algo", "grpo", "--num-generations", "2",
+            "--traces", str(files["prepared"]), "--model", str(files["model"]),
+            "--output-dir", str(out), "--kl-coef", "0", *SMALL,
+        ],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # accelerate runs DDP on CPUs (FSDP2 on GPUs); one checkpoint, written once
+    assert "done: GRPO, DDP over 2 processes" in done.stdout
+    assert (out / "final" / "model.safetensors").is_file()
+    assert metrics(out)
