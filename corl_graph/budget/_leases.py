@@ -16,7 +16,8 @@ slice: spend is over-counted by at most one slice per tenant and process, never 
 
 What it costs: the tenant sees whole slices as committed while they are open; the ledger's
 audit trail has one line pair per slice (per-query detail is in the trajectories and spans);
-a slice is settled when it is full or older than half its lease and idle, and by ``aclose``,
+a slice is retired when it is full, half its lease old or its budget period (day, month)
+has ended, settled once its last reservation is, and by ``aclose``,
 so call ``await router.aclose()`` on shutdown. Near the end of a tenant's budget a slice the
 ledger refuses is retried at the size of the request itself, so the last dollars are
 still usable.
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError
 from corl_graph.budget._ledger import Ledger, Reservation, ReservationRequest, Usage
-from corl_graph.budget._tiers import BudgetTier
+from corl_graph.budget._tiers import BudgetTier, Period, period_key
 
 __all__ = ["LEASE_EXPERT", "BudgetLeases"]
 
@@ -189,7 +190,7 @@ class BudgetLeases:
         slice_ = self._current.get(tenant)
         if slice_ is None:
             return None
-        stale = time.monotonic() - slice_.born > self.lease_s / 2
+        stale = time.monotonic() - slice_.born > self.lease_s / 2 or _period_ended(slice_)
         if stale or slice_.room() + _EPS < amount:
             self._retire(slice_)
             return None
@@ -277,7 +278,8 @@ class BudgetLeases:
     async def _maybe_close(self, slice_: _Slice) -> None:
         if slice_.open:
             return
-        if not slice_.retired and time.monotonic() - slice_.born > self.lease_s / 2:
+        old = time.monotonic() - slice_.born > self.lease_s / 2 or _period_ended(slice_)
+        if not slice_.retired and old:
             self._retire(slice_)
         if not slice_.retired:
             return
@@ -307,6 +309,15 @@ class BudgetLeases:
     async def _settle_slice(self, slice_: _Slice) -> None:
         await self.ledger.settle(slice_.reservation.id, slice_.usage())
         self.slices_closed += 1
+
+
+def _period_ended(slice_: _Slice) -> bool:
+    """The tenant's budget period the slice was charged to is over (a new day or month):
+    what is spent from now on belongs to the new period's budget, so a new slice is needed."""
+    key = slice_.reservation.period  # period_key's format: "total", "YYYY-MM-DD" or "YYYY-MM"
+    kinds: dict[int, Period] = {10: "day", 7: "month"}
+    kind = kinds.get(len(key)) if key != "total" else None
+    return kind is not None and period_key(kind) != key
 
 
 def _with_status(r: Reservation, status: str) -> Reservation:

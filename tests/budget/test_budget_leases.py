@@ -5,6 +5,7 @@ at what its queries cost, and a dead holder's slice stays charged in full, never
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from ledger_backends import MakeLedger
@@ -249,3 +250,22 @@ def test_the_sync_wrapper_works_across_event_loops() -> None:
     asyncio.run(router.aclose())
     spend = asyncio.run(ledger.tenant_spend("default"))
     assert spend.held_usd == 0.0 and spend.settled_usd == pytest.approx(sum(costs))
+
+
+async def test_a_slice_of_an_ended_day_is_not_used_for_the_next() -> None:
+    # the ledger's clock says two days ago, so every slice it grants is charged to a day
+    # that has ended: each reservation needs a slice of its own (of the current period)
+    two_days_ago = time.time() - 2 * 86400
+    ledger = InMemoryLedger(
+        default_budget=TenantBudget("*", 5.0, "day"), clock=lambda: two_days_ago
+    )
+    leases = BudgetLeases(ledger, slice_usd=1.0)
+    first = await leases.reserve(_request("t", 0.01))
+    second = await leases.reserve(_request("t", 0.01))
+    assert leases.slices_opened == 2
+    await leases.settle(first.id, Usage(10, 5, 0.004))
+    assert leases.slices_closed == 1  # the ended day's slice closes with its last reservation
+    await leases.settle(second.id, Usage(10, 5, 0.004))
+    await leases.aclose()
+    spend = await ledger.tenant_spend("t", at=two_days_ago)
+    assert spend.held_usd == 0.0 and spend.settled_usd == pytest.approx(0.008)
