@@ -184,6 +184,9 @@ async def main(
             "bare_langgraph_command": bare_graph(command=True),
         }
         providers: list[TracerProvider] = []
+        # A variant's batch span processor exports in a thread after the variant's last query;
+        # flushed before the next variant starts, so that export does not slow the next one.
+        flush: dict[str, TracerProvider] = {}
         for name, ledger in ledgers.items():
             holds = ["per_attempt"]
             if name != "memory":
@@ -198,11 +201,14 @@ async def main(
                     variants[key], provider = routed(ledger, tracing=traced, hold=hold)
                     if provider is not None:
                         providers.append(provider)
+                        flush[key] = provider
         results: dict[str, dict[str, list[float]]] = {}
         for mode, conc in (("sequential", 1), (f"concurrent_{concurrency}", concurrency)):
             for _ in range(rounds):
                 for name, fn in variants.items():
                     m = await measure(fn, queries, conc)
+                    if name in flush:
+                        flush[name].force_flush()
                     for k, v in m.items():
                         results.setdefault(f"{mode}/{name}", {}).setdefault(k, []).append(v)
         for router in _ROUTERS:

@@ -1,6 +1,6 @@
 """Rerun the performance suite and rewrite the README's results table, in one command.
 
-    python benchmarks/run_all.py            # about 14 minutes on 2 cores
+    python benchmarks/run_all.py            # about 11-14 minutes on 2 cores (677 s last time)
     python benchmarks/run_all.py --only overhead,controller --no-readme
 
 Each benchmark is its own script writing ``benchmarks/results/<name>.json`` with the machine
@@ -41,7 +41,7 @@ SUITE: dict[str, list[str]] = {
     # float32 on a CPU (in emulated bf16 one GRPO step did not finish in 10 minutes)
     "grpo_vs_ppo": ["bench_grpo_vs_ppo.py"],
 }
-_LIMIT_S = 420  # no single benchmark may take more than this (grpo_vs_ppo: ~270 s)
+_LIMIT_S = 420  # no single benchmark may take more than this (grpo_vs_ppo: 180-270 s)
 
 
 def main() -> int:
