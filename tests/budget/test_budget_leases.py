@@ -9,8 +9,9 @@ import time
 
 import pytest
 from ledger_backends import MakeLedger
+from router_experts import two_experts
 
-from corl_graph import ChatModelExpert, PriceSheet, Router, RouterConfig
+from corl_graph import Router, RouterConfig
 from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError
 from corl_graph.budget import (
     BudgetLeases,
@@ -26,29 +27,15 @@ from corl_graph.budget import (
 from corl_graph.budget._leases import LEASE_EXPERT
 from corl_graph.policies import AlwaysExpert
 from corl_graph.protocol import Aggregate, CallExpert
-from corl_graph.testing import FakeChatModel, ScriptedPolicy
+from corl_graph.testing import ScriptedPolicy
 
 TIER = BudgetTier("t", max_usd_per_query=0.01, max_expert_calls=3)
 TIERS = TierSet([TIER])
 
 
-def _experts(delay_s: float = 0.0) -> list[ChatModelExpert]:
-    return [
-        ChatModelExpert(
-            name,
-            FakeChatModel(reply, input_tokens=100, output_tokens=20, delay_s=delay_s),
-            PriceSheet(1.0, 10.0),
-            max_output_tokens=200,
-            timeout_s=5.0,
-            retry_backoff_s=0.0,
-        )
-        for name, reply in (("a", "It is 4"), ("b", "The answer is 4"))
-    ]
-
-
 def _router(ledger: Ledger, slice_usd: float = 1.0, policy=None, **kw) -> Router:  # type: ignore[no-untyped-def]
     config = RouterConfig(
-        experts=kw.pop("experts", None) or _experts(),
+        experts=kw.pop("experts", None) or two_experts(),
         policy=policy or AlwaysExpert(["a", "b"]),
         tiers=TIERS,
         default_tier="t",
@@ -112,7 +99,7 @@ async def test_a_query_cannot_pass_its_cap_inside_a_leased_envelope(
 async def test_concurrent_queries_near_the_limit_never_overspend(make_ledger: MakeLedger) -> None:
     ledger = await make_ledger()
     await ledger.set_tenant(TenantBudget("acme", 0.025, "total"))  # < one $1 slice
-    router = _router(ledger, experts=_experts(delay_s=0.01))
+    router = _router(ledger, experts=two_experts(delay_s=0.01))
     results = await asyncio.gather(*(router.arun("2+2?", tenant="acme") for _ in range(8)))
     await router.aclose()
     spend = await ledger.tenant_spend("acme")
@@ -141,7 +128,7 @@ async def test_a_tenant_short_of_a_whole_cap_falls_back_to_per_attempt(
 
 async def test_a_cancelled_run_settles_into_its_slice(make_ledger: MakeLedger) -> None:
     ledger = await make_ledger(default_budget=TenantBudget("*", 1.0, "total"))
-    router = _router(ledger, experts=_experts(delay_s=5.0))
+    router = _router(ledger, experts=two_experts(delay_s=5.0))
     task = asyncio.ensure_future(router.arun("2+2?"))
     await asyncio.sleep(0.3)
     task.cancel()
@@ -240,7 +227,7 @@ def test_bad_lease_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="lease_s"):
         BudgetLeases(InMemoryLedger(), slice_usd=1.0, lease_s=-1)
     with pytest.raises(ConfigError, match="'leased'"):
-        RouterConfig(experts=_experts(), policy=AlwaysExpert(["a"]), budget_hold="lease")  # type: ignore[arg-type]
+        RouterConfig(experts=two_experts(), policy=AlwaysExpert(["a"]), budget_hold="lease")  # type: ignore[arg-type]
 
 
 def test_the_sync_wrapper_works_across_event_loops() -> None:

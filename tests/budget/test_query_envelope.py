@@ -7,37 +7,24 @@ import asyncio
 
 import pytest
 from ledger_backends import MakeLedger
+from router_experts import two_experts
 
-from corl_graph import ChatModelExpert, PriceSheet, Router, RouterConfig
+from corl_graph import Router, RouterConfig
 from corl_graph.budget import BudgetTier, Ledger, TenantBudget, TierSet
 from corl_graph.graph._calls import hold_for_run
 from corl_graph.graph._envelope import ENVELOPE_EXPERT
 from corl_graph.policies import AlwaysExpert
 from corl_graph.protocol import Aggregate, CallExpert
-from corl_graph.testing import FakeChatModel, ScriptedPolicy
+from corl_graph.testing import ScriptedPolicy
 
 # Worst case of one call: 2 messages of ~30 bytes + 16 each in, 200 out, at these prices.
 TIER = BudgetTier("t", max_usd_per_query=0.01, max_expert_calls=3)
 TIERS = TierSet([TIER])
 
 
-def _experts(delay_s: float = 0.0) -> list[ChatModelExpert]:
-    return [
-        ChatModelExpert(
-            name,
-            FakeChatModel(reply, input_tokens=100, output_tokens=20, delay_s=delay_s),
-            PriceSheet(1.0, 10.0),
-            max_output_tokens=200,
-            timeout_s=5.0,
-            retry_backoff_s=0.0,
-        )
-        for name, reply in (("a", "It is 4"), ("b", "The answer is 4"))
-    ]
-
-
 def _router(ledger: Ledger, hold: str, policy=None, **kw) -> Router:  # type: ignore[no-untyped-def]
     config = RouterConfig(
-        experts=kw.pop("experts", None) or _experts(),
+        experts=kw.pop("experts", None) or two_experts(),
         policy=policy or AlwaysExpert(["a", "b"]),
         tiers=TIERS,
         default_tier="t",
@@ -95,7 +82,7 @@ async def test_a_tenant_short_of_a_whole_cap_falls_back_to_per_attempt(
 async def test_concurrent_queries_never_overspend_the_tenant(make_ledger: MakeLedger) -> None:
     ledger = await make_ledger()
     await ledger.set_tenant(TenantBudget("acme", 0.025, "total"))  # 2.5 envelopes
-    router = _router(ledger, "per_query", experts=_experts(delay_s=0.01))
+    router = _router(ledger, "per_query", experts=two_experts(delay_s=0.01))
     results = await asyncio.gather(*(router.arun("2+2?", tenant="acme") for _ in range(8)))
     spend = await ledger.tenant_spend("acme")
     assert spend.held_usd == 0.0 and spend.committed_usd <= 0.025 + 1e-12
@@ -108,7 +95,7 @@ async def test_a_cancelled_run_settles_its_envelope_at_what_it_may_have_spent(
     make_ledger: MakeLedger,
 ) -> None:
     ledger = await make_ledger(default_budget=TenantBudget("*", 1.0, "total"))
-    router = _router(ledger, "per_query", experts=_experts(delay_s=5.0))
+    router = _router(ledger, "per_query", experts=two_experts(delay_s=5.0))
     task = asyncio.ensure_future(router.arun("2+2?"))
     await asyncio.sleep(0.3)
     task.cancel()
