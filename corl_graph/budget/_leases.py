@@ -49,7 +49,6 @@ _DONE_KEPT = 8192
 class _Slice:
     reservation: Reservation
     born: float
-    carved_usd: float = 0.0  # held (at reserved amounts) + settled (at real costs)
     settled_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -58,7 +57,9 @@ class _Slice:
     retired: bool = False
 
     def room(self) -> float:
-        return self.reservation.amount_usd - self.carved_usd
+        """What is left to carve: the slice less settled costs and open reservations."""
+        held = sum(r.amount_usd for r in self.open.values())
+        return self.reservation.amount_usd - self.settled_usd - held
 
     def usage(self) -> Usage:
         """What to settle the slice with: settled costs, and anything still open at its
@@ -109,7 +110,6 @@ class BudgetLeases:
         self._by_id: dict[str, _Slice] = {}  # open reservation id -> its slice
         # closed reservations, for idempotent retries (the most recent _DONE_KEPT)
         self._done: dict[str, Reservation] = {}
-        self._retiring: set[int] = set()  # ids of slices retired but not yet closed
         self._slices: dict[int, _Slice] = {}
         self._unsettled: list[_Slice] = []  # closing failed on the ledger: retried later
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -139,12 +139,11 @@ class BudgetLeases:
         slice_, reservation = self._close(reservation_id)
         if slice_ is None:
             return reservation
-        slice_.carved_usd += usage.cost_usd - reservation.amount_usd
         slice_.settled_usd += usage.cost_usd
         slice_.input_tokens += usage.input_tokens
         slice_.output_tokens += usage.output_tokens
         slice_.estimated = slice_.estimated or usage.estimated
-        done = self._remember(_with_status(reservation, "settled"))
+        done = self._remember(reservation.with_status("settled"))
         await self._maybe_close(slice_)
         return done
 
@@ -152,8 +151,7 @@ class BudgetLeases:
         slice_, reservation = self._close(reservation_id)
         if slice_ is None:
             return reservation
-        slice_.carved_usd -= reservation.amount_usd
-        done = self._remember(_with_status(reservation, "released"))
+        done = self._remember(reservation.with_status("released"))
         await self._maybe_close(slice_)
         return done
 
@@ -190,11 +188,14 @@ class BudgetLeases:
         slice_ = self._current.get(tenant)
         if slice_ is None:
             return None
-        stale = time.monotonic() - slice_.born > self.lease_s / 2 or _period_ended(slice_)
-        if stale or slice_.room() + _EPS < amount:
+        if self._too_old(slice_) or slice_.room() + _EPS < amount:
             self._retire(slice_)
             return None
         return slice_
+
+    def _too_old(self, slice_: _Slice) -> bool:
+        """Half its lease gone, or its budget period (day, month) over: no new carving."""
+        return time.monotonic() - slice_.born > self.lease_s / 2 or _period_ended(slice_)
 
     def _retire(self, slice_: _Slice) -> None:
         slice_.retired = True
@@ -255,7 +256,6 @@ class BudgetLeases:
             request.amount_usd, now, now + request.lease_s, s.period,
         )  # fmt: skip
         slice_.open[rid] = reservation
-        slice_.carved_usd += request.amount_usd
         self._by_id[rid] = slice_
         if slice_.room() <= _EPS:
             self._retire(slice_)
@@ -278,14 +278,11 @@ class BudgetLeases:
     async def _maybe_close(self, slice_: _Slice) -> None:
         if slice_.open:
             return
-        old = time.monotonic() - slice_.born > self.lease_s / 2 or _period_ended(slice_)
-        if not slice_.retired and old:
+        if not slice_.retired and self._too_old(slice_):
             self._retire(slice_)
         if not slice_.retired:
             return
         self._slices.pop(id(slice_), None)
-        if slice_ in self._unsettled:
-            self._unsettled.remove(slice_)
 
         async def close() -> None:
             await self._flush_unsettled()  # earlier failures first; this one, if it fails,
@@ -319,9 +316,3 @@ def _period_ended(slice_: _Slice) -> bool:
     kind = kinds.get(len(key)) if key != "total" else None
     return kind is not None and period_key(kind) != key
 
-
-def _with_status(r: Reservation, status: str) -> Reservation:
-    return Reservation(
-        r.id, r.tenant, r.query_id, r.tier, r.expert, r.amount_usd, r.created_at, r.expires_at,
-        r.period, "settled" if status == "settled" else "released",
-    )  # fmt: skip

@@ -71,6 +71,13 @@ class Reservation:
     period: str
     status: ReservationStatus = "held"
 
+    def with_status(self, status: ReservationStatus) -> Reservation:
+        """The same reservation in another state (what settle / release return)."""
+        return Reservation(
+            self.id, self.tenant, self.query_id, self.tier, self.expert, self.amount_usd,
+            self.created_at, self.expires_at, self.period, status,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

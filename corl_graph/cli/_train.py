@@ -194,10 +194,19 @@ def _with_config_file(args: argparse.Namespace) -> tuple[argparse.Namespace, dic
 def build_config(args: argparse.Namespace, *, tiers: str | None = None) -> Any:
     """PPOConfig from the flags over the --config file; tiers: flag, file, ``tiers`` (the
     serve config's), then DEFAULT_TIERS."""
-    from corl_graph.training import PPOConfig
-
     merged, file_fields = _with_config_file(args)
     _check_task(merged)
+    return _config(args, merged, file_fields, tiers)
+
+
+def _config(
+    args: argparse.Namespace,
+    merged: argparse.Namespace,
+    file_fields: dict[str, Any],
+    tiers: str | None,
+) -> Any:
+    from corl_graph.training import PPOConfig
+
     fields: dict[str, Any] = dict(file_fields)
     if args.tiers or tiers or not file_fields.get("tiers"):
         fields["tiers"] = parse_tiers(args.tiers or tiers or DEFAULT_TIERS)
@@ -231,11 +240,11 @@ def _live_experts(path: str) -> tuple[dict[str, Any], str | None]:
 def run(args: argparse.Namespace) -> int:
     live: dict[str, Any] = {}
     config_tiers = None
-    merged, _ = _with_config_file(args)
+    merged, file_fields = _with_config_file(args)
+    _check_task(merged)  # a wrong combination fails before the serve config is read
     if merged.live_experts:
-        _check_task(merged)  # a wrong combination fails before the serve config is read
         live, config_tiers = _live_experts(merged.live_experts)
-    config = build_config(args, tiers=config_tiers)
+    config = _config(args, merged, file_fields, config_tiers)
     task = None
     if config.traces is not None:
         from corl_graph.training import traces_task

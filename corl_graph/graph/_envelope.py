@@ -120,13 +120,13 @@ class QueryEnvelope:
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.estimated = self.estimated or usage.estimated
-        return _with_status(held.reservation, "settled")
+        return held.reservation.with_status("settled")
 
     async def release(self, reservation_id: str) -> Reservation:
         held = self._pop(reservation_id)
         self.calls -= 1
         self.tokens -= held.tokens
-        return _with_status(held.reservation, "released")
+        return held.reservation.with_status("released")
 
     def usage(self) -> Usage:
         """What to settle the envelope with: settled calls, and any still held at their worst
@@ -139,9 +139,3 @@ class QueryEnvelope:
             estimated=self.estimated or bool(self._held),
         )
 
-
-def _with_status(r: Reservation, status: str) -> Reservation:
-    return Reservation(
-        r.id, r.tenant, r.query_id, r.tier, r.expert, r.amount_usd, r.created_at, r.expires_at,
-        r.period, "settled" if status == "settled" else "released",
-    )  # fmt: skip

@@ -1,10 +1,19 @@
-"""Two fake chat experts for the tests that route through the ledger (per-query envelopes,
-budget slices). Imported by its own unique name, like ledger_backends."""
+"""What the tests that route through the ledger share (per-query envelopes, budget slices):
+two fake chat experts, one tier, and a router over a given ledger. Imported by its own unique
+name, like ledger_backends."""
 
 from __future__ import annotations
 
-from corl_graph import ChatModelExpert, PriceSheet
+from typing import Any
+
+from corl_graph import ChatModelExpert, PriceSheet, Router, RouterConfig
+from corl_graph.budget import BudgetTier, Ledger, TierSet
+from corl_graph.policies import AlwaysExpert, Policy
 from corl_graph.testing import FakeChatModel
+
+# Worst case of one call: 2 messages of ~30 bytes + 16 each in, 200 out, at these prices.
+TIER = BudgetTier("t", max_usd_per_query=0.01, max_expert_calls=3)
+TIERS = TierSet([TIER])
 
 
 def two_experts(delay_s: float = 0.0) -> list[ChatModelExpert]:
@@ -20,3 +29,18 @@ def two_experts(delay_s: float = 0.0) -> list[ChatModelExpert]:
         )
         for name, reply in (("a", "It is 4"), ("b", "The answer is 4"))
     ]
+
+
+def router_over(ledger: Ledger, policy: Policy | None = None, **config: Any) -> Router:
+    """A router on TIER asking both experts (unless ``policy``); ``config``: more
+    RouterConfig fields, ``experts`` included."""
+    return Router(
+        RouterConfig(
+            experts=config.pop("experts", None) or two_experts(),
+            policy=policy or AlwaysExpert(["a", "b"]),
+            tiers=TIERS,
+            default_tier="t",
+            ledger=ledger,
+            **config,
+        )
+    )

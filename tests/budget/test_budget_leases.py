@@ -9,19 +9,17 @@ import time
 
 import pytest
 from ledger_backends import MakeLedger
-from router_experts import two_experts
+from router_experts import TIER, router_over, two_experts
 
 from corl_graph import Router, RouterConfig
 from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError
 from corl_graph.budget import (
     BudgetLeases,
-    BudgetTier,
     InMemoryLedger,
     Ledger,
     Reservation,
     ReservationRequest,
     TenantBudget,
-    TierSet,
     Usage,
 )
 from corl_graph.budget._leases import LEASE_EXPERT
@@ -29,22 +27,9 @@ from corl_graph.policies import AlwaysExpert
 from corl_graph.protocol import Aggregate, CallExpert
 from corl_graph.testing import ScriptedPolicy
 
-TIER = BudgetTier("t", max_usd_per_query=0.01, max_expert_calls=3)
-TIERS = TierSet([TIER])
-
 
 def _router(ledger: Ledger, slice_usd: float = 1.0, policy=None, **kw) -> Router:  # type: ignore[no-untyped-def]
-    config = RouterConfig(
-        experts=kw.pop("experts", None) or two_experts(),
-        policy=policy or AlwaysExpert(["a", "b"]),
-        tiers=TIERS,
-        default_tier="t",
-        ledger=ledger,
-        budget_hold="leased",
-        budget_lease_usd=slice_usd,
-        **kw,
-    )
-    return Router(config)
+    return router_over(ledger, policy, budget_hold="leased", budget_lease_usd=slice_usd, **kw)
 
 
 def _request(tenant: str, amount: float, query_id: str = "q") -> ReservationRequest:

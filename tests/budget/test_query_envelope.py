@@ -7,32 +7,18 @@ import asyncio
 
 import pytest
 from ledger_backends import MakeLedger
-from router_experts import two_experts
+from router_experts import TIER, router_over, two_experts
 
-from corl_graph import Router, RouterConfig
-from corl_graph.budget import BudgetTier, Ledger, TenantBudget, TierSet
+from corl_graph import Router
+from corl_graph.budget import Ledger, TenantBudget
 from corl_graph.graph._calls import hold_for_run
 from corl_graph.graph._envelope import ENVELOPE_EXPERT
-from corl_graph.policies import AlwaysExpert
 from corl_graph.protocol import Aggregate, CallExpert
 from corl_graph.testing import ScriptedPolicy
 
-# Worst case of one call: 2 messages of ~30 bytes + 16 each in, 200 out, at these prices.
-TIER = BudgetTier("t", max_usd_per_query=0.01, max_expert_calls=3)
-TIERS = TierSet([TIER])
-
 
 def _router(ledger: Ledger, hold: str, policy=None, **kw) -> Router:  # type: ignore[no-untyped-def]
-    config = RouterConfig(
-        experts=kw.pop("experts", None) or two_experts(),
-        policy=policy or AlwaysExpert(["a", "b"]),
-        tiers=TIERS,
-        default_tier="t",
-        ledger=ledger,
-        budget_hold=hold,  # type: ignore[arg-type]
-        **kw,
-    )
-    return Router(config)
+    return router_over(ledger, policy, budget_hold=hold, **kw)
 
 
 async def test_one_envelope_per_query_charges_what_per_attempt_charges(

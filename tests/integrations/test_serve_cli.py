@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -140,32 +141,45 @@ def test_budget_hold_is_read_checked_and_reaches_the_router(tmp_path: Path) -> N
         ServerConfig.load(_toml(tmp_path, 0, "budget_lease_usd = 0"))
 
 
+async def _ask_then_stop(config: ServerConfig, *, times: int) -> list[Any]:
+    """Serve ``config``, ask it "2 + 2" ``times`` times as tenant acme, stop the server."""
+    server = ServerThread(create_app(config)).start()
+    replies = []
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=server.url + "/v1", api_key="sk-acme", max_retries=0
+        ) as client:
+            for _ in range(times):
+                replies.append(
+                    await client.chat.completions.create(
+                        model="corl-low",
+                        messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                        metadata={"query_id": "q1"},  # the replay table's id
+                    )
+                )
+    finally:
+        server.stop()
+    return replies
+
+
+async def _acme_ledger(folder: Path) -> tuple[list[Any], Any]:
+    """The server's SQLite ledger after it stopped: acme's audit trail and spend."""
+    ledger = SQLiteLedger(folder / "ledger.db")
+    try:
+        return await ledger.audit(tenant="acme"), await ledger.tenant_spend("acme")
+    finally:
+        await ledger.aclose()
+
+
 async def test_a_leased_server_holds_one_slice_and_settles_it_on_shutdown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CORL_TEST_ACME_KEY", "sk-acme")
     config = ServerConfig.load(_toml(tmp_path, 0, 'budget_hold = "leased"'))
-    server = ServerThread(create_app(config)).start()
-    costs = []
-    try:
-        async with openai.AsyncOpenAI(
-            base_url=server.url + "/v1", api_key="sk-acme", max_retries=0
-        ) as client:
-            for _ in range(3):
-                reply = await client.chat.completions.create(
-                    model="corl-low",
-                    messages=[{"role": "user", "content": "What is 2 + 2?"}],
-                    metadata={"query_id": "q1"},  # the replay table's id
-                )
-                costs.append((reply.model_extra or {})["corl"]["cost_usd"])
-    finally:
-        server.stop()  # drains, then settles the open slice at what its queries cost
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
-    try:
-        entries = await ledger.audit(tenant="acme")
-        spend = await ledger.tenant_spend("acme")
-    finally:
-        await ledger.aclose()
+    # stopping the server drains it, then settles the open slice at what its queries cost
+    replies = await _ask_then_stop(config, times=3)
+    costs = [(r.model_extra or {})["corl"]["cost_usd"] for r in replies]
+    entries, spend = await _acme_ledger(tmp_path)
     assert [(e.event, e.expert) for e in entries] == [
         ("reserved", LEASE_EXPERT),
         ("settled", LEASE_EXPERT),
@@ -179,27 +193,11 @@ async def test_a_per_query_server_holds_one_envelope_per_query(
 ) -> None:
     monkeypatch.setenv("CORL_TEST_ACME_KEY", "sk-acme")
     config = ServerConfig.load(_toml(tmp_path, 0, 'budget_hold = "per_query"'))
-    server = ServerThread(create_app(config)).start()
-    try:
-        async with openai.AsyncOpenAI(
-            base_url=server.url + "/v1", api_key="sk-acme", max_retries=0
-        ) as client:
-            reply = await client.chat.completions.create(
-                model="corl-low",
-                messages=[{"role": "user", "content": "What is 2 + 2?"}],
-                metadata={"query_id": "q1"},  # the replay table's id
-            )
-    finally:
-        server.stop()
+    (reply,) = await _ask_then_stop(config, times=1)
     assert reply.choices[0].message.content == "4"
     corl = (reply.model_extra or {})["corl"]
     assert len(corl["calls"]) == 2  # the cascade asked both experts ...
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
-    try:
-        entries = await ledger.audit(tenant="acme")  # a fresh ledger: this query only
-        spend = await ledger.tenant_spend("acme")
-    finally:
-        await ledger.aclose()
+    entries, spend = await _acme_ledger(tmp_path)  # a fresh ledger: this query only
     # ... and the ledger saw one hold: the tier's whole cap, settled at the calls' cost.
     assert [(e.event, e.expert) for e in entries] == [
         ("reserved", ENVELOPE_EXPERT),
