@@ -241,3 +241,35 @@ async def test_a_slice_of_an_ended_day_is_not_used_for_the_next() -> None:
     await leases.aclose()
     spend = await ledger.tenant_spend("t", at=two_days_ago)
     assert spend.held_usd == 0.0 and spend.settled_usd == pytest.approx(0.008)
+
+
+class _DeadThenAlive(InMemoryLedger):
+    """A ledger that cannot reserve while ``dead`` (an outage), then recovers."""
+
+    def __init__(self) -> None:
+        super().__init__(default_budget=TenantBudget("*", 1.0, "total"))
+        self.dead = True
+
+    async def reserve(
+        self, request: ReservationRequest, *, reservation_id: str | None = None
+    ) -> Reservation:
+        if self.dead:
+            raise LedgerError("ledger unreachable")
+        return await super().reserve(request, reservation_id=reservation_id)
+
+
+async def test_an_unreachable_ledger_fails_closed_and_loses_nothing() -> None:
+    ledger = _DeadThenAlive()
+    async with _router(ledger) as router:
+        down = await router.arun("2+2?")
+        # no slice, no envelope: the calls fail without reaching an expert, nothing is charged
+        assert [c.status for c in down.calls] == ["failed", "failed"] and down.cost_usd == 0
+        assert down.input_tokens == down.output_tokens == 0
+        assert all("ledger unreachable" in (c.error or "") for c in down.calls)
+        assert router.config.envelopes == {} and router.config.leases is not None
+        assert router.config.leases.slices_opened == 0
+        ledger.dead = False
+        up = await router.arun("2+2?")
+        assert up.answer == "4" and router.config.leases.slices_opened == 1
+    spend = await ledger.tenant_spend("default")
+    assert spend.held_usd == 0.0 and spend.settled_usd == pytest.approx(up.cost_usd)
