@@ -156,6 +156,8 @@ class TierConfig(_Strict):
     max_usd_per_query: float = Field(ge=0)
     max_expert_calls: int | None = None
     max_tokens_per_query: int | None = None
+    # the mean spend per query the tier aims at (a training constraint; the cap is enforced)
+    target_usd_per_query: float | None = None
 
 
 class TenantConfig(_Strict):
@@ -276,7 +278,13 @@ class ServerConfig(_Strict):
         if not self.tiers:
             return default_tiers()
         return TierSet(
-            BudgetTier(t.name, t.max_usd_per_query, t.max_expert_calls, t.max_tokens_per_query)
+            BudgetTier(
+                t.name,
+                t.max_usd_per_query,
+                t.max_expert_calls,
+                t.max_tokens_per_query,
+                t.target_usd_per_query,
+            )
             for t in self.tiers
         )
 

@@ -11,6 +11,12 @@ from corl_graph.training._config import Algo, MixedPrecision, PPOConfig
 from corl_graph.training._fsdp import DistInfo, init_distributed
 from corl_graph.training._grpo import GraphRollout, make_grpo_trainer, split_for_grpo, train_grpo
 from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._lagrange import (
+    TierMultipliers,
+    dual_ascent,
+    lagrangian_reward,
+    target_penalty,
+)
 from corl_graph.training._model import ActorCritic
 from corl_graph.training._ppo_losses import (
     KLEstimator,
@@ -89,6 +95,7 @@ __all__ = [
     "RewardKind",
     "RolloutBatch",
     "ScriptedPolicy",
+    "TierMultipliers",
     "TracesTask",
     "Verifier",
     "VerifierKind",
@@ -98,6 +105,7 @@ __all__ = [
     "collect",
     "compute_gae",
     "corl_reward",
+    "dual_ascent",
     "entropy_from_logits",
     "episode_metrics",
     "exact_match",
@@ -105,6 +113,7 @@ __all__ = [
     "graded_reward",
     "init_distributed",
     "kl_penalty",
+    "lagrangian_reward",
     "load_queries",
     "load_training_state",
     "logprobs_from_logits",
@@ -121,6 +130,7 @@ __all__ = [
     "sft_trainer",
     "sft_warm_start",
     "split_for_grpo",
+    "target_penalty",
     "tiny_llama",
     "tiny_tokenizer",
     "token_rewards",

@@ -17,16 +17,28 @@ Period = Literal["day", "month", "total"]
 
 @dataclass(frozen=True, slots=True)
 class BudgetTier:
-    """A per-query budget: a cap in dollars and optional caps on expert calls and tokens.
+    """A per-query budget: a hard cap in dollars, optional caps on expert calls and tokens,
+    and an optional spend target.
+
+    The cap (``max_usd_per_query``) is enforced by the ledger before money is spent: no query
+    of the tier ever costs more. The target (``target_usd_per_query``) is the *mean* spend
+    per query the tier should average; nothing enforces it at run time. Training treats it as
+    a constraint, ``E[cost | tier] <= target``, with one Lagrange multiplier per tier
+    (``corl_graph.training.TierMultipliers``). With caps alone the strongest affordable
+    expert is always the best choice and tiers cannot differ; targets make a lower tier spend
+    less on average. ``target_usd`` is the target, or the cap when none is set.
 
     >>> BudgetTier("low", max_usd_per_query=0.002, max_expert_calls=1).name
     'low'
+    >>> BudgetTier("low", 0.002, target_usd_per_query=5e-4).target_usd
+    0.0005
     """
 
     name: str
     max_usd_per_query: float
     max_expert_calls: int | None = None
     max_tokens_per_query: int | None = None
+    target_usd_per_query: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -39,12 +51,28 @@ class BudgetTier:
                 f"tier {self.name!r}: max_usd_per_query must be a finite number >= 0, "
                 f"got {self.max_usd_per_query!r}"
             )
+        target = self.target_usd_per_query
+        if target is not None and (
+            not math.isfinite(target) or not 0 < target <= self.max_usd_per_query
+        ):
+            raise ConfigError(
+                f"tier {self.name!r}: target_usd_per_query must be a finite number in "
+                f"(0, max_usd_per_query={self.max_usd_per_query}], got {target!r} (the target "
+                "is the mean spend per query; the cap is the most one query may spend)"
+            )
         for field, value in (
             ("max_expert_calls", self.max_expert_calls),
             ("max_tokens_per_query", self.max_tokens_per_query),
         ):
             if value is not None and value < 0:
                 raise ConfigError(f"tier {self.name!r}: {field} must be >= 0 or None, got {value}")
+
+    @property
+    def target_usd(self) -> float:
+        """The mean spend per query this tier aims at: the target, else the cap."""
+        if self.target_usd_per_query is not None:
+            return self.target_usd_per_query
+        return self.max_usd_per_query
 
 
 class TierSet(Mapping[str, BudgetTier]):
