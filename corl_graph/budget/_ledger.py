@@ -12,7 +12,15 @@ reservation, a retried ``settle`` or ``release`` changes nothing. Spend is never
 under-counted: a reservation whose holder died stays charged at its reserved amount.
 
 What counts against a cap ("committed" spend) is, per query and per tenant period:
-settled cost + the amount of every HELD or EXPIRED reservation.
+settled cost + the amount of every HELD or EXPIRED reservation. A query is one tenant's:
+two tenants that use the same query id have separate per-query caps.
+
+Every input is checked where it is built (``ReservationRequest``, ``Usage``), so no backend
+ever stores a NaN, an infinity, a negative amount or an unbounded id: amounts and lease
+durations must be finite and >= 0, token counts whole numbers in [0, ``MAX_TOKENS``], ids
+1 to ``MAX_ID_CHARS`` printable characters. A bad value raises ``ConfigError`` naming the
+field. ``provider_usage`` turns what a provider *reported* (which may be anything) into a
+valid ``Usage``, charging the reserved worst case when the report is impossible.
 """
 
 from __future__ import annotations
@@ -21,9 +29,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget._checks import (
+    MAX_ID_CHARS,
+    MAX_TOKENS,
+    check_amount,
+    check_id,
+    check_tokens,
+)
 from corl_graph.budget._tiers import BudgetTier, TenantBudget
 
 __all__ = [
+    "MAX_ID_CHARS",
+    "MAX_TOKENS",
     "AuditEntry",
     "AuditEvent",
     "Ledger",
@@ -33,10 +51,16 @@ __all__ = [
     "ReservationStatus",
     "SpendSummary",
     "Usage",
+    "check_amount",
+    "check_id",
+    "check_tokens",
+    "provider_usage",
 ]
 
 ReservationStatus = Literal["held", "settled", "released", "expired"]
-AuditEvent = Literal["reserved", "settled", "released", "expired", "denied", "overrun"]
+AuditEvent = Literal[
+    "reserved", "settled", "released", "expired", "denied", "overrun", "invalid_usage"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +78,15 @@ class ReservationRequest:
     input_tokens: int
     max_output_tokens: int
     lease_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        check_id(self.tenant, "tenant")
+        check_id(self.query_id, "query_id")
+        check_id(self.expert, "expert")
+        check_amount(self.amount_usd, "amount_usd")
+        check_tokens(self.input_tokens, "input_tokens")
+        check_tokens(self.max_output_tokens, "max_output_tokens")
+        check_amount(self.lease_s, "lease_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +114,69 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a call really used. ``estimated`` is True when the provider reported no usage."""
+    """What a call really used. ``estimated`` is True when the provider reported no usage.
+
+    ``flagged`` says why the provider's own report was not believed (see ``provider_usage``);
+    a ledger writes it to the audit trail as an ``invalid_usage`` line.
+
+    >>> Usage(10, -5, 0.001)
+    Traceback (most recent call last):
+    ...
+    corl_graph._exceptions.ConfigError: output_tokens must be in [0, 1000000000], got -5
+    """
 
     input_tokens: int
     output_tokens: int
     cost_usd: float
     estimated: bool = False
+    flagged: str = ""
+
+    def __post_init__(self) -> None:
+        check_tokens(self.input_tokens, "input_tokens")
+        check_tokens(self.output_tokens, "output_tokens")
+        check_amount(self.cost_usd, "cost_usd")
+
+
+def provider_usage(
+    input_tokens: object,
+    output_tokens: object,
+    cost_usd: object,
+    *,
+    estimated: bool,
+    reserved_usd: float,
+    reserved_input_tokens: int,
+    reserved_output_tokens: int,
+) -> Usage:
+    """The ``Usage`` to settle a call with, from what its provider reported.
+
+    A report that cannot be true (negative, NaN, infinite, fractional or absurdly large
+    counts or cost) is never trusted to *lower* a bill: the call is charged at its reserved
+    worst case, and ``flagged`` says what was wrong, for the audit trail. A valid report is
+    charged as reported, even above the reservation (an ``overrun``).
+
+    >>> provider_usage(10, -1_000_000, -0.6, estimated=False, reserved_usd=0.01,
+    ...                reserved_input_tokens=10, reserved_output_tokens=100).cost_usd
+    0.01
+    """
+    try:
+        return Usage(
+            input_tokens,  # type: ignore[arg-type]  # checked by Usage itself
+            output_tokens,  # type: ignore[arg-type]
+            cost_usd,  # type: ignore[arg-type]
+            estimated,
+        )
+    except ConfigError as exc:
+        reason = (
+            f"provider reported input_tokens={_short(input_tokens)}, "
+            f"output_tokens={_short(output_tokens)}, cost_usd={_short(cost_usd)} ({exc}); "
+            "charged at the reserved amount"
+        )
+    return Usage(reserved_input_tokens, reserved_output_tokens, reserved_usd, True, flagged=reason)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,14 @@ from corl_graph.budget._ledger import (
     SpendSummary,
     Usage,
 )
-from corl_graph.budget._rows import audit_entry, new_reservation, validate_request
+from corl_graph.budget._rows import (
+    audit_entry,
+    new_reservation,
+    settle_entries,
+    validate_lookup,
+    validate_request,
+    validate_usage,
+)
 from corl_graph.budget._tiers import TenantBudget, period_key
 
 __all__ = ["InMemoryLedger"]
@@ -118,7 +125,7 @@ class InMemoryLedger:
     async def reserve(
         self, request: ReservationRequest, *, reservation_id: str | None = None
     ) -> Reservation:
-        validate_request(request)
+        validate_request(request, reservation_id)
         rid = reservation_id or uuid.uuid4().hex
         now = self._clock()
         with self._lock:
@@ -150,6 +157,7 @@ class InMemoryLedger:
             raise ConfigError(f"no reservation with id {reservation_id!r}") from None
 
     async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
+        validate_usage(reservation_id, usage)
         with self._lock:
             r = self._get(reservation_id)
             if r.status in ("settled", "released"):
@@ -162,19 +170,11 @@ class InMemoryLedger:
                 tally.settled += usage.cost_usd
                 tally.tokens += real_tokens - self._tokens[r.id]
             self._tokens[r.id] = real_tokens
-            self._log(
-                "settled",
-                settled,
-                amount_usd=usage.cost_usd,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                detail="estimated" if usage.estimated else "",
-            )
-            if usage.cost_usd > r.amount_usd:
-                self._log("overrun", settled, amount_usd=usage.cost_usd - r.amount_usd)
+            self._audit += settle_entries(settled, usage, self._clock(), r.amount_usd)
             return settled
 
     async def release(self, reservation_id: str) -> Reservation:
+        validate_lookup(reservation_id=reservation_id)
         with self._lock:
             r = self._get(reservation_id)
             if r.status in ("settled", "released"):
@@ -189,10 +189,12 @@ class InMemoryLedger:
             return released
 
     async def query_spend(self, query_id: str) -> SpendSummary:
+        validate_lookup(query_id=query_id)
         with self._lock:
             return self._by_query.get(query_id, _Tally()).summary()
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
+        validate_lookup(tenant=tenant)
         with self._lock:
             period = period_key(self._budget(tenant).period, self._clock() if at is None else at)
             return self._by_tenant.get((tenant, period), _Tally()).summary()
@@ -220,6 +222,7 @@ class InMemoryLedger:
         query_id: str | None = None,
         since: float | None = None,
     ) -> list[AuditEntry]:
+        validate_lookup(tenant=tenant, query_id=query_id)
         with self._lock:
             return [
                 e

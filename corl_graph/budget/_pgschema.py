@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from corl_graph._exceptions import ConfigError, LedgerError
+from corl_graph.budget._migrate import (
+    LedgerTables,
+    finite,
+    non_negative,
+    rebuild_totals,
+    repair_rows,
+)
 from corl_graph.budget._rows import SCHEMA_VERSION
 
 __all__ = ["Tables", "create_schema", "drop_schema"]
@@ -60,6 +68,34 @@ class Tables:
     def audit(self) -> str:
         return self.name("audit")
 
+    def ledger_tables(self) -> LedgerTables:
+        return LedgerTables(self.reservations, self.query_totals, self.tenant_totals, self.audit)
+
+
+# Schema 2: no NaN, infinity or negative amount can be stored, whatever the client sends
+# (the ledger API refuses them first; these make the database refuse them too).
+_RESERVATION_CHECKS = {
+    "amount_ok": non_negative("amount_usd"),
+    "charged_ok": non_negative("charged_usd"),
+    "tokens_ok": "tokens >= 0",
+    "times_ok": f"{finite('created_at')} AND {finite('expires_at')}",
+}
+_TOTALS_CHECKS = {
+    "sums_ok": " AND ".join(finite(c) for c in ("settled_usd", "held_usd", "expired_usd")),
+    "counts_ok": "calls >= 0 AND tokens >= 0 AND held_n >= 0 AND expired_n >= 0",
+}
+_CHECKS = {
+    "tenants": {"limit_ok": non_negative("limit_usd")},
+    "reservations": _RESERVATION_CHECKS,
+    "query_totals": _TOTALS_CHECKS,
+    "tenant_totals": _TOTALS_CHECKS,
+    "audit": {"amount_ok": finite("amount_usd")},
+}
+
+
+def _checks(table: str) -> str:
+    return "".join(f", CONSTRAINT {name} CHECK ({sql})" for name, sql in _CHECKS[table].items())
+
 
 _TOTALS = (
     "settled_usd double precision NOT NULL, held_usd double precision NOT NULL, "
@@ -73,22 +109,26 @@ def _ddl(t: Tables) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {t.meta} (key text PRIMARY KEY, value text NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {t.tenants} (tenant text PRIMARY KEY, "
-        "limit_usd double precision NOT NULL, period text NOT NULL)",
+        f"limit_usd double precision NOT NULL, period text NOT NULL{_checks('tenants')})",
         f"CREATE TABLE IF NOT EXISTS {t.reservations} (id text PRIMARY KEY, "
         "tenant text NOT NULL, query_id text NOT NULL, tier text NOT NULL, expert text NOT NULL, "
         "amount_usd double precision NOT NULL, created_at double precision NOT NULL, "
         "expires_at double precision NOT NULL, period text NOT NULL, status text NOT NULL, "
-        "charged_usd double precision NOT NULL, tokens bigint NOT NULL)",
+        "charged_usd double precision NOT NULL, tokens bigint NOT NULL"
+        f"{_checks('reservations')})",
         f'CREATE INDEX IF NOT EXISTS "{p}reservations_held" ON {t.reservations} (expires_at) '
         "WHERE status = 'held'",
-        f"CREATE TABLE IF NOT EXISTS {t.query_totals} (query_id text PRIMARY KEY, {_TOTALS})",
+        f"CREATE TABLE IF NOT EXISTS {t.query_totals} (query_id text PRIMARY KEY, {_TOTALS}"
+        f"{_checks('query_totals')})",
         f"CREATE TABLE IF NOT EXISTS {t.tenant_totals} (tenant text NOT NULL, "
-        f"period text NOT NULL, {_TOTALS}, PRIMARY KEY (tenant, period))",
+        f"period text NOT NULL, {_TOTALS}, PRIMARY KEY (tenant, period)"
+        f"{_checks('tenant_totals')})",
         f"CREATE TABLE IF NOT EXISTS {t.audit} (seq bigserial PRIMARY KEY, "
         "at double precision NOT NULL, event text NOT NULL, reservation_id text NOT NULL, "
         "tenant text NOT NULL, query_id text NOT NULL, tier text NOT NULL, expert text NOT NULL, "
         "amount_usd double precision NOT NULL, input_tokens bigint NOT NULL, "
-        "output_tokens bigint NOT NULL, detail text NOT NULL)",
+        "output_tokens bigint NOT NULL, detail text NOT NULL"
+        f"{_checks('audit')})",
         f'CREATE INDEX IF NOT EXISTS "{p}audit_tenant" ON {t.audit} (tenant, seq)',
         f'CREATE INDEX IF NOT EXISTS "{p}audit_query" ON {t.audit} (query_id, seq)',
     ]
@@ -115,6 +155,9 @@ async def create_schema(conn: Any, tables: Tables) -> None:
                 (str(SCHEMA_VERSION),),
             )
             version = await _version(conn, tables)
+        elif int(version) < SCHEMA_VERSION:
+            await _migrate(conn, tables, int(version))
+            version = await _version(conn, tables)
     if version is None:  # the INSERT above cannot leave it missing
         raise LedgerError(f"ledger tables {tables.meta} have no schema_version row")
     if int(version) > SCHEMA_VERSION:
@@ -122,6 +165,24 @@ async def create_schema(conn: Any, tables: Tables) -> None:
             f"ledger tables {tables.meta} have schema version {version}, newer than this "
             f"corl_graph supports ({SCHEMA_VERSION}); upgrade corl_graph"
         )
+
+
+async def _migrate(conn: Any, tables: Tables, version: int) -> None:
+    """Bring tables of an older schema version up to date, inside the caller's transaction
+    (under its advisory lock, so one replica migrates and the others wait)."""
+    if version < 2:
+        lt = tables.ledger_tables()
+        for statement in [*repair_rows(lt, time.time()), *rebuild_totals(lt)]:
+            await conn.execute(statement)
+        for table, checks in _CHECKS.items():
+            for name, sql in checks.items():
+                await conn.execute(
+                    f"ALTER TABLE {tables.name(table)} ADD CONSTRAINT {name} CHECK ({sql})"
+                )
+    await conn.execute(
+        f"UPDATE {tables.meta} SET value = %s WHERE key = 'schema_version'",
+        (str(SCHEMA_VERSION),),
+    )
 
 
 async def _version(conn: Any, tables: Tables) -> str | None:

@@ -57,7 +57,9 @@ from corl_graph.budget._rows import (
     reserved_entry,
     totals_from_row,
     transition,
+    validate_lookup,
     validate_request,
+    validate_usage,
 )
 from corl_graph.budget._tiers import Period, TenantBudget, period_key
 
@@ -410,7 +412,7 @@ class PostgresLedger:
     async def reserve(
         self, request: ReservationRequest, *, reservation_id: str | None = None
     ) -> Reservation:
-        validate_request(request)
+        validate_request(request, reservation_id)
         rid = reservation_id or uuid.uuid4().hex
 
         async def op(conn: Any) -> Reservation | BudgetExceededError:
@@ -490,10 +492,12 @@ class PostgresLedger:
             return new.reservation, True
 
     async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
+        validate_usage(reservation_id, usage)
         done = await self._run(lambda conn: self._apply(conn, reservation_id, "settle", usage))
         return done[0]
 
     async def release(self, reservation_id: str) -> Reservation:
+        validate_lookup(reservation_id=reservation_id)
         done = await self._run(lambda conn: self._apply(conn, reservation_id, "release", None))
         return done[0]
 
@@ -502,12 +506,16 @@ class PostgresLedger:
         return totals_from_row(await cur.fetchone())
 
     async def query_spend(self, query_id: str) -> SpendSummary:
+        validate_lookup(query_id=query_id)
+
         async def op(conn: Any) -> Totals:
             return await self._totals(conn, self._tables.query_totals, "query_id = %s", (query_id,))
 
         return (await self._run(op)).summary()
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
+        validate_lookup(tenant=tenant)
+
         async def op(conn: Any) -> Totals:
             budget = await self._budget(tenant, await self._ask_budget(conn, tenant))
             period = period_key(budget.period, self._clock() if at is None else at)
@@ -547,6 +555,7 @@ class PostgresLedger:
         query_id: str | None = None,
         since: float | None = None,
     ) -> list[AuditEntry]:
+        validate_lookup(tenant=tenant, query_id=query_id)
         sql, params = audit_select(
             self._tables.audit, "%s", tenant=tenant, query_id=query_id, since=since
         )

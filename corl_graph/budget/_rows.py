@@ -28,6 +28,7 @@ from corl_graph.budget._ledger import (
     ReservationRequest,
     SpendSummary,
     Usage,
+    check_id,
 )
 
 __all__ = [
@@ -47,13 +48,17 @@ __all__ = [
     "reservation_from_row",
     "reservation_values",
     "reserved_entry",
+    "settle_entries",
     "totals_from_row",
     "transition",
+    "validate_lookup",
     "validate_request",
+    "validate_usage",
 ]
 
-# Bump when a table changes; a ledger refuses files written by a newer version.
-SCHEMA_VERSION = 1
+# Bump when a table changes; a ledger refuses files written by a newer version and migrates
+# older ones (``_migrate``). 2: inputs checked, rows repaired, CHECK constraints (PostgreSQL).
+SCHEMA_VERSION = 2
 
 Action = Literal["settle", "release", "expire"]
 
@@ -131,10 +136,65 @@ class Totals:
             self.expired_usd = 0.0
 
 
-def validate_request(request: ReservationRequest) -> None:
-    """Refuse negative amounts before touching storage (same rule as ``InMemoryLedger``)."""
-    if request.amount_usd < 0 or request.input_tokens < 0 or request.max_output_tokens < 0:
-        raise ConfigError(f"reservation amounts must be >= 0, got {request!r}")
+def validate_request(request: ReservationRequest, reservation_id: str | None = None) -> None:
+    """The ledger API's own check of a request, before it touches storage.
+
+    ``ReservationRequest`` checks itself when built; this checks again, so that an object
+    altered afterwards (``object.__setattr__`` on the frozen dataclass, a duck-typed stand-in)
+    still cannot put a NaN, a negative amount or an unbounded id into the ledger.
+    """
+    if not isinstance(request, ReservationRequest):
+        raise ConfigError(f"reserve() takes a ReservationRequest, got {type(request).__name__}")
+    ReservationRequest.__post_init__(request)
+    if reservation_id is not None:
+        check_id(reservation_id, "reservation_id")
+
+
+def validate_usage(reservation_id: str, usage: Usage) -> None:
+    """The ledger API's check of a settle: a valid id and a valid ``Usage``."""
+    check_id(reservation_id, "reservation_id")
+    if not isinstance(usage, Usage):
+        raise ConfigError(f"settle() takes a Usage, got {type(usage).__name__}")
+    Usage.__post_init__(usage)
+
+
+def validate_lookup(
+    *, tenant: str | None = None, query_id: str | None = None, reservation_id: str | None = None
+) -> None:
+    """Ids a read or a release is given: a malformed one is a ``ConfigError``, not a
+    driver's encoding error (a lone surrogate cannot be sent to SQLite or PostgreSQL)."""
+    for what, value in (
+        ("tenant", tenant),
+        ("query_id", query_id),
+        ("reservation_id", reservation_id),
+    ):
+        if value is not None:
+            check_id(value, what)
+
+
+def settle_entries(
+    settled: Reservation, usage: Usage, at: float, reserved_usd: float
+) -> list[AuditEntry]:
+    """The audit lines of a settle: the charge, an overrun, a provider report not believed."""
+    entries = [
+        audit_entry(
+            "settled",
+            settled,
+            at,
+            amount_usd=usage.cost_usd,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            detail="estimated" if usage.estimated else "",
+        )
+    ]
+    if usage.cost_usd > reserved_usd:
+        over = usage.cost_usd - reserved_usd
+        entries.append(audit_entry("overrun", settled, at, amount_usd=over))
+    if usage.flagged:
+        entries.append(
+            audit_entry("invalid_usage", settled, at, amount_usd=0.0, detail=usage.flagged)
+        )
+    return entries
 
 
 def new_reservation(
@@ -211,21 +271,7 @@ def transition(
     settled = StoredReservation(
         replace(r, status="settled"), usage.cost_usd, usage.input_tokens + usage.output_tokens
     )
-    entries = [
-        audit_entry(
-            "settled",
-            settled.reservation,
-            at,
-            amount_usd=usage.cost_usd,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            detail="estimated" if usage.estimated else "",
-        )
-    ]
-    if usage.cost_usd > r.amount_usd:
-        over = usage.cost_usd - r.amount_usd
-        entries.append(audit_entry("overrun", settled.reservation, at, amount_usd=over))
-    return settled, entries
+    return settled, settle_entries(settled.reservation, usage, at, r.amount_usd)
 
 
 # Column order shared by both SQL backends; the converters below read and write in this order.

@@ -37,6 +37,7 @@ from corl_graph.budget._ledger import (
     SpendSummary,
     Usage,
 )
+from corl_graph.budget._migrate import LedgerTables, rebuild_totals, repair_rows
 from corl_graph.budget._rows import (
     AUDIT_COLUMNS,
     RESERVATION_COLUMNS,
@@ -55,7 +56,9 @@ from corl_graph.budget._rows import (
     reserved_entry,
     totals_from_row,
     transition,
+    validate_lookup,
     validate_request,
+    validate_usage,
 )
 from corl_graph.budget._tiers import TenantBudget, period_key
 
@@ -198,11 +201,24 @@ class SQLiteLedger:
             (version,) = conn.execute(
                 f"SELECT value FROM {_P}meta WHERE key = 'schema_version'"
             ).fetchone()
+            if int(version) < SCHEMA_VERSION:
+                self._migrate(conn)
         if int(version) > SCHEMA_VERSION:
             raise LedgerError(
                 f"ledger {self.path!r} has schema version {version}, newer than this corl_graph "
                 f"supports ({SCHEMA_VERSION}); upgrade corl_graph"
             )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an older file up to this schema inside the open transaction (``_migrate``)."""
+        tables = LedgerTables(
+            f"{_P}reservations", f"{_P}query_totals", f"{_P}tenant_totals", f"{_P}audit"
+        )
+        for statement in [*repair_rows(tables, self._clock()), *rebuild_totals(tables)]:
+            conn.execute(statement)
+        conn.execute(
+            f"UPDATE {_P}meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
 
     def _check_file(self) -> None:
         """Fail closed if the ledger file was removed or replaced while we held it open.
@@ -318,7 +334,7 @@ class SQLiteLedger:
     async def reserve(
         self, request: ReservationRequest, *, reservation_id: str | None = None
     ) -> Reservation:
-        validate_request(request)
+        validate_request(request, reservation_id)
         rid = reservation_id or uuid.uuid4().hex
 
         def work() -> Reservation | BudgetExceededError:
@@ -360,15 +376,20 @@ class SQLiteLedger:
         return new.reservation
 
     async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
+        validate_usage(reservation_id, usage)
         return await self._run(lambda: self._apply(reservation_id, "settle", usage))
 
     async def release(self, reservation_id: str) -> Reservation:
+        validate_lookup(reservation_id=reservation_id)
         return await self._run(lambda: self._apply(reservation_id, "release", None))
 
     async def query_spend(self, query_id: str) -> SpendSummary:
+        validate_lookup(query_id=query_id)
         return await self._run(lambda: self._query_totals(query_id).summary())
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
+        validate_lookup(tenant=tenant)
+
         def work() -> SpendSummary:
             period = period_key(self._budget(tenant).period, self._clock() if at is None else at)
             return self._tenant_totals(tenant, period).summary()
@@ -395,6 +416,7 @@ class SQLiteLedger:
         query_id: str | None = None,
         since: float | None = None,
     ) -> list[AuditEntry]:
+        validate_lookup(tenant=tenant, query_id=query_id)
         sql, params = audit_select(f"{_P}audit", "?", tenant=tenant, query_id=query_id, since=since)
         rows = await self._run(lambda: self._conn.execute(sql, params).fetchall())
         return [audit_from_row(row) for row in rows]

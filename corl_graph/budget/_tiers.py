@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from corl_graph._exceptions import ConfigError, UnknownTierError
+from corl_graph.budget._checks import check_id
 
 __all__ = ["BudgetTier", "Period", "TenantBudget", "TierSet", "default_tiers", "period_key"]
 
@@ -136,8 +137,7 @@ class TenantBudget:
     period: Period = "month"
 
     def __post_init__(self) -> None:
-        if not self.tenant:
-            raise ConfigError("tenant name must be non-empty")
+        check_id(self.tenant, "tenant name")
         if not math.isfinite(self.limit_usd) or self.limit_usd < 0:
             raise ConfigError(
                 f"tenant {self.tenant!r}: limit_usd must be a finite number >= 0, "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corl_graph._exceptions import BudgetExceededError, ConfigError, DataFormatError, ExpertError
-from corl_graph.budget import BudgetTier, Ledger, ReservationRequest, Usage
+from corl_graph.budget import BudgetTier, Ledger, ReservationRequest
 from corl_graph.experts._expert import Expert, ExpertReply, ExpertRequest, PriceSheet
 
 __all__ = [
@@ -259,10 +259,9 @@ class CachedExpert(Expert):
         except BaseException:
             await self.ledger.release(held.id)
             raise
-        cost = self.live.cost_of(reply)
-        await self.ledger.settle(
-            held.id, Usage(reply.input_tokens, reply.output_tokens, cost, reply.estimated)
-        )
+        usage, reply = self.live.usage_of(reply, tokens, worst)
+        await self.ledger.settle(held.id, usage)
+        cost = usage.cost_usd
         self.live_calls += 1
         self.live_usd += cost
         self.cache.add(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from corl_graph._exceptions import ConfigError
+from corl_graph.budget._ledger import Usage, provider_usage
 from corl_graph.protocol import ExpertDescriptor, is_valid_name
 
 __all__ = [
@@ -147,6 +148,39 @@ class Expert(ABC):
         if reply.cost_usd is not None:
             return reply.cost_usd
         return self.price.cost(reply.input_tokens, reply.output_tokens)
+
+    def usage_of(
+        self, reply: ExpertReply, input_tokens: int, reserved_usd: float
+    ) -> tuple[Usage, ExpertReply]:
+        """What to settle ``reply`` with, and the reply as it was charged.
+
+        A provider's report that cannot be true (negative, NaN or absurd counts or cost) is
+        charged at the reserved worst case (``input_tokens`` + ``max_output_tokens``,
+        ``reserved_usd``) and flagged for the audit trail, so a broken or hostile endpoint can
+        never lower a tenant's bill; the returned reply then carries the charged counts.
+        """
+        try:
+            cost: object = self.cost_of(reply)
+        except (TypeError, ValueError, OverflowError):
+            cost = float("nan")
+        usage = provider_usage(
+            reply.input_tokens,
+            reply.output_tokens,
+            cost,
+            estimated=reply.estimated,
+            reserved_usd=reserved_usd,
+            reserved_input_tokens=input_tokens,
+            reserved_output_tokens=self.max_output_tokens,
+        )
+        if usage.flagged:
+            reply = replace(
+                reply,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                estimated=True,
+                cost_usd=usage.cost_usd,
+            )
+        return usage, reply
 
     @abstractmethod
     async def agenerate(self, request: ExpertRequest) -> ExpertReply:

@@ -181,10 +181,10 @@ async def _attempts(
             else:  # refused, or answered with an error status: no reply, so nothing billed
                 await _retrying(ledger, partial(ledger.release, reservation.id))
         else:
-            cost = expert.cost_of(reply)
-            usage = Usage(reply.input_tokens, reply.output_tokens, cost, reply.estimated)
+            # an impossible provider report is charged at the worst case, never refunded
+            usage, reply = expert.usage_of(reply, in_tokens, worst)
             await _retrying(ledger, partial(ledger.settle, reservation.id, usage))
-            tally.spent += cost
+            tally.spent += usage.cost_usd
             return _ok(expert, request, reply, extract, tally), reply
         if attempt <= expert.max_retries:
             backoff = expert.retry_backoff_s * 2 ** (attempt - 1)
