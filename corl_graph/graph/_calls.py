@@ -40,8 +40,8 @@ from corl_graph.budget import (
     ReservationRequest,
     Usage,
 )
+from corl_graph.budget._envelope import QueryEnvelope, envelope_request
 from corl_graph.experts import AnswerExtractor, Expert, ExpertReply, ExpertRequest
-from corl_graph.graph._envelope import QueryEnvelope, envelope_request
 from corl_graph.protocol import CallStatus, ExpertCall
 from corl_graph.tracing import RouterTracer, redact
 

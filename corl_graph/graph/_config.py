@@ -19,8 +19,8 @@ from corl_graph.budget import (
     TierSet,
     default_tiers,
 )
+from corl_graph.budget._envelope import QueryEnvelope
 from corl_graph.experts import AnswerExtractor, Expert, extract_answer
-from corl_graph.graph._envelope import QueryEnvelope
 from corl_graph.policies import Policy
 from corl_graph.protocol import ExpertDescriptor
 from corl_graph.tracing import RouterTracer

@@ -11,8 +11,8 @@ from router_experts import TIER, router_over, two_experts
 
 from corl_graph import Router
 from corl_graph.budget import Ledger, TenantBudget
+from corl_graph.budget._envelope import ENVELOPE_EXPERT
 from corl_graph.graph._calls import hold_for_run
-from corl_graph.graph._envelope import ENVELOPE_EXPERT
 from corl_graph.protocol import Aggregate, CallExpert
 from corl_graph.testing import ScriptedPolicy
 

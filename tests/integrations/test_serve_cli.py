@@ -19,9 +19,9 @@ from integration_fakes import free_port
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import InMemoryLedger, SQLiteLedger
+from corl_graph.budget._envelope import ENVELOPE_EXPERT
 from corl_graph.budget._leases import LEASE_EXPERT
 from corl_graph.cli import main
-from corl_graph.graph._envelope import ENVELOPE_EXPERT
 
 ROWS = [
     {
