@@ -1,11 +1,12 @@
 """PostgreSQL ledger: one database shared by several router replicas.
 
 Each operation is one short READ COMMITTED transaction that locks the rows it changes, always
-in the same order — reservation, then the query's totals row, then the tenant period's totals
-row — so two replicas can never both pass a cap check on stale totals (no lost updates) and
-never deadlock each other. A deadlock or serialization failure anyway (say a DBA's manual
-transaction) is retried: every operation is idempotent by reservation id, so a retry after an
-unknown outcome is safe too.
+in the same order — reservation (a reserve takes an advisory lock on its id instead, as the
+row may not exist yet), then the query's totals row, then the tenant period's totals row —
+so two replicas can never both pass a cap check on stale totals (no lost updates), never both
+create one reservation id, and never deadlock each other. A deadlock or serialization failure
+anyway (say a DBA's manual transaction) is retried: every operation is idempotent by
+reservation id, so a retry after an unknown outcome is safe too.
 
 psycopg is imported when the first connection opens, so routing without the ``postgres``
 extra never needs it.
@@ -14,6 +15,7 @@ extra never needs it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 import time
@@ -423,6 +425,10 @@ class PostgresLedger:
             # Two round trips: (budget, lock query row, look up id, lock the tenant row of the
             # period guessed from the last budget seen), writes. A wrong guess costs a third.
             async with conn.pipeline(), conn.transaction():
+                # Serialise reserves of one id first: two of them for different query ids
+                # would lock different query rows, both find no reservation, and both count
+                # it (the second INSERT only updates the row; its totals were already moved).
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._id_lock(rid),))
                 budget_cur = await self._ask_budget(conn, request.tenant)
                 query_cur = await self._ask_lock_query(conn, request.query_id)
                 # Runs after the query row is locked, so a concurrent retry of this same
@@ -460,6 +466,13 @@ class PostgresLedger:
         if isinstance(result, BudgetExceededError):
             raise result
         return result
+
+    def _id_lock(self, reservation_id: str) -> int:
+        """A signed 64-bit advisory-lock key for one reservation id of these tables."""
+        digest = hashlib.blake2b(
+            f"{self._tables.reservations}\0{reservation_id}".encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "big", signed=True)
 
     async def _apply(
         self, conn: Any, reservation_id: str, action: Action, usage: Usage | None
