@@ -3,7 +3,9 @@
 Errors follow OpenAI's shape, ``{"error": {"message", "type", "code", "param"}}``, with these
 statuses::
 
-    400 invalid_request   malformed JSON, a missing field, n > 1, non-text content
+    400 invalid_request   malformed JSON, a missing field, n > 1, non-text content, JSON nested
+                          deeper than MAX_JSON_DEPTH, a lone surrogate (``\\ud800``) in any
+                          string, a malformed ``metadata.query_id``, two Authorization headers
     401 invalid_api_key   no key, or a key no tenant owns
     404 model_not_found   a model that is not "<prefix><tier>"
     413 request_too_large the body is larger than max_request_bytes
@@ -26,9 +28,21 @@ from typing import Any, Literal
 from corl_graph.integrations._common import chunk_text, render_query, result_metadata
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget._checks import check_id
 from corl_graph.graph import RouteResult
 
 __all__ = ["ApiError", "ChatRequest", "completion", "parse_request", "sse_chunks"]
+
+# No chat request nests deeper than this; a deeper body is refused before validation (Python's
+# json module and pydantic recurse, so a 2 KB body of 1,000 brackets used to end in a 500).
+MAX_JSON_DEPTH = 32
+# metadata follows OpenAI's limits; a client query id also lands in every ledger row and, with
+# a run suffix, must stay within the ledger's id bound.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_QUERY_ID = 128
 
 
 class ApiError(Exception):
@@ -53,9 +67,15 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, type="invalid_request_error", code="invalid_request", param=param)
 
 
-def budget_exhausted(message: str) -> ApiError:
+def budget_exhausted(message: str, *, retry_after_s: float | None = None) -> ApiError:
+    """429 ``budget_exhausted``: final (``x-should-retry: false``) when only more budget can
+    help; retryable with ``Retry-After`` when calls in flight hold what could free room."""
+    if retry_after_s is None:
+        return ApiError(429, message, type="insufficient_quota", code="budget_exhausted",
+                        headers={"x-should-retry": "false"})
     return ApiError(429, message, type="insufficient_quota", code="budget_exhausted",
-                    headers={"x-should-retry": "false"})
+                    headers={"x-should-retry": "true",
+                             "retry-after": str(max(1, round(retry_after_s)))})
 
 
 class _TextPart(BaseModel):
@@ -95,17 +115,22 @@ class ChatRequest(BaseModel):
     metadata: dict[str, str] | None = None
 
     def query(self) -> str:
-        query = render_query([(m.role, m.text()) for m in self.messages])
+        query: str = render_query([(m.role, m.text()) for m in self.messages])
         if not query.strip():
             raise bad_request("the messages hold no text", param="messages")
         return query
 
 
 def parse_request(body: bytes) -> ChatRequest:
+    """The request in ``body``, or an ``ApiError`` 400 that names what is wrong; nothing a
+    client sends can end in a 500."""
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from exc
+    _check_tree(data)
     try:
         request = ChatRequest.model_validate(data)
     except ValidationError as exc:
@@ -114,7 +139,67 @@ def parse_request(body: bytes) -> ChatRequest:
         raise bad_request(f"{where}: {first['msg']}", param=where or None) from exc
     if request.n != 1:
         raise bad_request("only n=1 is supported", param="n")
+    _check_metadata(request.metadata)
     return request
+
+
+def _check_tree(data: Any) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH and strings with lone surrogates (JSON's
+    ``\\ud800`` escapes decode to them, and nothing downstream can encode them)."""
+    todo: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while todo:
+        value, depth, where = todo.pop()
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                raise bad_request(
+                    f"{where or 'the body'}: the text holds a lone UTF-16 surrogate (an unpaired "
+                    "\\ud800-\\udfff escape), which is not a character",
+                    param=where or None,
+                )
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels",
+                              param=where or None)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            path = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and _has_surrogate(key):
+                raise bad_request(f"{where or 'the body'}: a key holds a lone UTF-16 surrogate",
+                                  param=where or None)
+            todo.append((item, depth + 1, path))
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    if not metadata:
+        return
+    query_id = metadata.get("query_id")
+    if query_id is not None:
+        try:
+            check_id(query_id, "metadata.query_id")
+            if len(query_id) > MAX_QUERY_ID:
+                raise ConfigError(
+                    f"metadata.query_id must be 1 to {MAX_QUERY_ID} characters, "
+                    f"got {len(query_id)}"
+                )
+        except ConfigError as exc:
+            raise bad_request(str(exc), param="metadata.query_id") from None
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise bad_request(f"metadata: at most {MAX_METADATA_PAIRS} pairs", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise bad_request(
+                f"metadata: keys at most {MAX_METADATA_KEY} characters, values at most "
+                f"{MAX_METADATA_VALUE}", param=f"metadata.{key[:MAX_METADATA_KEY]}")
 
 
 def _usage(result: RouteResult) -> dict[str, Any]:

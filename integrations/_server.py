@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -38,7 +39,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError, RunError
+from corl_graph._exceptions import (
+    BudgetExceededError,
+    ConfigError,
+    LedgerError,
+    QueryTimeoutError,
+    RunError,
+)
 from corl_graph.budget import TenantBudget
 from corl_graph.experts import ReplayExpert
 from corl_graph.graph import Router, RouterConfig, RouteResult
@@ -130,10 +137,25 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         body = ApiError(exc.status_code, str(exc.detail), type="invalid_request_error", code=code)
         return JSONResponse(body.body(), status_code=exc.status_code)
 
+    @app.exception_handler(LedgerError)
+    async def ledger_down(request: Request, exc: LedgerError) -> JSONResponse:
+        log.error("ledger unavailable: %s", exc)  # the message names the database: log only
+        body = ApiError(503, "the budget ledger is unavailable; nothing was charged, retry later",
+                        type="server_error", code="ledger_unavailable")
+        return JSONResponse(body.body(), status_code=503, headers={"retry-after": "5"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug of ours, never the client's input: logged whole, answered without detail.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        body = ApiError(500, "internal error (logged on the server)", type="server_error",
+                        code="internal_error")
+        return JSONResponse(body.body(), status_code=500)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "draining" if state.draining else "ok",
-                "in_flight": len(state.tasks), "policy": state.router.config.policy.name}
+        # No key needed, so nothing here names the policy, experts, tenants or ledger.
+        return {"status": "draining" if state.draining else "ok", "in_flight": len(state.tasks)}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -170,7 +192,12 @@ def _add_routes(app: FastAPI, state: _State) -> None:
 
 
 def _tenant(request: Request, state: _State) -> str:
-    header = request.headers.get("authorization", "")
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:  # which one would pay? refuse rather than guess
+        raise ApiError(400, "send one Authorization header, not several",
+                       type="invalid_request_error", code="invalid_request",
+                       param="authorization")
+    header = headers[0] if headers else ""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
@@ -231,19 +258,44 @@ def _tier_of(model: str, state: _State, tenant: str) -> str:
     return tier
 
 
+# Retry-After of a 429 refused while calls in flight hold the budget: about one call's time.
+RETRY_HELD_S = 1.0
+_EPS = 1e-12
+
+
+async def _in_flight_usd(state: _State, tenant: str) -> tuple[float, float]:
+    """(dollars spent for good: settled + expired, dollars held by calls in flight).
+
+    With budget_hold="leased" the unused room of open budget slices is neither: it is free."""
+    spend = await state.ledger.tenant_spend(tenant)
+    held = spend.held_usd
+    leases = state.router.config.leases
+    if leases is not None:
+        held = max(held - leases.open_usd(tenant), 0.0)
+    return spend.settled_usd + spend.expired_usd, held
+
+
 async def _check_tenant_budget(state: _State, tenant: str) -> None:
     """Refuse before routing when the tenant has nothing left (the ledger refuses each call
-    anyway; this saves the controller's work and gives a clear 429)."""
-    spend = await state.ledger.tenant_spend(tenant)
-    committed = spend.committed_usd
-    leases = state.router.config.leases
-    if leases is not None:  # budget_hold="leased": room in its open slices is not spent
-        committed -= leases.open_usd(tenant)
-    if committed >= state.budgets[tenant].limit_usd - 1e-12:
-        raise budget_exhausted(
-            f"tenant {tenant!r} has spent its {state.budgets[tenant].period} budget of "
-            f"${state.budgets[tenant].limit_usd:g}"
-        )
+    anyway; this saves the controller's work and gives a clear 429).
+
+    The rule for every 429 ``budget_exhausted``: final (``x-should-retry: false``) when
+    settled and expired spend alone leave no room, since only more budget helps; retryable
+    (``x-should-retry: true``, ``Retry-After``) when calls in flight hold the rest, as their
+    settles usually free part of what they hold."""
+    spent, held = await _in_flight_usd(state, tenant)
+    budget = state.budgets[tenant]
+    if spent + held >= budget.limit_usd - _EPS:
+        raise _exhausted(f"tenant {tenant!r} has spent its {budget.period} budget of "
+                         f"${budget.limit_usd:g}", spent=spent, held=held, limit=budget.limit_usd)
+
+
+def _exhausted(message: str, *, spent: float, held: float, limit: float) -> ApiError:
+    if held > _EPS and spent < limit - _EPS:
+        return budget_exhausted(
+            f"{message}; ${held:.6f} of it is held by calls in flight, retry once they settle",
+            retry_after_s=RETRY_HELD_S)
+    return budget_exhausted(message)
 
 
 async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> RouteResult:
@@ -257,7 +309,11 @@ async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> Ro
     try:
         result = await asyncio.shield(task)
     except ConfigError as exc:
-        raise ApiError(400, str(exc), type="invalid_request_error", code="invalid_request") from exc
+        raise ApiError(400, _public(str(exc), state), type="invalid_request_error",
+                       code="invalid_request") from exc
+    except QueryTimeoutError as exc:
+        raise ApiError(504, _public(str(exc), state), type="server_error",
+                       code="timeout") from exc
     except asyncio.CancelledError:
         raise ApiError(503, "the request was cancelled by shutdown", type="server_error",
                        code="shutting_down") from None
@@ -266,16 +322,36 @@ async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> Ro
             state.tasks.discard(task)
         else:
             task.add_done_callback(state.tasks.discard)
-    return _checked(result)
+    return await _checked(result, state, tenant)
 
 
-def _checked(result: RouteResult) -> RouteResult:
+async def _checked(result: RouteResult, state: _State, tenant: str) -> RouteResult:
     error: RunError | None = unanswered_error(result)
     if isinstance(error, BudgetExceededError):
-        raise budget_exhausted(str(error))
+        message = _public(str(error), state)
+        if error.scope != "tenant":  # the tier's cap: the same request is refused again
+            raise budget_exhausted(message)
+        spent, held = await _in_flight_usd(state, tenant)
+        raise _exhausted(message, spent=spent, held=held,
+                         limit=state.budgets[tenant].limit_usd)
     if error is not None:
-        raise ApiError(502, str(error), type="api_error", code="upstream_error")
+        log.warning("no answer for tenant %r: %s", tenant, error)
+        raise ApiError(502, _public(str(error), state), type="api_error", code="upstream_error")
     return result
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _public(message: str, state: _State) -> str:
+    """``message`` fit for a tenant: no URL (the ledger's database, an expert's endpoint) and
+    no ledger file path. The whole message stays in the server's log."""
+    url = state.config.ledger_url
+    path = url.split("://", 1)[1].lstrip("/") if url.startswith("sqlite:") else ""
+    message = _URL.sub("<url>", message)
+    if len(path) > 1:
+        message = message.replace(path, "<ledger>")
+    return message
 
 
 async def _drain(state: _State) -> None:

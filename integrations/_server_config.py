@@ -174,6 +174,12 @@ class TenantConfig(_Strict):
     # Tiers (model names without the prefix) this tenant may use and see; None = all.
     allowed_tiers: list[str] | None = None
 
+    @model_validator(mode="after")
+    def _ascii_keys(self) -> TenantConfig:
+        for key in (*self.api_keys, *self.revoked_api_keys):
+            _check_key(key.get_secret_value(), f"tenant {self.name!r}: an API key")
+        return self
+
     def revoked(self) -> set[str]:
         return {k.get_secret_value() for k in self.revoked_api_keys}
 
@@ -183,6 +189,7 @@ class TenantConfig(_Strict):
             value = os.environ.get(env)
             if not value:
                 raise ConfigError(f"tenant {self.name!r}: environment variable {env} is not set")
+            _check_key(value, f"tenant {self.name!r}: the API key in {env}", error=ConfigError)
             found.append(value)
         if not found:
             raise ConfigError(f"tenant {self.name!r} has no API key: set api_keys or api_key_envs")
@@ -315,6 +322,17 @@ class ServerConfig(_Strict):
             budget_hold=self.budget_hold,
             budget_lease_usd=self.budget_lease_usd,
             default_tier=self.default_tier or next(iter(tiers)),
+        )
+
+
+def _check_key(key: str, what: str, error: type[Exception] = ValueError) -> None:
+    """An API key must be visible ASCII (0x21-0x7E): HTTP carries headers as bytes that
+    clients send in ASCII, so a key with other characters (or spaces) could never match."""
+    if not key or any(not "!" <= c <= "~" for c in key):
+        raise error(
+            f"{what} holds characters other than visible ASCII (letters, digits, punctuation; "
+            "no spaces); such a key can never authenticate: generate it with, e.g., "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
 
 
