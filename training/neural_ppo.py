@@ -34,7 +34,7 @@ from torch import nn
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import TierSet
-from corl_graph.evaluation._sim import episode_arrays, run_episodes
+from corl_graph.evaluation import episode_arrays, run_episodes
 from corl_graph.experts import OutcomeTable, ReplayExpert
 from corl_graph.policies._neural import (
     _LOG_W_RANGE,

@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corl_graph._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from corl_graph.evaluation import ControllerSpec
 
 __all__ = ["add_parser", "run"]
 
@@ -25,9 +28,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("table", help="outcome table NAME.jsonl.gz (NAME.models.json beside it)")
     p.add_argument("--policy", help="neural policy weights (path without .npz/.json)")
-    p.add_argument("--pool", help="comma-separated models (default: the table's preset)")
-    p.add_argument("--controller", help="controller model (default: the preset's)")
-    p.add_argument("--caps", help="tiers as name=usd,... (default: the preset's)")
+    add_pool_arguments(p)
     p.add_argument("--embeddings", help="precomputed embeddings .npz (else computed, cached)")
     p.add_argument("--out", default="eval_results", help="folder for JSON and PNG")
     p.add_argument("--limit", type=int, help="only the first N test queries")
@@ -67,30 +68,53 @@ def add_parser(sub: Any) -> None:
     )
 
 
+def add_pool_arguments(p: Any) -> None:
+    """--pool, --controller, --tiers (alias --caps), --preset, --max-output-tokens."""
+    p.add_argument("--pool", help="comma-separated models (default: every model of the table)")
+    p.add_argument(
+        "--controller", help="the controller model (default: the pool's cheapest on train)"
+    )
+    p.add_argument(
+        "--tiers",
+        "--caps",
+        dest="tiers",
+        metavar="NAME=CAP[:TARGET],...",
+        help="tiers in dollars per query, e.g. low=0.001:0.0004,medium=0.01,high=0.05 "
+        "(default: derived from the single models' costs, see docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--preset",
+        action="store_true",
+        help="start from the table's preset pool, controller and tiers (visible tables only)",
+    )
+    p.add_argument(
+        "--max-output-tokens", type=int, help="cap every expert's replies (default: recorded)"
+    )
+
+
+def pool_setup(args: argparse.Namespace, table: Any) -> Any:
+    """The ``PoolSetup`` the arguments describe."""
+    from corl_graph.evaluation import resolve_pool
+
+    if args.max_output_tokens is not None and args.max_output_tokens < 1:
+        raise ConfigError("--max-output-tokens must be >= 1")
+    pool = [m.strip() for m in args.pool.split(",") if m.strip()] if args.pool else None
+    return resolve_pool(
+        table,
+        pool=pool,
+        controller=args.controller,
+        tiers=args.tiers,
+        preset=args.preset,
+        max_output_tokens=args.max_output_tokens,
+    )
+
+
 def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
-    from corl_graph.budget import BudgetTier, TierSet
-    from corl_graph.evaluation import PRESETS, TablePreset, preset_experts
     from corl_graph.experts import OutcomeTable
 
     table = OutcomeTable.load(args.table)
-    preset = PRESETS.get(table.name)
-    if preset is None and not (args.pool and args.caps):
-        raise ConfigError(f"table {table.name!r} has no preset: pass --pool and --caps")
-    pool = tuple(args.pool.split(",")) if args.pool else preset.pool  # type: ignore[union-attr]
-    caps: tuple[tuple[str, float], ...]
-    if args.caps:
-        try:
-            caps = tuple((n, float(v)) for n, v in (c.split("=") for c in args.caps.split(",")))
-        except ValueError as exc:
-            raise ConfigError(f"--caps must look like low=0.001,high=0.01: {exc}") from exc
-    else:
-        caps = preset.caps  # type: ignore[union-attr]
-    controller = args.controller or (preset.controller if preset else pool[0])
-    chosen = TablePreset(
-        table.name, pool, controller, caps, preset.max_output_tokens if preset else None
-    )
-    tiers = TierSet([BudgetTier(n, c) for n, c in caps])
-    return table, preset_experts(table, chosen), tiers, controller
+    setup = pool_setup(args, table)
+    return table, setup.experts, setup.tiers, setup.controller
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +148,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_controller(
+    path: str | Path,
+    *,
+    label: str | None = None,
+    temperature: float = 0.0,
+    max_new_tokens: int = 64,
+    batch: int = 8,
+) -> ControllerSpec:
+    """A ``save_pretrained`` folder run in process with ``HFPolicy`` (imports torch).
+    ``batch`` queries are routed at once; their decisions are sampled as one batch, which is
+    what keeps a CPU busy without thrashing (64 concurrent contexts would only add padding)."""
+    from corl_graph.evaluation import ControllerSpec
+
+    try:
+        from corl_graph.training import HFPolicy
+    except ImportError as exc:
+        raise ConfigError(
+            "evaluating a checkpoint needs the training extra: pip install 'corl-graph[training]'"
+        ) from exc
+    name = label or _label(Path(path))
+    policy = HFPolicy.from_pretrained(
+        path, name=name, temperature=temperature, max_new_tokens=max_new_tokens, max_batch=batch
+    )
+    return ControllerSpec(name, policy, concurrency=batch)
+
+
+def _label(path: Path) -> str:
+    # OUTPUT_DIR/final says little on its own; keep the run's folder name with it
+    parts = path.resolve().parts
+    return (
+        "/".join(parts[-2:])
+        if path.name in ("final", "") or path.name.startswith("checkpoint-")
+        else path.name
+    )
+
+
 def _labelled(value: str) -> tuple[str | None, str]:
     # "trained=runs/ppo/final" -> ("trained", path); a URL's "://" is not a label
     label, sep, rest = value.partition("=")
@@ -134,7 +194,7 @@ def _labelled(value: str) -> tuple[str | None, str]:
 
 def controllers(args: argparse.Namespace) -> list[Any]:
     """The ``ControllerSpec`` of every --controller-checkpoint and --controller-url."""
-    from corl_graph.evaluation import checkpoint_controller, endpoint_controller
+    from corl_graph.evaluation import endpoint_controller
 
     if args.controller_batch < 1 or args.controller_max_tokens < 1:
         raise ConfigError("--controller-batch and --controller-max-tokens must be >= 1")

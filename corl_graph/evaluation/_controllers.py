@@ -1,5 +1,7 @@
-"""LLM controllers in the replay benchmark: a trained checkpoint run in process, or a model
-behind an OpenAI-compatible server (vLLM), as rows beside the neural policy and baselines.
+"""LLM controllers in the replay benchmark: a model behind an OpenAI-compatible server (vLLM),
+or any ``Policy`` (a trained checkpoint run in process is built by ``corl-graph eval
+--controller-checkpoint``, which imports the training package; this package never does), as
+rows beside the neural policy and baselines.
 
 >>> from corl_graph.testing import FakeChatModel
 >>> spec = ControllerSpec("base", LLMPolicy(FakeChatModel(lambda p: "<answer>4</answer>")))
@@ -12,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.policies import LLMPolicy, Policy
 
-__all__ = ["ControllerSpec", "checkpoint_controller", "endpoint_controller"]
+__all__ = ["ControllerSpec", "endpoint_controller"]
 
 
 @dataclass(frozen=True)
@@ -40,30 +41,6 @@ class ControllerSpec:
     @property
     def family(self) -> str:
         return f"llm:{self.label}"
-
-
-def checkpoint_controller(
-    path: str | Path,
-    *,
-    label: str | None = None,
-    temperature: float = 0.0,
-    max_new_tokens: int = 64,
-    batch: int = 8,
-) -> ControllerSpec:
-    """A ``save_pretrained`` folder run in process with ``HFPolicy`` (imports torch).
-    ``batch`` queries are routed at once; their decisions are sampled as one batch, which is
-    what keeps a CPU busy without thrashing (64 concurrent contexts would only add padding)."""
-    try:
-        from corl_graph.training import HFPolicy
-    except ImportError as exc:
-        raise ConfigError(
-            "evaluating a checkpoint needs the training extra: pip install 'corl-graph[training]'"
-        ) from exc
-    name = label or _label(Path(path))
-    policy = HFPolicy.from_pretrained(
-        path, name=name, temperature=temperature, max_new_tokens=max_new_tokens, max_batch=batch
-    )
-    return ControllerSpec(name, policy, concurrency=batch)
 
 
 def endpoint_controller(
@@ -99,13 +76,3 @@ def endpoint_controller(
     name = label or model
     policy = LLMPolicy(chat, name=name, timeout_s=timeout_s)
     return ControllerSpec(name, policy, aclose=client.aclose)
-
-
-def _label(path: Path) -> str:
-    # OUTPUT_DIR/final says little on its own; keep the run's folder name with it
-    parts = path.resolve().parts
-    return (
-        "/".join(parts[-2:])
-        if path.name in ("final", "") or path.name.startswith("checkpoint-")
-        else path.name
-    )

@@ -38,23 +38,28 @@ def test_queries(table: OutcomeTable, split: str = "test") -> list[str]:
 
 
 def judge(result: RouteResult, table: OutcomeTable, experts: Mapping[str, ReplayExpert]) -> float:
-    """Correctness of a routed answer: the normalised final answer against the reference when
-    both exist; else the recorded score of the expert whose reply (answer or text) was the
-    final answer; 0 for no answer."""
+    """Correctness of a routed answer. The reply it came from is the last successful call
+    whose answer (or text) it is. A reply whose row records no text is judged by that row's
+    recorded score (there is nothing to compare); else the normalised final answer against
+    the reference when both exist; else the reply's recorded score; 0 for no answer."""
     answer = result.answer
     if answer is None or not answer.strip():
         return 0.0
-    reference = table.queries[result.query_id].reference
-    if reference is not None:
-        return float(normalize_answer(answer) == normalize_answer(reference))
     norm = normalize_answer(answer)
+    source = None
     for call in reversed(result.calls):
         if call.status != "ok" or call.expert not in experts:
             continue
         same_answer = call.answer is not None and normalize_answer(call.answer) == norm
         if same_answer or call.text == answer:
-            return table.outcome(result.query_id, experts[call.expert].model).correct
-    return 0.0
+            source = table.outcome(result.query_id, experts[call.expert].model)
+            break
+    if source is not None and not source.has_text:
+        return source.correct
+    reference = table.queries[result.query_id].reference
+    if reference is not None:
+        return float(norm == normalize_answer(reference))
+    return source.correct if source is not None else 0.0
 
 
 def _outcome(

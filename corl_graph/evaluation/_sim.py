@@ -9,8 +9,9 @@ outcomes with the same rules as the graph, so what is learned here carries over:
 - a reply longer than the expert's ``max_output_tokens`` is truncated: charged at the limit,
   no answer;
 - the vote is ``majority_vote`` (most common answer, ties to the priciest expert's);
-- correctness is judged as by the harness: the final answer against the reference where both
-  exist, else the recorded score of the expert whose reply was the answer.
+- correctness is judged as by the harness: a reply whose row records no text by its recorded
+  score; else the final answer against the reference where both exist, else the recorded
+  score of the expert whose reply was the answer.
 
 ``tests/evaluation/test_sim.py`` checks it against the graph on real queries.
 """
@@ -42,7 +43,8 @@ class EpisodeArrays:
     cost: np.ndarray  # (N, K) what a call costs (truncation applied)
     worst: np.ndarray  # (N, K) what a call reserves
     out_tokens: np.ndarray  # (N, K)
-    replied: np.ndarray  # (N, K) the reply has text
+    replied: np.ndarray  # (N, K) the reply has text (rows without text reply a marker)
+    textless: np.ndarray  # (N, K) the row records no text: judged by its recorded score
     query_bytes: np.ndarray  # (N,) length of the query the graph is given
 
 
@@ -59,6 +61,7 @@ def episode_arrays(
         np.zeros((n, k)),
         np.zeros((n, k)),
         np.zeros((n, k)),
+        np.zeros((n, k), bool),
         np.zeros((n, k), bool),
         np.zeros(n, np.int64),
     )
@@ -77,7 +80,8 @@ def episode_arrays(
                 e.price.cost(o.input_tokens, e.max_output_tokens) if truncated else o.cost_usd
             )
             out.worst[i, j] = e.worst_case(ExpertRequest(qid, "", ""))[1]
-            out.replied[i, j] = bool(o.response or o.answer)
+            out.replied[i, j] = True  # a textless row replies with a marker text
+            out.textless[i, j] = not o.has_text
             if o.answer is not None and not truncated:
                 out.answer_id[i, j] = ids.setdefault(normalize_answer(o.answer), len(ids))
     return out
@@ -163,6 +167,8 @@ class ReplaySim:
         self.order[ok_i, ok_e] = self.n_calls[ok_i]
 
     def _score(self, i: int, answer_id: int, expert: int) -> float:
+        if self.a.textless[self.rows[i], expert]:
+            return float(self.a.correct[self.rows[i], expert])
         ref = self.a.reference_id[self.rows[i]]
         if ref >= 0:
             return float(answer_id == ref) if answer_id >= 0 else 0.0

@@ -30,6 +30,7 @@ from corl_graph.evaluation._baselines import (
 from corl_graph.evaluation._controllers import ControllerSpec
 from corl_graph.evaluation._harness import route_queries, test_queries
 from corl_graph.evaluation._metrics import TierMetrics, aiq, summarize
+from corl_graph.evaluation._pool import pareto_pool
 from corl_graph.experts import OutcomeTable, ReplayExpert
 from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, NeuralPolicy, Policy
 
@@ -42,12 +43,15 @@ SWEEP_WEIGHTS = (0.001, 0.01, 0.1, 1.0, 3.0)
 SWEEP_AGREE = (1, 3)
 
 
-def agreement_cascade(experts: Sequence[ReplayExpert], controller: str, agree: int = 2) -> Cascade:
-    """The fixed agreement cascade: every pool model but the controller, cheapest first,
-    stopping once ``agree`` answers coincide, then the majority vote. A strong router that
-    needs no training; where answers cannot be voted on (code) it calls every affordable
-    model and answers with the last reply."""
-    names = [e.name for e in experts if e.name != controller]
+def agreement_cascade(
+    table: OutcomeTable, experts: Sequence[ReplayExpert], agree: int = 2
+) -> Cascade:
+    """The fixed agreement cascade: the pool's train Pareto front (``pareto_pool``, at most
+    six models) cheapest first, the controller included (it is the cheapest, so a cascade
+    may stop at its reply), stopping once ``agree`` answers coincide, then the majority
+    vote. A strong router that needs no training; where answers cannot be voted on (code) it
+    calls every affordable model and answers with the last reply."""
+    names = [e.name for e in pareto_pool(table, experts, 6)]
     return Cascade(names, agree=agree, name=f"cascade(agree={agree})")
 
 
@@ -169,7 +173,7 @@ async def _benchmark(
         res.add(await run(knn.with_cost_weight(w), tier), "knn", "tier", w)
         share = calibrate_threshold(thr, table, experts, embeddings, cap)
         res.add(await run(thr.calibrate(share), tier), "threshold", "tier", share)
-        res.add(await run(agreement_cascade(experts, controller), tier), "cascade", "tier", 2)
+        res.add(await run(agreement_cascade(table, experts), tier), "cascade", "tier", 2)
         if neural is not None:
             m = await run(neural, tier)
             res.add(m, "neural", "tier", neural.meta.tier_cost_weight.get(tier))
@@ -180,7 +184,7 @@ async def _benchmark(
     if sweeps:
         await _sweeps(res, run, knn, thr, neural, top)
         for agree in SWEEP_AGREE:
-            cascade = agreement_cascade(experts, controller, agree)
+            cascade = agreement_cascade(table, experts, agree)
             res.add(await run(cascade, top), "cascade", "sweep", agree)
     llm = [spec.family for spec in controllers]
     for family in ("single", "knn", "threshold", "cascade", "neural", "oracle", "random", *llm):

@@ -9,7 +9,7 @@ from corl_graph._exceptions import ConfigError, ExpertError
 from corl_graph.experts._expert import Expert, ExpertReply, ExpertRequest
 from corl_graph.experts._table import OutcomeTable
 
-__all__ = ["ReplayExpert", "replay_experts"]
+__all__ = ["ReplayExpert", "no_text_marker", "replay_experts"]
 
 
 class ReplayExpert(Expert):
@@ -18,6 +18,11 @@ class ReplayExpert(Expert):
     Its ``max_output_tokens`` defaults to the longest recorded reply of that model, so the
     worst-case reservation covers every recorded call. A reply longer than a smaller limit is
     cut: charged at the limit, with no answer, finish reason ``length``.
+
+    Rows without text (no answer, no response) reply with a marker text, so the run has an
+    answer to give; the harness judges it by the row's recorded ``correct``. Rows whose
+    tokens were not recorded (0) cannot be priced from tokens: the reservation is then at
+    least the model's priciest recorded call, so a recorded cost never overruns it.
     """
 
     provider = "replay"
@@ -41,14 +46,14 @@ class ReplayExpert(Expert):
         self.table = table
         self.model = model
         self.model_name = model
-        self._cost_factor = _recorded_over_priced(table, model)
+        self._cost_factor, self._floor_usd = _recorded_over_priced(table, model)
 
     def worst_case(self, request: ExpertRequest) -> tuple[int, float]:
         # Recorded costs can exceed tokens x list price (RouterBench's token counts are
         # estimates); scale the reservation by the table's worst ratio for this model so a
         # recorded cost never overruns its reservation.
         tokens, usd = super().worst_case(request)
-        return tokens, usd * self._cost_factor
+        return tokens, max(usd * self._cost_factor, self._floor_usd)
 
     def worst_case_input_tokens(self, request: ExpertRequest) -> int:
         if request.query_id in self.table.queries:
@@ -64,6 +69,8 @@ class ReplayExpert(Expert):
             )
         o = self.table.outcome(request.query_id, self.model)
         text = o.response if o.response is not None else (o.answer or "")
+        if not o.has_text:
+            text = no_text_marker(self.model)
         if o.output_tokens > self.max_output_tokens:
             out = self.max_output_tokens
             return ExpertReply(
@@ -86,19 +93,26 @@ class ReplayExpert(Expert):
         )
 
 
-def _recorded_over_priced(table: OutcomeTable, model: str) -> float:
+def no_text_marker(model: str) -> str:
+    """The reply text of a row that records no text (judged by its recorded score)."""
+    return f"[no recorded text: {model}]"
+
+
+def _recorded_over_priced(table: OutcomeTable, model: str) -> tuple[float, float]:
+    """(factor, floor): recorded cost / tokens x price at worst, over rows with priced tokens;
+    the priciest recorded cost of rows that cannot be priced (no tokens, or a zero price)."""
     price = table.prices[model]
-    factor = 1.0
+    factor, floor = 1.0, 0.0
     for qid in table.queries:
         o = table.outcome(qid, model)
         priced = price.cost(o.input_tokens, o.output_tokens)
         if priced > 0:
             factor = max(factor, o.cost_usd / priced)
-        elif o.cost_usd > 0:
-            raise ConfigError(
-                f"table {table.name!r}: model {model!r} has a recorded cost but a zero price"
-            )
-    return factor
+        else:
+            floor = max(floor, o.cost_usd)
+    if floor > 0:  # some rows are unpriceable: hold every call at least at the priciest one
+        floor = max(floor, table.max_cost(model))
+    return factor, floor
 
 
 def replay_experts(table: OutcomeTable, models: Sequence[str] | None = None) -> list[ReplayExpert]:

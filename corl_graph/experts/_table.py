@@ -3,7 +3,12 @@
 One gzip JSON-lines file per dataset, one row per (query, model), with a ``<name>.models.json``
 price file beside it. Fields: query_id, task, split, prompt, reference, model, correct, answer,
 response, input_tokens, output_tokens, cost_usd, cost_source. ``prompt`` and ``response`` may be
-null (the tables bundled with corl_graph hold numbers only).
+null (the tables bundled with corl_graph hold numbers only). A row with neither ``answer`` nor
+``response`` is judged by its recorded ``correct`` (there is nothing to compare); recorded
+output tokens of 0 are allowed (some tables record scores and costs only).
+
+``OutcomeTable.restrict`` derives a table (a pool of models, a set of queries, text dropped)
+and ``OutcomeTable.save`` writes it in the same format, so a derived pool is a table like any.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ class Outcome:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the row records a reply (an answer or a response) to judge."""
+        return bool(self.answer or self.response)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +158,96 @@ class OutcomeTable:
         return [q for q in self.queries.values() if q.split == split]
 
     def max_output_tokens(self, model: str) -> int:
-        return max(
-            (o.output_tokens for (_, m), o in self._outcomes.items() if m == model), default=1
+        """The longest recorded reply of ``model``, at least 1 (tables that record no output
+        tokens still give a positive reply limit; their reservation then rests on the
+        recorded costs, see ``ReplayExpert``)."""
+        return (
+            max((o.output_tokens for (_, m), o in self._outcomes.items() if m == model), default=1)
+            or 1
         )
+
+    def max_cost(self, model: str) -> float:
+        """The priciest recorded call of ``model``."""
+        return max((o.cost_usd for (_, m), o in self._outcomes.items() if m == model), default=0.0)
+
+    def restrict(
+        self,
+        models: Sequence[str] | None = None,
+        *,
+        query_ids: Iterable[str] | None = None,
+        drop_text: bool = False,
+        zero_tokens: bool = False,
+        name: str | None = None,
+    ) -> OutcomeTable:
+        """A derived table: only ``models`` (a pool) and ``query_ids``; ``drop_text`` removes
+        prompts, answers and responses, ``zero_tokens`` the token counts (costs are kept), as
+        in tables that record scores and costs only.
+
+        >>> t = OutcomeTable.from_rows(
+        ...     [dict(query_id="q1", split="test", model=m, correct=1.0, answer="4",
+        ...           input_tokens=10, output_tokens=2, cost_usd=1e-6) for m in "ab"],
+        ...     prices={"a": PriceSheet(0.1, 0.1), "b": PriceSheet(1, 1)})
+        >>> t.restrict(["b"], drop_text=True).outcome("q1", "b").has_text
+        False
+        """
+        chosen = list(models) if models is not None else self.models
+        unknown = [m for m in chosen if m not in self.prices]
+        if unknown or not chosen:
+            raise ConfigError(
+                f"table {self.name!r}: unknown model(s) {unknown} in the pool; "
+                f"models: {', '.join(self.models)}"
+            )
+        ids = list(query_ids) if query_ids is not None else list(self.queries)
+        lacking = [q for q in ids if q not in self.queries]
+        if lacking:
+            raise ConfigError(f"table {self.name!r} has no query {lacking[0]!r}")
+        queries = {}
+        for q in ids:
+            info = self.queries[q]
+            queries[q] = (
+                QueryInfo(q, info.split, info.task, None, info.reference) if drop_text else info
+            )
+        outcomes = {}
+        for q in ids:
+            for m in chosen:
+                o = self._outcomes[(q, m)]
+                if drop_text:
+                    o = Outcome(o.correct, None, None, o.input_tokens, o.output_tokens, o.cost_usd)
+                if zero_tokens:
+                    o = Outcome(o.correct, o.answer, o.response, 0, 0, o.cost_usd)
+                outcomes[(q, m)] = o
+        prices = {m: self.prices[m] for m in chosen}
+        return OutcomeTable(queries, outcomes, prices, name=name or self.name)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``NAME.jsonl.gz`` (``path``) and ``NAME.models.json`` beside it; returns
+        ``path``. ``load`` reads it back unchanged."""
+        path = Path(path)
+        if not path.name.endswith((".jsonl.gz", ".jsonl")):
+            raise ConfigError(f"an outcome table is saved as NAME.jsonl.gz, got {path.name!r}")
+        stem = path.name.removesuffix(".gz").removesuffix(".jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "wt", encoding="utf-8") as fh:
+            for q, info in self.queries.items():
+                for m in self.models:
+                    o = self._outcomes[(q, m)]
+                    row = dict(
+                        query_id=q, task=info.task, split=info.split, prompt=info.prompt,
+                        reference=info.reference, model=m, correct=o.correct, answer=o.answer,
+                        response=o.response, input_tokens=o.input_tokens,
+                        output_tokens=o.output_tokens, cost_usd=o.cost_usd,
+                    )  # fmt: skip
+                    fh.write(json.dumps(row) + "\n")
+        prices = {
+            m: {
+                "input_usd_per_mtok": p.input_usd_per_mtok,
+                "output_usd_per_mtok": p.output_usd_per_mtok,
+            }
+            for m, p in self.prices.items()
+        }
+        path.with_name(f"{stem}.models.json").write_text(json.dumps(prices, indent=1) + "\n")
+        return path
 
     def mean(self, model: str, field: str, queries: Sequence[QueryInfo]) -> float:
         values = [float(getattr(self.outcome(q.query_id, model), field)) for q in queries]

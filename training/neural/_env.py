@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from corl_graph.budget import TierSet
-from corl_graph.evaluation._sim import EpisodeArrays, ReplaySim, episode_arrays
+from corl_graph.evaluation import EpisodeArrays, ReplaySim, episode_arrays
 from corl_graph.experts import OutcomeTable, ReplayExpert
 from corl_graph.policies._neural import FEATURE_VERSION, NeuralMeta, project
 

@@ -21,7 +21,7 @@ import numpy as np
 from corl_graph.training.neural._env import Env
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.evaluation._sim import run_episodes
+from corl_graph.evaluation import run_episodes
 from corl_graph.policies._neural import StepBatch, _plurality, action_mask
 
 __all__ = ["TeacherBank", "assign_teachers", "teacher_act", "teacher_bank", "teacher_rewards"]
