@@ -53,8 +53,9 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    # A misspelt key must fail loudly rather than silently take a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A misspelt key must fail loudly rather than silently take a default; Infinity or NaN
+    # (which TOML and JSON parsers accept) in any number field is refused when the file loads.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PriceConfig(_Strict):
@@ -129,6 +130,12 @@ class PolicyConfig(_Strict):
     timeout_s: float = Field(default=60.0, gt=0)
 
     def build(self, expert_names: list[str]) -> Policy:
+        unknown = [n for n in self.experts if n not in expert_names]
+        if unknown:  # a baseline over a missing expert would silently fall back to another
+            raise ConfigError(
+                f"policy.experts names {unknown}, which are not experts of this config "
+                f"(experts: {', '.join(expert_names)})"
+            )
         names = self.experts or expert_names
         if self.kind == "cascade":
             return Cascade(names, agree=self.agree)

@@ -7,13 +7,14 @@ One process per replica; to scale out, run several replicas behind a load balanc
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from typing import Any
 
 from corl_graph._exceptions import ConfigError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "preflight", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,7 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", help="override the config's host")
     parser.add_argument("--port", type=int, help="override the config's port")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config, print the models and exit")
+                        help="run every check serve runs before it listens (keys, experts, "
+                        "policy, ledger reachable and writable), print the models and exit")
     return parser
 
 
@@ -38,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         config = config.model_copy(update=overrides)
+    summary = preflight(config)  # the same checks for --check and for serving
     if args.check:
-        return _check(config)
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
     try:
         import uvicorn
     except ImportError as exc:
@@ -62,18 +67,38 @@ def run(args: argparse.Namespace) -> int:
 KEEP_ALIVE_S = 30
 
 
-def _check(config: Any) -> int:
-    from corl_graph.budget import InMemoryLedger
+def preflight(config: Any) -> dict[str, Any]:
+    """Everything ``serve`` needs before it listens, checked the way ``serve`` uses it: the
+    keys (environment variables read), the experts and policy built, and the ledger opened
+    and written to (each tenant's budget set, as the server does when it starts), so an
+    unreachable PostgreSQL, a wrong database or a read-only SQLite file is a clear error here
+    rather than a traceback from uvicorn's start-up. ``serve --check`` runs exactly this.
+    Raises ``ConfigError`` or ``LedgerError`` (the CLI prints them and exits with 2)."""
+    from corl_graph.budget import TenantBudget
 
-    router_config = config.router_config(InMemoryLedger())
     config.api_keys()  # fails here when a key's environment variable is missing
-    summary = {
+    ledger = config.open_ledger()
+
+    async def probe() -> None:
+        try:
+            connect = getattr(ledger, "connect", None)
+            if connect is not None:
+                await connect()
+            for t in config.tenants:
+                await ledger.set_tenant(TenantBudget(t.name, t.limit_usd, t.period))
+        finally:
+            await ledger.aclose()
+
+    try:
+        router_config = config.router_config(ledger)
+    except BaseException:
+        asyncio.run(ledger.aclose())
+        raise
+    asyncio.run(probe())
+    return {
         "models": [f"{config.model_prefix}{tier}" for tier in router_config.tiers],
         "experts": [e.name for e in router_config.experts],
         "policy": router_config.policy.name,
         "tenants": [t.name for t in config.tenants],
         "ledger": config.ledger_url.split("://")[0],  # the URL may hold a password
     }
-    json.dump(summary, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
