@@ -9,7 +9,8 @@ turned into an observation for the controller wherever it can be::
     │   ├── UnknownExpertError      a name that is not in the expert pool
     │   ├── UnknownTierError        a tier name that is not configured
     │   ├── UnknownTenantError      a tenant the ledger does not know
-    │   └── DataFormatError         a table or file that is not in the expected format
+    │   ├── DataFormatError         a table or file that is not in the expected format
+    │   └── ToolsUnsupportedError   tools / a JSON format asked of an expert that cannot take them
     └── RunError                    something failed while a query was being routed
         ├── BudgetExceededError     a reservation was refused: query or tenant cap reached
         ├── ExpertError             an expert call failed after its retries
@@ -34,6 +35,7 @@ __all__ = [
     "PolicyError",
     "QueryTimeoutError",
     "RunError",
+    "ToolsUnsupportedError",
     "UnknownExpertError",
     "UnknownTenantError",
     "UnknownTierError",
@@ -71,6 +73,11 @@ class UnknownTenantError(ConfigError, KeyError):
 
 class DataFormatError(ConfigError):
     """A file or table that is not in the expected format."""
+
+
+class ToolsUnsupportedError(ConfigError):
+    """Tools or a JSON response format asked of an expert that cannot take them (a replayed
+    expert has no tool data; a chat model without ``bind_tools``)."""
 
 
 class RunError(CorlError, RuntimeError):

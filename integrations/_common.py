@@ -72,7 +72,7 @@ def unanswered_error(result: RouteResult) -> RunError | None:
 
     A refused reservation wins over a failed expert: more money, not a retry, is the fix.
     """
-    if result.answer:
+    if result.answer or result.tool_calls:
         return None
     denied = [c for c in result.calls if c.status == "denied"]
     if result.budget_exhausted or denied:

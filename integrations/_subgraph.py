@@ -23,13 +23,29 @@ from corl_graph.integrations._chat_model import messages_to_query
 from corl_graph.integrations._common import result_metadata, unanswered_error
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._runnable import RunnableCallable
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.graph import Router, RouteResult
+from corl_graph.graph._sync import sync_twin
 
 __all__ = ["router_node"]
 
-RouterNode = Callable[[Mapping[str, Any], RunnableConfig], Awaitable[dict[str, Any]]]
+RouteFn = Callable[[Mapping[str, Any], RunnableConfig], Awaitable[dict[str, Any]]]
+
+
+class RouterNode(RunnableCallable):
+    """A LangGraph node with an async and a sync path (``invoke`` and ``ainvoke`` of the
+    parent graph both work); awaiting ``node(state, config)`` calls the async one."""
+
+    def __init__(self, route: RouteFn):
+        super().__init__(sync_twin(route), route, name="corl_router", trace=False)
+        self._route = route
+
+    def __call__(
+        self, state: Mapping[str, Any], config: RunnableConfig
+    ) -> Awaitable[dict[str, Any]]:
+        return self._route(state, config)
 
 
 def router_node(
@@ -83,12 +99,14 @@ def router_node(
         return _update(result, value, query_key, answer_key, result_key)
 
     route.__name__ = "corl_router"
-    return route
+    return RouterNode(route)
 
 
 def _is_messages(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and all(
-        isinstance(m, BaseMessage) for m in value
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(m, BaseMessage) for m in value)
     )
 
 
@@ -102,16 +120,21 @@ def _setting(
 
 
 def _update(
-    result: RouteResult, value: Any, query_key: str, answer_key: str | None,
+    result: RouteResult,
+    value: Any,
+    query_key: str,
+    answer_key: str | None,
     result_key: str | None,
 ) -> dict[str, Any]:
     update: dict[str, Any] = {}
     if _is_messages(value):
         message = AIMessage(
             content=result.answer or "",
-            usage_metadata={"input_tokens": result.input_tokens,
-                            "output_tokens": result.output_tokens,
-                            "total_tokens": result.input_tokens + result.output_tokens},
+            usage_metadata={
+                "input_tokens": result.input_tokens,
+                "output_tokens": result.output_tokens,
+                "total_tokens": result.input_tokens + result.output_tokens,
+            },
             response_metadata={"model_name": f"corl-{result.tier}", **result_metadata(result)},
         )
         # With an add_messages reducer the list is appended to; with none it is replaced.

@@ -20,6 +20,14 @@ from corl_graph.experts._expert import (
 )
 from corl_graph.experts._replay import ReplayExpert, replay_experts
 from corl_graph.experts._table import Outcome, OutcomeTable, QueryInfo
+from corl_graph.experts._tools import (
+    ChatRequest,
+    ToolCall,
+    ballot_of,
+    normalize_tool_calls,
+    parse_json_reply,
+    tool_choice_name,
+)
 
 __all__ = [
     "AnswerExtractor",
@@ -27,6 +35,7 @@ __all__ = [
     "CachedExpert",
     "CachedReply",
     "ChatModelExpert",
+    "ChatRequest",
     "Expert",
     "ExpertReply",
     "ExpertRequest",
@@ -37,10 +46,15 @@ __all__ = [
     "QueryInfo",
     "ReplayCache",
     "ReplayExpert",
+    "ToolCall",
+    "ballot_of",
     "estimate_tokens",
     "extract_answer",
     "input_token_bound",
     "normalize_answer",
     "normalize_subquery",
+    "normalize_tool_calls",
+    "parse_json_reply",
     "replay_experts",
+    "tool_choice_name",
 ]

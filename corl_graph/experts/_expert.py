@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget._ledger import Usage, provider_usage
 from corl_graph.protocol import ExpertDescriptor, is_valid_name
+
+if TYPE_CHECKING:
+    from corl_graph.experts._tools import ChatRequest
 
 __all__ = [
     "Expert",
@@ -64,11 +69,22 @@ class PriceSheet:
 
 @dataclass(frozen=True, slots=True)
 class ExpertRequest:
-    """One call: the sub-query, and the query it serves (replayed experts key on ``query_id``)."""
+    """One call: the sub-query, and the query it serves (replayed experts key on ``query_id``).
+
+    ``chat`` carries the caller's chat, tools, response format and sampling options when the
+    caller gave them (``corl_graph.experts.ChatRequest``); only experts whose
+    ``supports_tools`` is True can serve a request with tools or a JSON format.
+    """
 
     query_id: str
     query: str
     subquery: str
+    chat: ChatRequest | None = None
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The caller's own output cap (``max_tokens``), if it gave one."""
+        return self.chat.max_tokens if self.chat is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +100,22 @@ class ExpertReply:
     response_model: str | None = None
     answer: str | None = None
     cost_usd: float | None = None
+    tool_calls: Sequence[Mapping[str, Any]] = ()
 
 
 class Expert(ABC):
     """Base of all experts: name, prices, and the limits that every call obeys.
 
-    ``max_output_tokens`` is enforced on the call and used for the worst-case reservation;
+    ``max_output_tokens`` is enforced on the call and used for the worst-case reservation
+    (a caller's lower ``max_tokens`` lowers both);
     ``timeout_s`` bounds one attempt; ``max_retries`` more attempts follow a failure, each
     reserved and settled on its own so a retry never double-charges.
     """
 
     provider: str = "unknown"
+    # Whether the expert can take tools and JSON response formats (ChatRequest); recorded
+    # outcomes cannot, so a run that needs them is refused before anything is spent.
+    supports_tools: bool = False
 
     def __init__(
         self,
@@ -139,10 +160,16 @@ class Expert(ABC):
         """Upper bound on the input tokens of ``request``; replayed experts know them exactly."""
         return input_token_bound(request.subquery)
 
+    def output_token_cap(self, request: ExpertRequest) -> int:
+        """The most output tokens this call may produce: the expert's limit, or the caller's
+        ``max_tokens`` when lower."""
+        cap = request.max_output_tokens
+        return self.max_output_tokens if cap is None else min(cap, self.max_output_tokens)
+
     def worst_case(self, request: ExpertRequest) -> tuple[int, float]:
         """(input-token bound, dollars) to reserve before calling."""
         tokens = self.worst_case_input_tokens(request)
-        return tokens, self.price.cost(tokens, self.max_output_tokens)
+        return tokens, self.price.cost(tokens, self.output_token_cap(request))
 
     def cost_of(self, reply: ExpertReply) -> float:
         if reply.cost_usd is not None:

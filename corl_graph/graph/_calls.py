@@ -351,6 +351,7 @@ def _ok(
         reserved_usd=tally.reserved,
         attempts=tally.attempts,
         latency_s=time.perf_counter() - tally.started,
+        tool_calls=tuple(reply.tool_calls),
     )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._nodes import aggregate, answer, call_expert, think_and_route
 from corl_graph.graph._state import RouterInput, RouterState
+from corl_graph.graph._sync import sync_twin
 
 __all__ = ["create_router_graph"]
 
@@ -30,6 +33,8 @@ def create_router_graph(
 
     Invoke it with ``{"query": ...}`` and, per run, ``context=RouterContext(tier, tenant)``
     (defaults come from ``config``). ``Router`` wraps it with tracing and a typed result.
+    Sync ``invoke`` / ``stream`` work as well as async: each node has a blocking twin that
+    runs it on one background event loop (corl_graph.graph._sync).
 
     >>> from langchain_core.language_models import FakeListChatModel
     >>> from corl_graph.experts import ChatModelExpert, PriceSheet
@@ -44,14 +49,20 @@ def create_router_graph(
     # every state channel once per step to evaluate it.
     builder.add_node(
         "think",
-        partial(think_and_route, router=config),
+        _node(think_and_route, config, "think"),
         destinations=("think", "call_expert", "aggregate", "answer"),
     )
-    builder.add_node("call_expert", partial(call_expert, router=config))
-    builder.add_node("aggregate", partial(aggregate, router=config))
-    builder.add_node("answer", partial(answer, router=config))
+    builder.add_node("call_expert", _node(call_expert, config, "call_expert"))
+    builder.add_node("aggregate", _node(aggregate, config, "aggregate"))
+    builder.add_node("answer", _node(answer, config, "answer"))
     builder.add_edge(START, "think")
     builder.add_edge("call_expert", "think")
     builder.add_edge("aggregate", "answer")
     builder.add_edge("answer", END)
     return builder.compile(checkpointer=checkpointer, name=name)
+
+
+def _node(fn: Callable[..., Awaitable[Any]], config: RouterConfig, name: str) -> RunnableCallable:
+    """The node as LangGraph would wrap the async function alone, plus its sync twin."""
+    afunc = partial(fn, router=config)
+    return RunnableCallable(sync_twin(afunc), afunc, name=name, trace=False)

@@ -8,6 +8,7 @@ returns a state delta.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
@@ -18,7 +19,7 @@ from langgraph.types import Command
 
 from corl_graph._exceptions import PolicyError
 from corl_graph.budget import BudgetTier
-from corl_graph.experts import ExpertRequest, normalize_answer
+from corl_graph.experts import ChatRequest, ExpertRequest, normalize_answer
 from corl_graph.graph._calls import (
     BudgetHolder,
     call_expert_with_budget,
@@ -27,6 +28,7 @@ from corl_graph.graph._calls import (
 )
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._state import RouterState
+from corl_graph.graph._stream import stream_answer
 from corl_graph.policies import Decision, PolicyView, Turn
 from corl_graph.protocol import (
     Action,
@@ -264,7 +266,9 @@ async def call_expert(
             )
         call = await call_expert_with_budget(
             router.expert_map[action.expert],
-            ExpertRequest(state.get("query_id", ""), state["query"], action.subquery),
+            ExpertRequest(
+                state.get("query_id", ""), state["query"], action.subquery, state.get("chat")
+            ),
             ledger=holder,
             tier=tier,
             tenant=tenant,
@@ -288,16 +292,32 @@ def _observe(call: ExpertCall, remaining_usd: float) -> str:
     if call.status == "denied":
         return render_budget_exhausted(remaining_usd)
     if call.status in ("ok", "truncated"):
+        if call.tool_calls:  # the controller sees what the expert would call, as JSON
+            calls = [{"name": c.get("name"), "args": c.get("args")} for c in call.tool_calls]
+            text = f"{call.text}\ntool calls: {json.dumps(calls, default=str)}".strip()
+            return render_expert_reply(call.expert, text)
         return render_expert_reply(call.expert, call.text)
     return render_expert_error(call.expert, call.error or call.status)
 
 
-def majority_vote(calls: list[ExpertCall], router: RouterConfig) -> str | None:
+def _ballot(call: ExpertCall, chat: ChatRequest | None) -> str | None:
+    """What a call votes with: its extracted answer normalised, or in a run with tools or a
+    JSON format its normalised tool calls / object as it is (corl_graph.experts._tools)."""
+    if call.status != "ok" or call.answer is None:
+        return None
+    if chat is not None and chat.structured:
+        if chat.wants_tool_call and not call.tool_calls:
+            return None  # tool_choice requires a tool call: a text reply cannot win
+        return call.answer
+    return normalize_answer(call.answer)
+
+
+def majority_vote(
+    calls: list[ExpertCall], router: RouterConfig, chat: ChatRequest | None = None
+) -> str | None:
     """The most common extracted answer; ties go to the answer backed by the priciest expert
     (a proxy for the strongest), then to the earliest."""
-    votes = [
-        (normalize_answer(c.answer), c) for c in calls if c.status == "ok" and c.answer is not None
-    ]
+    votes = [(b, c) for c in calls if (b := _ballot(c, chat)) is not None]
     if not votes:
         return None
     counts = Counter(a for a, _ in votes)
@@ -317,7 +337,17 @@ async def aggregate(
     """Majority vote over the experts' answers; without any, the last reply's text."""
     with router.tracer.step_span("aggregate", len(state.get("steps", ()))):
         calls = list(state.get("calls", ()))
-        voted = majority_vote(calls, router)
+        chat = state.get("chat")
+        voted = majority_vote(calls, router, chat)
+        if voted is not None and chat is not None and chat.structured:
+            # Data, not a final answer to extract: the first reply that cast the winning
+            # ballot, text and tool calls as they are.
+            won = next(c for c in calls if _ballot(c, chat) == voted)
+            return {
+                "pending": Answer(won.text),
+                "answer_source": "vote",
+                "tool_calls": [dict(c) for c in won.tool_calls],
+            }
         if voted is not None:
             return {"pending": Answer(voted), "answer_source": "vote"}
         texts = [c for c in calls if c.status in ("ok", "truncated") and c.text]
@@ -338,6 +368,7 @@ async def answer(
         action = state.get("pending")
         text = action.text if isinstance(action, Answer) else ""
         source = state.get("answer_source")
+        tool_calls = state.get("tool_calls") or []
         if source is None and text:
             source = "controller"
         stop: StopReason | None = state.get("stop_reason")
@@ -346,9 +377,10 @@ async def answer(
                 stop = "budget_exhausted"
             else:
                 stop = "aggregated" if source == "vote" else "answered"
+        await stream_answer(text, tool_calls)  # stream_mode="messages": the answer's tokens
         return {
             "answer": text or None,
-            "answer_source": source if text else None,
+            "answer_source": source if text or tool_calls else None,
             "stop_reason": stop,
         }
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
-from corl_graph._exceptions import ConfigError, QueryTimeoutError
+from corl_graph._exceptions import ConfigError, QueryTimeoutError, ToolsUnsupportedError
+from corl_graph.experts import ChatRequest, ToolCall
 from corl_graph.graph._calls import close_envelopes_on_error, run_envelopes
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._factory import create_router_graph
@@ -33,7 +34,8 @@ class RouteResult:
     """The outcome of one routed query.
 
     ``budget_exhausted`` is True when the ledger refused a call and the controller had to
-    answer with what it had; ``stop_reason`` says how the run ended.
+    answer with what it had; ``stop_reason`` says how the run ended. ``tool_calls`` are the
+    answer's tool calls (``{"name", "args", "id"}``) when the run had tools.
     """
 
     answer: str | None
@@ -52,6 +54,7 @@ class RouteResult:
     budget_exhausted: bool
     trace_id: str | None
     trajectory: Trajectory = field(repr=False)
+    tool_calls: Sequence[ToolCall] = ()
 
     @property
     def expert_calls(self) -> int:
@@ -96,27 +99,32 @@ class Router:
         tenant: str | None = None,
         query_id: str | None = None,
         features: Sequence[float] | None = None,
+        chat: ChatRequest | None = None,
     ) -> RouteResult:
         """Route one query. Run failures end up in the result as fallbacks, denied calls and
-        format errors; raised are only ``ConfigError`` (bad arguments, unknown tenant),
+        format errors; raised are only ``ConfigError`` (bad arguments, unknown tenant;
+        ``ToolsUnsupportedError`` when ``chat`` has tools or a JSON format and an expert of
+        the pool cannot take them, before anything is spent),
         ``LedgerError`` (the ledger could not record a charge: fail closed) and
         ``QueryTimeoutError`` (the run could not be stopped at ``query_timeout_s``)."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("query must be a non-empty string")
+        if chat is not None:
+            _check_tool_support(self.config, chat)
         tier_obj = self.config.tier(tier)
         tenant = tenant or self.config.default_tenant
         qid = query_id or uuid.uuid4().hex
+        inputs: RouterInput = {
+            "query": query,
+            "query_id": qid,
+            "features": list(features) if features is not None else None,
+        }
+        if chat is not None:
+            inputs["chat"] = chat
         with self.config.tracer.query_span(
             qid, tier=tier_obj.name, tenant=tenant, policy=self.config.policy.name, query=query
         ) as span:
-            state = await self._invoke(
-                {
-                    "query": query,
-                    "query_id": qid,
-                    "features": list(features) if features is not None else None,
-                },
-                RouterContext(tier=tier_obj.name, tenant=tenant),
-            )
+            state = await self._invoke(inputs, RouterContext(tier=tier_obj.name, tenant=tenant))
             ctx = span.get_span_context()
             trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
             result = _result(state, tier_obj.name, tenant, self.config.policy.name, trace_id)
@@ -186,6 +194,21 @@ class Router:
         return asyncio.run(self.arun(query, **kwargs))
 
 
+def _check_tool_support(config: RouterConfig, chat: ChatRequest) -> None:
+    if not isinstance(chat, ChatRequest):
+        raise ConfigError(f"chat must be a ChatRequest, got {type(chat).__name__}")
+    if not chat.needs_model_support:
+        return
+    unable = [e for e in config.experts if not e.supports_tools]
+    if unable:
+        names = ", ".join(f"{e.name} ({type(e).__name__})" for e in unable)
+        raise ToolsUnsupportedError(
+            f"tools / a JSON response format need experts that call a model; these cannot "
+            f"take them: {names}. Replayed experts have no tool data: route such requests "
+            "with a pool of ChatModelExpert"
+        )
+
+
 def _result(
     state: dict[str, Any], tier: str, tenant: str, policy: str, trace_id: str | None
 ) -> RouteResult:
@@ -225,4 +248,5 @@ def _result(
         budget_exhausted=bool(state.get("budget_exhausted", False)),
         trace_id=trace_id,
         trajectory=trajectory,
+        tool_calls=tuple(state.get("tool_calls") or ()),
     )

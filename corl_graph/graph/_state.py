@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Required, TypedDict
 
+from corl_graph.experts import ChatRequest, ToolCall
 from corl_graph.policies import Turn
 from corl_graph.protocol import Action, ExpertCall, StepRecord, StopReason
 from corl_graph.trajectories import Segment
@@ -13,11 +14,13 @@ __all__ = ["RouterInput", "RouterState"]
 
 
 class RouterInput(TypedDict, total=False):
-    """What a caller passes in. ``features`` is a query embedding for neural policies."""
+    """What a caller passes in. ``features`` is a query embedding for neural policies;
+    ``chat`` the caller's chat, tools and response format, sent with every expert call."""
 
     query: Required[str]
     query_id: str
     features: list[float] | None
+    chat: ChatRequest | None
 
 
 class RouterState(RouterInput, total=False):
@@ -34,4 +37,5 @@ class RouterState(RouterInput, total=False):
     budget_exhausted: bool
     answer: str | None
     answer_source: str | None
+    tool_calls: list[ToolCall]  # the answer's tool calls, when the caller gave tools
     stop_reason: StopReason | None

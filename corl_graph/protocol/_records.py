@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["CallStatus", "ExpertCall", "ExpertDescriptor", "StepRecord", "StopReason"]
 
@@ -33,7 +34,8 @@ class ExpertCall:
     """One expert call as the graph saw it, including refused and failed ones.
 
     ``answer`` is the extracted final answer used for voting (None when none was found).
-    ``cost_usd`` is what the ledger was charged (0 for denied calls).
+    ``cost_usd`` is what the ledger was charged (0 for denied calls). ``tool_calls`` are the
+    reply's tool calls (``{"name", "args", "id"}``) when the caller gave tools.
     """
 
     expert: str
@@ -50,6 +52,12 @@ class ExpertCall:
     latency_s: float = 0.0
     error: str | None = None
     reservation_id: str | None = None
+    tool_calls: Sequence[Mapping[str, Any]] = ()
+
+    def __post_init__(self) -> None:
+        # Checkpoint serialisers and JSON give lists back; one type keeps records equal.
+        if not isinstance(self.tool_calls, tuple):
+            object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
 
 
 @dataclass(frozen=True, slots=True)
