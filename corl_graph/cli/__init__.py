@@ -16,6 +16,7 @@ __all__ = ["main"]
 _COMMANDS = {
     "demo": "corl_graph.cli._demo",
     "eval": "corl_graph.cli._eval",
+    "fit": "corl_graph.cli._fit",
     "report": "corl_graph.cli._report",
     "train": "corl_graph.cli._train",
     "traces": "corl_graph.cli._traces",

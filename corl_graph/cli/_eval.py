@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,12 @@ def add_parser(sub: Any) -> None:
         "oracle, kNN and threshold routers and (with --policy) a trained neural policy.",
     )
     p.add_argument("table", help="outcome table NAME.jsonl.gz (NAME.models.json beside it)")
-    p.add_argument("--policy", help="neural policy weights (path without .npz/.json)")
+    p.add_argument(
+        "--policy",
+        help="a router folder written by corl-graph fit (its pool, controller and tiers are "
+        "the defaults), or NeuralPolicy weights (path without .npz/.json)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the baselines' folds and weights")
     add_pool_arguments(p)
     p.add_argument("--embeddings", help="precomputed embeddings .npz (else computed, cached)")
     p.add_argument("--out", default="eval_results", help="folder for JSON and PNG")
@@ -117,14 +123,36 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     return table, setup.experts, setup.tiers, setup.controller
 
 
+def _router_defaults(args: argparse.Namespace, router: Any) -> None:
+    """A fitted router's pool, controller and tiers, where the command line names none."""
+    notes = router.spec.notes
+    if args.pool is None and not args.preset and notes.get("pool"):
+        args.pool = ",".join(notes["pool"])
+    if args.controller is None and router.spec.controller:
+        args.controller = router.spec.controller
+    if args.tiers is None and not args.preset:
+        targets = notes.get("tier_targets_usd", {})
+        args.tiers = ",".join(
+            f"{t}={cap!r}" + (f":{targets[t]!r}" if targets.get(t) else "")
+            for t, cap in router.spec.tier_caps_usd.items()
+        )
+    if args.max_output_tokens is None:
+        args.max_output_tokens = notes.get("max_output_tokens")
+
+
 def run(args: argparse.Namespace) -> int:
     from corl_graph.evaluation import run_benchmark, table_embeddings, write_plot
-    from corl_graph.policies import NeuralPolicy
+    from corl_graph.policies import CascadeRouter, NeuralPolicy
 
+    neural: Any = None
+    if args.policy and CascadeRouter.is_router(args.policy):
+        neural = CascadeRouter.load(args.policy)
+        _router_defaults(args, neural)
+    elif args.policy:
+        neural = NeuralPolicy.load(args.policy)
     table, experts, tiers, controller = _setup(args)
     llms = controllers(args)
     emb = table_embeddings(table, path=args.embeddings)
-    neural = NeuralPolicy.load(args.policy) if args.policy else None
     res = asyncio.run(
         run_benchmark(
             table,
@@ -137,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             sweeps=not args.no_sweeps,
             controllers=llms,
+            seed=args.seed,
+            on_step=lambda name: print(f"  {name}", file=sys.stderr, flush=True),
         )
     )
     out = Path(args.out)
@@ -144,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     write_plot(res, out / f"replay_{table.name}.png")
     print(format_rows(res.rows, roles=("single", "tier")))
     print("AIQ: " + ", ".join(f"{k} {v:.3f}" for k, v in res.aiq.items()))
+    if res.gap_closed is not None:
+        print(f"gap_closed (neural - max(single, knn)) / (oracle - max): {res.gap_closed:.3f}")
+    for family, figs in res.routing_vs_2models.items():
+        print(f"{family}: " + ", ".join(f"{k} {v:.3f}" for k, v in figs.items()))
     print(f"wrote {out}/replay_{table.name}.json and .png ({res.seconds:.0f}s)")
     return 0
 

@@ -29,11 +29,14 @@ from corl_graph.evaluation._embed import (
 from corl_graph.evaluation._harness import evaluate_policy, judge, route_queries, test_queries
 from corl_graph.evaluation._metrics import QueryOutcome, TierMetrics, aiq, summarize, upper_hull
 from corl_graph.evaluation._pool import PoolSetup, derive_tiers, parse_tiers, resolve_pool
+from corl_graph.evaluation._predictors import LAMBDAS, fit_mf, fit_mlp
 from corl_graph.evaluation._presets import PRESETS, TablePreset, preset_experts, preset_for
+from corl_graph.evaluation._router_fit import RouterFitConfig, fit_router, router_outcomes
 from corl_graph.evaluation._sim import EpisodeArrays, ReplaySim, episode_arrays, run_episodes
 from corl_graph.evaluation._suite import BenchmarkResult, run_benchmark, write_plot
 
 __all__ = [
+    "LAMBDAS",
     "PRESETS",
     "BenchmarkResult",
     "ControllerSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "PoolSetup",
     "QueryOutcome",
     "ReplaySim",
+    "RouterFitConfig",
     "TablePreset",
     "TierMetrics",
     "aiq",
@@ -52,6 +56,9 @@ __all__ = [
     "episode_arrays",
     "evaluate_policy",
     "fit_knn",
+    "fit_mf",
+    "fit_mlp",
+    "fit_router",
     "fit_threshold",
     "judge",
     "load_bundled_embeddings",
@@ -64,6 +71,7 @@ __all__ = [
     "query_text",
     "resolve_pool",
     "route_queries",
+    "router_outcomes",
     "run_benchmark",
     "run_episodes",
     "save_embeddings",

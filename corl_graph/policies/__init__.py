@@ -2,23 +2,39 @@
 
 from corl_graph.policies._base import Decision, Policy, PolicyView, Turn
 from corl_graph.policies._baselines import AlwaysExpert, Cascade, ControllerOnly, RandomRouter
+from corl_graph.policies._cascade import CascadeRouter, OperatingPoint, RouterSpec
 from corl_graph.policies._knn import KNNRouter
 from corl_graph.policies._llm import LLMPolicy
 from corl_graph.policies._neural import NeuralMeta, NeuralPolicy
+from corl_graph.policies._score import (
+    KNNPredictor,
+    MFPredictor,
+    MLPPredictor,
+    Predictor,
+    ScoreRouter,
+)
 from corl_graph.policies._threshold import ThresholdRouter
 
 __all__ = [
     "AlwaysExpert",
     "Cascade",
+    "CascadeRouter",
     "ControllerOnly",
     "Decision",
+    "KNNPredictor",
     "KNNRouter",
     "LLMPolicy",
+    "MFPredictor",
+    "MLPPredictor",
     "NeuralMeta",
     "NeuralPolicy",
+    "OperatingPoint",
     "Policy",
     "PolicyView",
+    "Predictor",
     "RandomRouter",
+    "RouterSpec",
+    "ScoreRouter",
     "ThresholdRouter",
     "Turn",
 ]

@@ -1,0 +1,371 @@
+"""Fitting the learned cascade router (``CascadeRouter``) on a table's train split, numpy only.
+
+1. Pareto-prune the pool to at most ``max_candidates`` experts (``pareto_pool``).
+2. Correctness predictor: kNN over embeddings, k chosen by 5-fold cross-validation (Brier
+   score); its estimates for the train queries are out-of-fold.
+3. Every ordered cascade of up to ``max_len`` candidates, cheapest first (with 12
+   candidates: 298), gets a logistic stop scorer per position, fitted out of fold.
+4. Each (cascade, threshold) is simulated on the train queries with their out-of-fold
+   scores at each tier's cap: per-fold accuracy and mean cost.
+5. Per tier: the most accurate point within its mean-spend target (ties within 0.2 points:
+   the cheaper), routing points and single models apart. Whether routing beats the best
+   single model is decided by cross-validation of that choice itself (choose on four folds,
+   score on the fifth): if it does not gain on the held-out folds, the tier falls back to the
+   single model. The cost/accuracy sweep is chosen the same way at 20 spend targets.
+6. The used scorers are refitted on all train queries and saved with the router.
+
+Fitting takes seconds per table; ``fit_router`` reports progress through ``on_progress``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from corl_graph._exceptions import ConfigError
+from corl_graph.budget import TierSet
+from corl_graph.evaluation._pool import pareto_pool, train_ids
+from corl_graph.evaluation._sim import EpisodeArrays, episode_arrays
+from corl_graph.experts import OutcomeTable, ReplayExpert
+from corl_graph.policies._cascade import (
+    CascadeRouter,
+    OperatingPoint,
+    RouterSpec,
+    knn_estimate,
+    stop_features,
+    stop_scores,
+)
+
+__all__ = ["RouterFitConfig", "fit_router", "judged", "router_outcomes", "simulate_cascade"]
+
+KS = (5, 10, 20, 40, 80)
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class RouterFitConfig:
+    """Settings of ``fit_router``; ``seed`` draws the folds."""
+
+    folds: int = 5
+    max_candidates: int = 12
+    max_len: int = 3
+    thetas: tuple[float, ...] = (*(round(0.3 + 0.035 * i, 3) for i in range(21)), 1.01)
+    sweep_points: int = 20
+    tolerance: float = 0.002
+    ridge: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 2 or self.max_candidates < 1 or not 1 <= self.max_len <= 4:
+            raise ConfigError("RouterFitConfig: folds >= 2, max_candidates >= 1, max_len 1..4")
+
+
+def judged(a: EpisodeArrays) -> np.ndarray:
+    """What a reply scores when it is the answer, as the harness judges it: (N, K)."""
+    ref = a.reference_id[:, None]
+    by_ref = np.where(a.answer_id >= 0, (a.answer_id == ref).astype(np.float64), 0.0)
+    out = np.where(ref >= 0, by_ref, a.correct)
+    return np.asarray(np.where(a.textless, a.correct, out))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    """L2-regularised logistic regression by Newton steps: (N, F), (N,) in [0, 1] -> (F,).
+    Column 0 is the intercept (not penalised)."""
+    f = x.shape[1]
+    w = np.zeros(f)
+    pen = np.full(f, ridge)
+    pen[0] = 1e-6
+    for _ in range(25):
+        p = stop_scores(x, w)
+        grad = x.T @ (p - y) + pen * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(pen)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w
+
+
+def simulate_cascade(
+    cascade: Sequence[int],
+    scores: np.ndarray,
+    theta: float,
+    cap: float,
+    *,
+    judged_: np.ndarray,
+    cost: np.ndarray,
+    worst: np.ndarray,
+    reserve: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run one operating point on N queries: (N,) correctness, cost and calls.
+
+    ``scores`` (N, m-1): the stop score after each call but the last. A call is made only
+    when the router's reservation estimate fits what is left of the cap, and reaches the
+    expert only when the ledger's worst case does too (else the run ends with what it has),
+    as in the graph."""
+    n = judged_.shape[0]
+    correct = np.zeros(n)
+    spent = np.zeros(n)
+    calls = np.zeros(n, np.int64)
+    live = np.ones(n, bool)
+    for j, k in enumerate(cascade):
+        room = cap - spent
+        go = live & (reserve[k] <= room + _EPS)
+        denied = go & (worst[:, k] > room + _EPS)
+        go &= ~denied
+        spent[go] += cost[go, k]
+        calls[go] += 1
+        correct[go] = judged_[go, k]
+        live = go
+        if j < len(cascade) - 1:
+            live = live & (scores[:, j] < theta)
+    return correct, spent, calls
+
+
+def _folds(n: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fold = np.arange(n) % k
+    rng.shuffle(fold)
+    return fold
+
+
+def _oof_knn(emb: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros_like(y)
+    for f in np.unique(fold):
+        tr, te = fold != f, fold == f
+        out[te] = knn_estimate(emb[tr], y[tr], emb[te], k)
+    return out
+
+
+def choose_k(emb: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[int, np.ndarray]:
+    """The k of the kNN predictor with the lowest cross-validated Brier score, and its
+    out-of-fold estimates (N, K)."""
+    best: tuple[float, int, np.ndarray] | None = None
+    for k in KS:
+        est = _oof_knn(emb, y, fold, k)
+        brier = float(((est - y) ** 2).mean())
+        if best is None or brier < best[0] - 1e-9:
+            best = (brier, k, est)
+    assert best is not None
+    return best[1], best[2]
+
+
+@dataclass
+class _Cloud:
+    """Every operating point's per-fold sums at one cap: (P, F) accuracy sums, cost sums."""
+
+    points: list[tuple[tuple[int, ...], float]]
+    acc: np.ndarray
+    cost: np.ndarray
+    single: np.ndarray  # (P,) bool: a one-expert point
+
+
+def _select(
+    cloud: _Cloud, counts: np.ndarray, use: np.ndarray, target: float | None, tol: float,
+    single: bool,
+) -> int | None:  # fmt: skip
+    """The index of the most accurate point (of the single or the routing kind) on folds
+    ``use``, within ``target`` mean cost; ties within ``tol``: the cheapest."""
+    n = counts[use].sum()
+    acc = cloud.acc[:, use].sum(1) / n
+    cost = cloud.cost[:, use].sum(1) / n
+    ok = cloud.single == single
+    if target is not None:
+        ok &= cost <= target + _EPS
+    if not ok.any():
+        return None
+    best = acc[ok].max()
+    near = np.flatnonzero(ok & (acc >= best - tol))
+    return int(near[np.argmin(cost[near])])
+
+
+def _choose(
+    cloud: _Cloud, counts: np.ndarray, target: float | None, tol: float
+) -> tuple[int, bool, float]:
+    """(point, fell back, cross-validated gain of routing over the single model)."""
+    folds = len(counts)
+    everything = np.ones(folds, bool)
+    single = _select(cloud, counts, everything, target, tol, True)
+    route = _select(cloud, counts, everything, target, tol, False)
+    if single is None and route is None:  # nothing fits the target: the cheapest point
+        return int(np.argmin(cloud.cost.sum(1))), True, math.nan
+    if route is None:
+        return int(single), True, math.nan  # type: ignore[arg-type]
+    if single is None:
+        return route, False, math.nan
+    gain = 0.0
+    for f in range(folds):
+        use = np.arange(folds) != f
+        r = _select(cloud, counts, use, target, tol, False)
+        s = _select(cloud, counts, use, target, tol, True)
+        r_acc = cloud.acc[r, f] if r is not None else 0.0
+        s_acc = cloud.acc[s, f] if s is not None else 0.0
+        gain += float(r_acc - s_acc)
+    gain /= counts.sum()
+    return (route, False, gain) if gain > 0 else (single, True, gain)
+
+
+def fit_router(
+    table: OutcomeTable,
+    experts: Sequence[ReplayExpert],
+    tiers: TierSet,
+    embeddings: dict[str, np.ndarray],
+    *,
+    controller: str = "",
+    config: RouterFitConfig | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    max_output_tokens: int | None = None,
+) -> CascadeRouter:
+    """Fit the cascade router on the train split of ``table`` (see the module docstring)."""
+    cfg = config or RouterFitConfig()
+    ids = train_ids(table)
+    cands = pareto_pool(table, experts, cfg.max_candidates)
+    a = episode_arrays(table, cands, ids)
+    j_all = judged(a)
+    emb = np.stack([embeddings[q] for q in ids]).astype(np.float32)
+    fold = _folds(len(ids), cfg.folds, cfg.seed)
+    counts = np.bincount(fold, minlength=cfg.folds).astype(np.float64)
+    knn_k, p_oof = choose_k(emb, j_all, fold)
+    reserve = a.worst.max(0)
+    logt = np.log1p(a.out_tokens)
+    t_mean, t_std = logt.mean(0), logt.std(0)
+    tz_all = (logt - t_mean) / np.maximum(t_std, 1e-3)
+    has = a.answer_id >= 0
+    k = len(cands)
+    cascades = [c for m in range(1, cfg.max_len + 1) for c in combinations(range(k), m)]
+    caps = sorted({tiers[t].max_usd_per_query for t in tiers})
+    clouds = {cap: _Cloud([], [], [], []) for cap in caps}  # type: ignore[arg-type]
+    sums: dict[float, tuple[list[np.ndarray], list[np.ndarray], list[bool]]] = {
+        cap: ([], [], []) for cap in caps
+    }
+    for step, c in enumerate(cascades):
+        cl = list(c)
+        scores = np.zeros((len(ids), max(len(c) - 1, 1)))
+        for j in range(1, len(c)):
+            x = stop_features(p_oof[:, cl], a.answer_id[:, cl], has[:, cl], tz_all[:, cl], j)
+            y = j_all[:, cl[j - 1]]
+            for f in range(cfg.folds):
+                tr, te = fold != f, fold == f
+                w = fit_logistic(x[tr], y[tr], cfg.ridge)
+                scores[te, j - 1] = stop_scores(x[te], w)
+        thetas = cfg.thetas if len(c) > 1 else (1.01,)
+        for cap in caps:
+            for theta in thetas:
+                ok, spent, _ = simulate_cascade(
+                    c, scores, theta, cap, judged_=j_all, cost=a.cost, worst=a.worst,
+                    reserve=reserve,
+                )  # fmt: skip
+                cloud = clouds[cap]
+                cloud.points.append((c, theta))
+                sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
+                sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
+                sums[cap][2].append(len(c) == 1)
+        if on_progress is not None:
+            on_progress(step + 1, len(cascades))
+    for cap in caps:
+        clouds[cap].acc = np.array(sums[cap][0])
+        clouds[cap].cost = np.array(sums[cap][1])
+        clouds[cap].single = np.array(sums[cap][2])
+
+    n = counts.sum()
+
+    def point(cap: float, target: float | None, label: str) -> tuple[OperatingPoint, float]:
+        cloud = clouds[cap]
+        i, fell_back, gain = _choose(cloud, counts, target, cfg.tolerance)
+        c, theta = cloud.points[i]
+        op = OperatingPoint(
+            cascade=tuple(int(x) for x in c),
+            theta=float(theta),
+            fallback=fell_back,
+            train_accuracy=float(cloud.acc[i].sum() / n),
+            train_cost_usd=float(cloud.cost[i].sum() / n),
+            label=label,
+        )
+        return op, gain
+
+    tier_points: dict[str, OperatingPoint] = {}
+    gains: dict[str, float] = {}
+    for t in tiers:
+        tier = tiers[t]
+        target = tier.target_usd_per_query
+        tier_points[t], gains[t] = point(tier.max_usd_per_query, target, t)
+    top = caps[-1]
+    single_costs = a.cost.mean(0)
+    lo, hi = float(single_costs.min()), float(single_costs.max())
+    sweep: list[OperatingPoint] = []
+    for target in np.geomspace(max(lo, hi * 1e-6), hi, cfg.sweep_points):
+        op, _ = point(top, float(target), f"t={target:.2e}")
+        if all((op.cascade, op.theta) != (s.cascade, s.theta) for s in sweep):
+            sweep.append(op)
+    arrays: dict[str, np.ndarray] = {"index": emb, "correct": j_all}
+    for op in [*tier_points.values(), *sweep]:
+        cl = list(op.cascade)
+        for j in range(1, len(cl)):
+            key = f"w/{op.key}/{j}"
+            if key in arrays:
+                continue
+            # the deployed predictor uses every train query, so the scorer is refitted on
+            # out-of-fold estimates (what the predictor says of queries it has not seen)
+            x = stop_features(p_oof[:, cl], a.answer_id[:, cl], has[:, cl], tz_all[:, cl], j)
+            arrays[key] = fit_logistic(x, j_all[:, cl[j - 1]], cfg.ridge)
+    spec = RouterSpec(
+        experts=tuple(e.name for e in cands),
+        reserve_usd=tuple(float(r) for r in reserve),
+        knn_k=knn_k,
+        token_mean=tuple(float(v) for v in t_mean),
+        token_std=tuple(float(v) for v in t_std),
+        tiers=tier_points,
+        tier_caps_usd={t: tiers[t].max_usd_per_query for t in tiers},
+        sweep=tuple(sweep),
+        embed_dim=emb.shape[1],
+        table=table.name,
+        controller=controller,
+        notes={
+            "pool": [e.name for e in experts],
+            "cascades": len(cascades),
+            "train_queries": len(ids),
+            "cv_gain_over_single": gains,
+            "tier_targets_usd": {t: tiers[t].target_usd_per_query for t in tiers},
+            "max_output_tokens": max_output_tokens,
+            "seed": cfg.seed,
+        },
+    )
+    return CascadeRouter(spec, arrays)
+
+
+def router_outcomes(
+    router: CascadeRouter,
+    table: OutcomeTable,
+    experts: Sequence[ReplayExpert],
+    query_ids: Sequence[str],
+    embeddings: dict[str, np.ndarray],
+    point: OperatingPoint,
+    cap: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``router`` does at ``point`` under ``cap`` on ``query_ids``, simulated (the same
+    decisions as ``CascadeRouter.decide`` in the graph): (N,) correctness, cost, calls."""
+    by_name = {e.name: e for e in experts}
+    missing = [n for n in router.spec.experts if n not in by_name]
+    if missing:
+        raise ConfigError(f"the router's experts {missing} are not in the pool")
+    cands = [by_name[n] for n in router.spec.experts]
+    a = episode_arrays(table, cands, query_ids)
+    emb = np.stack([embeddings[q] for q in query_ids]).astype(np.float32)
+    cl = list(point.cascade)
+    p_hat = router.estimate(emb)[:, cl]
+    tz = router.tokens_z(cl, a.out_tokens[:, cl])
+    has = a.answer_id[:, cl] >= 0
+    # answer ids: the table's ids are per query and shared by all experts, like the router's
+    scores = np.zeros((len(query_ids), max(len(cl) - 1, 1)))
+    for j in range(1, len(cl)):
+        x = stop_features(p_hat, a.answer_id[:, cl], has, tz, j)
+        scores[:, j - 1] = stop_scores(x, router.scorer(point, j))
+    reserve = np.asarray(router.spec.reserve_usd)
+    return simulate_cascade(
+        point.cascade, scores, point.theta, cap, judged_=judged(a), cost=a.cost,
+        worst=a.worst, reserve=reserve,
+    )  # fmt: skip
