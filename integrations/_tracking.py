@@ -74,8 +74,8 @@ class TrackingLedger:
         self._forget(reservation_id)
         return reservation
 
-    async def query_spend(self, query_id: str) -> SpendSummary:
-        return await self.inner.query_spend(query_id)
+    async def query_spend(self, query_id: str, *, tenant: str | None = None) -> SpendSummary:
+        return await self.inner.query_spend(query_id, tenant=tenant)
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
         return await self.inner.tenant_spend(tenant, at=at)

@@ -249,8 +249,9 @@ class Ledger(Protocol):
         """Charge nothing: the call was never sent. A settled reservation stays settled."""
         ...
 
-    async def query_spend(self, query_id: str) -> SpendSummary:
-        """Spend of one query across all its reservations."""
+    async def query_spend(self, query_id: str, *, tenant: str | None = None) -> SpendSummary:
+        """Spend of one query across all its reservations: ``tenant``'s query, or (None)
+        the query id's spend summed over every tenant that used it."""
         ...
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:

@@ -24,6 +24,7 @@ from corl_graph.budget._rows import (
     audit_entry,
     new_reservation,
     settle_entries,
+    sum_summaries,
     validate_lookup,
     validate_request,
     validate_usage,
@@ -94,7 +95,10 @@ class InMemoryLedger:
         self._tenants: dict[str, TenantBudget] = {}
         self._reservations: dict[str, Reservation] = {}
         self._tokens: dict[str, int] = {}  # worst case while held, real once settled
-        self._by_query: dict[str, _Tally] = {}
+        # Per-query caps belong to one tenant: (tenant, query id), so two tenants that pick the
+        # same query id never share (or see) a cap.
+        self._by_query: dict[tuple[str, str], _Tally] = {}
+        self._query_tenants: dict[str, set[str]] = {}
         self._by_tenant: dict[tuple[str, str], _Tally] = {}
         self._audit: list[AuditEntry] = []
 
@@ -115,9 +119,16 @@ class InMemoryLedger:
 
     def _tallies(self, r: Reservation) -> tuple[_Tally, _Tally]:
         return (
-            self._by_query.setdefault(r.query_id, _Tally()),
+            self._query_tally(r.tenant, r.query_id),
             self._by_tenant.setdefault((r.tenant, r.period), _Tally()),
         )
+
+    def _query_tally(self, tenant: str, query_id: str) -> _Tally:
+        tally = self._by_query.get((tenant, query_id))
+        if tally is None:
+            tally = self._by_query[(tenant, query_id)] = _Tally()
+            self._query_tenants.setdefault(query_id, set()).add(tenant)
+        return tally
 
     def _log(self, event: AuditEvent, r: Reservation, **detail: Any) -> None:
         self._audit.append(audit_entry(event, r, self._clock(), **detail))
@@ -188,10 +199,13 @@ class InMemoryLedger:
             self._log("released", released, amount_usd=0.0)
             return released
 
-    async def query_spend(self, query_id: str) -> SpendSummary:
-        validate_lookup(query_id=query_id)
+    async def query_spend(self, query_id: str, *, tenant: str | None = None) -> SpendSummary:
+        validate_lookup(query_id=query_id, tenant=tenant)
         with self._lock:
-            return self._by_query.get(query_id, _Tally()).summary()
+            tenants = [tenant] if tenant is not None else self._query_tenants.get(query_id, ())
+            return sum_summaries(
+                self._by_query.get((t, query_id), _Tally()).summary() for t in tenants
+            )
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
         validate_lookup(tenant=tenant)

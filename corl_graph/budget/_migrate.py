@@ -11,7 +11,8 @@ constraints. Moving a version-1 ledger to version 2:
    reserved worst case (the rule for impossible provider reports: never a refund); a
    negative token count becomes 0;
 3. the running totals are rebuilt from the reservations (which also clears any drift an
-   earlier bug left, such as a reservation counted twice);
+   earlier bug left, such as a reservation counted twice); schema 3 keys the per-query totals
+   by (query id, tenant), so the old per-query table is dropped and rebuilt too;
 4. (PostgreSQL) the CHECK constraints are added.
 
 The statements are plain SQL that SQLite and PostgreSQL both accept; ``1e308`` bounds a
@@ -87,8 +88,8 @@ def rebuild_totals(t: LedgerTables) -> list[str]:
     )
     return [
         f"DELETE FROM {t.query_totals}",
-        f"INSERT INTO {t.query_totals} (query_id, {TOTALS_COLUMNS}) "
-        f"SELECT query_id, {sums} FROM {t.reservations} GROUP BY query_id",
+        f"INSERT INTO {t.query_totals} (query_id, tenant, {TOTALS_COLUMNS}) "
+        f"SELECT query_id, tenant, {sums} FROM {t.reservations} GROUP BY query_id, tenant",
         f"DELETE FROM {t.tenant_totals}",
         f"INSERT INTO {t.tenant_totals} (tenant, period, {TOTALS_COLUMNS}) "
         f"SELECT tenant, period, {sums} FROM {t.reservations} GROUP BY tenant, period",

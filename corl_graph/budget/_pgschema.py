@@ -104,6 +104,16 @@ _TOTALS = (
 )
 
 
+def _query_totals_ddl(t: Tables) -> str:
+    # Keyed by (query id, tenant): one tenant's query id never shares another's cap; query id
+    # first, so summing a query id over its tenants reads one index range.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {t.query_totals} (query_id text NOT NULL, "
+        f"tenant text NOT NULL, {_TOTALS}, PRIMARY KEY (query_id, tenant)"
+        f"{_checks('query_totals')})"
+    )
+
+
 def _ddl(t: Tables) -> list[str]:
     p = t.prefix
     return [
@@ -118,8 +128,7 @@ def _ddl(t: Tables) -> list[str]:
         f"{_checks('reservations')})",
         f'CREATE INDEX IF NOT EXISTS "{p}reservations_held" ON {t.reservations} (expires_at) '
         "WHERE status = 'held'",
-        f"CREATE TABLE IF NOT EXISTS {t.query_totals} (query_id text PRIMARY KEY, {_TOTALS}"
-        f"{_checks('query_totals')})",
+        _query_totals_ddl(t),
         f"CREATE TABLE IF NOT EXISTS {t.tenant_totals} (tenant text NOT NULL, "
         f"period text NOT NULL, {_TOTALS}, PRIMARY KEY (tenant, period)"
         f"{_checks('tenant_totals')})",
@@ -170,15 +179,19 @@ async def create_schema(conn: Any, tables: Tables) -> None:
 async def _migrate(conn: Any, tables: Tables, version: int) -> None:
     """Bring tables of an older schema version up to date, inside the caller's transaction
     (under its advisory lock, so one replica migrates and the others wait)."""
-    if version < 2:
-        lt = tables.ledger_tables()
-        for statement in [*repair_rows(lt, time.time()), *rebuild_totals(lt)]:
-            await conn.execute(statement)
+    lt = tables.ledger_tables()
+    # 3: per-query totals keyed by (query id, tenant); rebuilt below from the reservations.
+    await conn.execute(f"DROP TABLE {tables.query_totals}")
+    await conn.execute(_query_totals_ddl(tables))
+    for statement in [*repair_rows(lt, time.time()), *rebuild_totals(lt)]:
+        await conn.execute(statement)
+    if version < 2:  # 2: CHECK constraints (the new query_totals table has its own)
         for table, checks in _CHECKS.items():
             for name, sql in checks.items():
-                await conn.execute(
-                    f"ALTER TABLE {tables.name(table)} ADD CONSTRAINT {name} CHECK ({sql})"
-                )
+                if table != "query_totals":
+                    await conn.execute(
+                        f"ALTER TABLE {tables.name(table)} ADD CONSTRAINT {name} CHECK ({sql})"
+                    )
     await conn.execute(
         f"UPDATE {tables.meta} SET value = %s WHERE key = 'schema_version'",
         (str(SCHEMA_VERSION),),

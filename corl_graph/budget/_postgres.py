@@ -57,6 +57,7 @@ from corl_graph.budget._rows import (
     reservation_from_row,
     reservation_values,
     reserved_entry,
+    sum_summaries,
     totals_from_row,
     transition,
     validate_lookup,
@@ -319,14 +320,14 @@ class PostgresLedger:
         sql = f"SELECT {RESERVATION_COLUMNS} FROM {self._tables.reservations} WHERE id = %s"
         return await conn.execute(sql + (" FOR UPDATE" if lock else ""), (reservation_id,))
 
-    async def _ask_lock_query(self, conn: Any, query_id: str) -> Any:
+    async def _ask_lock_query(self, conn: Any, tenant: str, query_id: str) -> Any:
         # ON CONFLICT DO UPDATE locks an existing row and returns its latest committed values
         # in one statement; SELECT ... FOR UPDATE would need a second one to create the row.
         return await conn.execute(
-            f"INSERT INTO {self._tables.query_totals} (query_id, {TOTALS_COLUMNS}) "
-            f"VALUES (%s, {_ZEROS}) ON CONFLICT (query_id) DO UPDATE SET "
+            f"INSERT INTO {self._tables.query_totals} (query_id, tenant, {TOTALS_COLUMNS}) "
+            f"VALUES (%s, %s, {_ZEROS}) ON CONFLICT (query_id, tenant) DO UPDATE SET "
             f"query_id = excluded.query_id RETURNING {TOTALS_COLUMNS}",
-            (query_id,),
+            (query_id, tenant),
         )
 
     async def _ask_lock_totals_of(self, conn: Any, reservation_id: str) -> tuple[Any, Any]:
@@ -334,8 +335,9 @@ class PostgresLedger:
         its id: sent together with the reservation's own lock, in one round trip."""
         t = self._tables
         query = await conn.execute(
-            f"UPDATE {t.query_totals} SET query_id = query_id WHERE query_id = "
-            f"(SELECT query_id FROM {t.reservations} WHERE id = %s) RETURNING {TOTALS_COLUMNS}",
+            f"UPDATE {t.query_totals} SET query_id = query_id WHERE (query_id, tenant) = "
+            f"(SELECT query_id, tenant FROM {t.reservations} WHERE id = %s) "
+            f"RETURNING {TOTALS_COLUMNS}",
             (reservation_id,),
         )
         tenant = await conn.execute(
@@ -377,13 +379,15 @@ class PostgresLedger:
             f"VALUES ({', '.join(['%s'] * 12)}) ON CONFLICT (id) DO UPDATE SET "
             "status = excluded.status, charged_usd = excluded.charged_usd, "
             "tokens = excluded.tokens), "
-            f"q AS (UPDATE {t.query_totals} SET {_TOTALS_SET} WHERE query_id = %s), "
+            f"q AS (UPDATE {t.query_totals} SET {_TOTALS_SET} "
+            "WHERE query_id = %s AND tenant = %s), "
             f"p AS (UPDATE {t.tenant_totals} SET {_TOTALS_SET} "
             f"WHERE tenant = %s AND period = %s) {audit_sql}",
             (
                 *reservation_values(new),
                 *query.as_tuple(),
                 r.query_id,
+                r.tenant,
                 *tenant.as_tuple(),
                 r.tenant,
                 r.period,
@@ -430,7 +434,7 @@ class PostgresLedger:
                 # it (the second INSERT only updates the row; its totals were already moved).
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._id_lock(rid),))
                 budget_cur = await self._ask_budget(conn, request.tenant)
-                query_cur = await self._ask_lock_query(conn, request.query_id)
+                query_cur = await self._ask_lock_query(conn, request.tenant, request.query_id)
                 # Runs after the query row is locked, so a concurrent retry of this same
                 # reserve has either committed (we return it) or not started (we insert).
                 existing_cur = await self._ask_reservation(conn, rid, lock=False)
@@ -493,7 +497,9 @@ class PostgresLedger:
             r = row.reservation
             query_row, tenant_row = await query_cur.fetchone(), await tenant_cur.fetchone()
             if query_row is None:  # a totals row deleted by hand: recreate it as a reserve does
-                query_row = await (await self._ask_lock_query(conn, r.query_id)).fetchone()
+                query_row = await (
+                    await self._ask_lock_query(conn, r.tenant, r.query_id)
+                ).fetchone()
             if tenant_row is None:
                 tenant_cur = await self._ask_lock_tenant(conn, r.tenant, r.period)
                 tenant_row = await tenant_cur.fetchone()
@@ -518,13 +524,20 @@ class PostgresLedger:
         cur = await conn.execute(f"SELECT {TOTALS_COLUMNS} FROM {table} WHERE {where}", key)
         return totals_from_row(await cur.fetchone())
 
-    async def query_spend(self, query_id: str) -> SpendSummary:
-        validate_lookup(query_id=query_id)
+    async def query_spend(self, query_id: str, *, tenant: str | None = None) -> SpendSummary:
+        validate_lookup(query_id=query_id, tenant=tenant)
+        table = self._tables.query_totals
 
-        async def op(conn: Any) -> Totals:
-            return await self._totals(conn, self._tables.query_totals, "query_id = %s", (query_id,))
+        async def op(conn: Any) -> SpendSummary:
+            if tenant is not None:
+                where, key = "query_id = %s AND tenant = %s", (query_id, tenant)
+                return (await self._totals(conn, table, where, key)).summary()
+            cur = await conn.execute(
+                f"SELECT {TOTALS_COLUMNS} FROM {table} WHERE query_id = %s", (query_id,)
+            )
+            return sum_summaries(totals_from_row(row).summary() for row in await cur.fetchall())
 
-        return (await self._run(op)).summary()
+        return await self._run(op)
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
         validate_lookup(tenant=tenant)

@@ -16,7 +16,7 @@ differ in how they lock and store. ``InMemoryLedger`` stays the reference they a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ __all__ = [
     "reservation_values",
     "reserved_entry",
     "settle_entries",
+    "sum_summaries",
     "totals_from_row",
     "transition",
     "validate_lookup",
@@ -58,7 +59,8 @@ __all__ = [
 
 # Bump when a table changes; a ledger refuses files written by a newer version and migrates
 # older ones (``_migrate``). 2: inputs checked, rows repaired, CHECK constraints (PostgreSQL).
-SCHEMA_VERSION = 2
+# 3: per-query totals keyed by (query id, tenant): a query's cap is one tenant's.
+SCHEMA_VERSION = 3
 
 Action = Literal["settle", "release", "expire"]
 
@@ -134,6 +136,20 @@ class Totals:
             self.held_usd = 0.0
         if self.expired_n == 0:
             self.expired_usd = 0.0
+
+
+def sum_summaries(summaries: Iterable[SpendSummary]) -> SpendSummary:
+    """One summary of several (a query id's spend over the tenants that used it)."""
+    total = SpendSummary()
+    for s in summaries:
+        total = SpendSummary(
+            total.settled_usd + s.settled_usd,
+            total.held_usd + s.held_usd,
+            total.expired_usd + s.expired_usd,
+            total.calls + s.calls,
+            total.tokens + s.tokens,
+        )
+    return total
 
 
 def validate_request(request: ReservationRequest, reservation_id: str | None = None) -> None:

@@ -54,6 +54,7 @@ from corl_graph.budget._rows import (
     reservation_from_row,
     reservation_values,
     reserved_entry,
+    sum_summaries,
     totals_from_row,
     transition,
     validate_lookup,
@@ -80,9 +81,10 @@ CREATE TABLE IF NOT EXISTS {_P}reservations (
 CREATE INDEX IF NOT EXISTS {_P}reservations_held
     ON {_P}reservations (expires_at) WHERE status = 'held';
 CREATE TABLE IF NOT EXISTS {_P}query_totals (
-    query_id TEXT PRIMARY KEY, settled_usd REAL NOT NULL, held_usd REAL NOT NULL,
-    expired_usd REAL NOT NULL, calls INTEGER NOT NULL, tokens INTEGER NOT NULL,
-    held_n INTEGER NOT NULL, expired_n INTEGER NOT NULL);
+    query_id TEXT NOT NULL, tenant TEXT NOT NULL, settled_usd REAL NOT NULL,
+    held_usd REAL NOT NULL, expired_usd REAL NOT NULL, calls INTEGER NOT NULL,
+    tokens INTEGER NOT NULL, held_n INTEGER NOT NULL, expired_n INTEGER NOT NULL,
+    PRIMARY KEY (query_id, tenant));
 CREATE TABLE IF NOT EXISTS {_P}tenant_totals (
     tenant TEXT NOT NULL, period TEXT NOT NULL, settled_usd REAL NOT NULL,
     held_usd REAL NOT NULL, expired_usd REAL NOT NULL, calls INTEGER NOT NULL,
@@ -214,6 +216,9 @@ class SQLiteLedger:
         tables = LedgerTables(
             f"{_P}reservations", f"{_P}query_totals", f"{_P}tenant_totals", f"{_P}audit"
         )
+        # Schema 3 keys query_totals by (query id, tenant): the old table is rebuilt in full.
+        conn.execute(f"DROP TABLE {_P}query_totals")
+        conn.execute(next(s for s in _SCHEMA.split(";") if f"{_P}query_totals (" in s))
         for statement in [*repair_rows(tables, self._clock()), *rebuild_totals(tables)]:
             conn.execute(statement)
         conn.execute(
@@ -272,10 +277,11 @@ class SQLiteLedger:
         ).fetchone()
         return None if row is None else reservation_from_row(row)
 
-    def _query_totals(self, query_id: str) -> Totals:
+    def _query_totals(self, tenant: str, query_id: str) -> Totals:
         return totals_from_row(
             self._conn.execute(
-                f"SELECT {TOTALS_COLUMNS} FROM {_P}query_totals WHERE query_id = ?", (query_id,)
+                f"SELECT {TOTALS_COLUMNS} FROM {_P}query_totals WHERE query_id = ? AND tenant = ?",
+                (query_id, tenant),
             ).fetchone()
         )
 
@@ -292,7 +298,7 @@ class SQLiteLedger:
     ) -> None:
         """Write ``new`` and move its contribution in both totals rows from ``old``'s."""
         r = new.reservation
-        query = self._query_totals(r.query_id)
+        query = self._query_totals(r.tenant, r.query_id)
         tenant = self._tenant_totals(r.tenant, r.period)
         query.move(old, new)
         tenant.move(old, new)
@@ -303,9 +309,10 @@ class SQLiteLedger:
             reservation_values(new),
         )
         c.execute(
-            f"INSERT INTO {_P}query_totals (query_id, {TOTALS_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
-            f" ON CONFLICT (query_id) DO UPDATE SET {_TOTALS_SET}",
-            (r.query_id, *query.as_tuple()),
+            f"INSERT INTO {_P}query_totals (query_id, tenant, {TOTALS_COLUMNS}) "
+            f"VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (query_id, tenant) "
+            f"DO UPDATE SET {_TOTALS_SET}",
+            (r.query_id, r.tenant, *query.as_tuple()),
         )
         c.execute(
             f"INSERT INTO {_P}tenant_totals (tenant, period, {TOTALS_COLUMNS}) "
@@ -348,7 +355,7 @@ class SQLiteLedger:
             try:
                 check_caps(
                     request,
-                    query=self._query_totals(request.query_id).summary(),
+                    query=self._query_totals(request.tenant, request.query_id).summary(),
                     tenant=self._tenant_totals(request.tenant, period).summary(),
                     budget=budget,
                 )
@@ -383,9 +390,18 @@ class SQLiteLedger:
         validate_lookup(reservation_id=reservation_id)
         return await self._run(lambda: self._apply(reservation_id, "release", None))
 
-    async def query_spend(self, query_id: str) -> SpendSummary:
-        validate_lookup(query_id=query_id)
-        return await self._run(lambda: self._query_totals(query_id).summary())
+    async def query_spend(self, query_id: str, *, tenant: str | None = None) -> SpendSummary:
+        validate_lookup(query_id=query_id, tenant=tenant)
+        if tenant is not None:
+            return await self._run(lambda: self._query_totals(tenant, query_id).summary())
+
+        def work() -> SpendSummary:
+            rows = self._conn.execute(
+                f"SELECT {TOTALS_COLUMNS} FROM {_P}query_totals WHERE query_id = ?", (query_id,)
+            ).fetchall()
+            return sum_summaries(totals_from_row(row).summary() for row in rows)
+
+        return await self._run(work)
 
     async def tenant_spend(self, tenant: str, *, at: float | None = None) -> SpendSummary:
         validate_lookup(tenant=tenant)

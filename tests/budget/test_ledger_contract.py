@@ -273,3 +273,21 @@ async def _apply(ledger: Ledger, op: tuple[object, ...]) -> object:
         case ("reconcile", float(now)):
             return len((await ledger.reconcile(now=now)).expired)
     raise ValueError(op)
+
+
+async def test_per_query_caps_belong_to_one_tenant(make_ledger: MakeLedger) -> None:
+    """Issue 19 item 10: caps were keyed by query id alone, so tenant B's first call on a
+    query id tenant A had used up was refused (and B's spend showed in A's query)."""
+    ledger = await make_ledger(default_budget=TenantBudget("*", 1.0, "total"))
+    await ledger.reserve(req("shared", 0.009, tenant="a"))
+    with pytest.raises(BudgetExceededError):
+        await ledger.reserve(req("shared", 0.002, tenant="a"))
+    b = await ledger.reserve(req("shared", 0.009, tenant="b"))  # B's own cap
+    await ledger.settle(b.id, Usage(10, 10, 0.001))
+    a_spend = await ledger.query_spend("shared", tenant="a")
+    b_spend = await ledger.query_spend("shared", tenant="b")
+    assert (a_spend.held_usd, a_spend.calls) == (0.009, 1)
+    assert (b_spend.settled_usd, b_spend.held_usd, b_spend.calls) == (0.001, 0.0, 1)
+    both = await ledger.query_spend("shared")
+    assert both.committed_usd == pytest.approx(0.010) and both.calls == 2
+    assert (await ledger.query_spend("shared", tenant="c")).calls == 0
