@@ -35,6 +35,7 @@ from langchain_core.messages import (
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from pydantic import ConfigDict, Field, ValidationError
 
 from corl_graph._exceptions import ConfigError, QueryTimeoutError
@@ -119,7 +120,8 @@ class CORLChatModel(BaseChatModel):
     ('4', 'low')
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # Unknown constructor options are refused (ConfigError), never silently dropped.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     router: Router = Field(exclude=True)
     tier: str | None = None
@@ -129,6 +131,8 @@ class CORLChatModel(BaseChatModel):
     max_tokens: int | None = None
     stop: list[str] | None = None
     timeout: float | None = None
+    # LangChain's convention: with streaming=True, invoke streams tokens to the callbacks.
+    streaming: bool = False
     query_builder: Callable[[Sequence[BaseMessage]], str] = Field(
         default=messages_to_query, exclude=True
     )
@@ -142,6 +146,15 @@ class CORLChatModel(BaseChatModel):
                 cause = (error.get("ctx") or {}).get("error")
                 if isinstance(cause, ConfigError):
                     raise cause from None
+            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+            if unknown:
+                raise ConfigError(
+                    f"CORLChatModel has no option {', '.join(map(repr, unknown))}: it takes "
+                    "router, tier, tenant, model, temperature, max_tokens, stop, timeout, "
+                    "streaming, query_builder and LangChain's own (callbacks, tags, "
+                    "metadata, cache, rate_limiter, disable_streaming...); retries are set "
+                    "on each expert (ChatModelExpert(max_retries=...))"
+                ) from None
             raise
 
     def model_post_init(self, context: Any, /) -> None:
@@ -166,7 +179,8 @@ class CORLChatModel(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="corl_graph",
-            ls_model_name=f"corl-{self._tier(kwargs)}",
+            # A per-call model is reported as it was asked for (the suites' convention).
+            ls_model_name=str(kwargs.get("model") or f"corl-{self._tier(kwargs)}"),
             ls_model_type="chat",
         )
         temperature = kwargs.get("temperature", self.temperature)
@@ -368,18 +382,24 @@ class CORLChatModel(BaseChatModel):
             chat=chat,
         )
         timeout = kwargs.get("timeout", self.timeout)
-        if timeout is None:
-            result = await run
-        else:
-            try:
+        # The experts' model runs are the router's business: reported to the caller's
+        # callbacks they would count the same tokens twice (this reply's usage has them all,
+        # response_metadata["calls"] each call, the router's spans trace them).
+        token = var_child_runnable_config.set(None)
+        try:
+            if timeout is None:
+                result = await run
+            else:
                 async with asyncio.timeout(timeout):
                     result = await run
-            except TimeoutError as exc:
-                raise QueryTimeoutError(
-                    f"the routed run did not finish within timeout={timeout}s; calls in "
-                    "flight were settled at their reserved amount",
-                    timeout_s=timeout,
-                ) from exc
+        except TimeoutError as exc:
+            raise QueryTimeoutError(
+                f"the routed run did not finish within timeout={timeout}s; calls in "
+                "flight were settled at their reserved amount",
+                timeout_s=float(timeout or 0.0),
+            ) from exc
+        finally:
+            var_child_runnable_config.reset(token)
         error = unanswered_error(result)
         if error is not None:
             raise error

@@ -18,7 +18,7 @@ from langchain_core.output_parsers import (
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel
+from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.experts import ChatRequest, ToolCall
@@ -108,7 +108,7 @@ def structured_output(
         )
     if schema is None and method != "json_mode":
         raise ConfigError(f"with_structured_output: method={method!r} needs a schema")
-    is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
+    is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
     tool = convert_to_openai_tool(schema, strict=strict) if schema is not None else None
     ls_format = {"kwargs": {"method": method, "strict": strict}, "schema": tool}
     if method == "function_calling":

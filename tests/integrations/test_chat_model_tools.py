@@ -233,6 +233,8 @@ async def test_unknown_call_options_are_refused_by_name() -> None:
         await CORLChatModel(router=router).ainvoke("q", top_k=3)
     with pytest.raises(ConfigError, match="temperature"):
         CORLChatModel(router=router, temperature=5.0)
+    with pytest.raises(ConfigError, match="no option 'max_retries'"):
+        CORLChatModel(router=router, max_retries=2)  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="tool_choice names 'divide'"):
         CORLChatModel(router=router).bind_tools([add], tool_choice="divide")
     with pytest.raises(ConfigError, match="method"):
