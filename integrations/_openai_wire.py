@@ -3,7 +3,9 @@
 Errors follow OpenAI's shape, ``{"error": {"message", "type", "code", "param"}}``, with these
 statuses::
 
-    400 invalid_request   malformed JSON, a missing field, n > 1, non-text content, JSON nested
+    400 invalid_request   malformed JSON, a missing field, n > 1, malformed tools, tool_choice,
+                          response_format, stop or max_tokens (``param`` names the field),
+                          tools asked of replayed experts, non-text content, JSON nested
                           deeper than MAX_JSON_DEPTH, a lone surrogate (``\\ud800``) in any
                           string, a malformed ``metadata.query_id``, two Authorization headers
     401 invalid_api_key   no key, or a key no tenant owns
@@ -25,11 +27,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from corl_graph.integrations._common import chunk_text, render_query, result_metadata
+from corl_graph.integrations._chat_model import messages_to_query
+from corl_graph.integrations._common import chunk_text, result_metadata
+from corl_graph.integrations._tools import output_tool_calls
+from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget._checks import check_id
+from corl_graph.experts import ChatRequest as ExpertChat
 from corl_graph.graph import RouteResult
 
 __all__ = ["ApiError", "ChatRequest", "completion", "parse_request", "sse_chunks"]
@@ -43,6 +49,9 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_QUERY_ID = 128
+# OpenAI's own limits on these fields.
+MAX_STOP = 4
+MAX_TOOLS = 128
 
 
 class ApiError(Exception):
@@ -84,10 +93,25 @@ class _TextPart(BaseModel):
     text: str | None = None
 
 
+class _FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str
+
+
+class _ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["function"] = "function"
+    function: _FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -102,9 +126,48 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class _Function(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: _Function
+
+
+class _NamedFunction(BaseModel):
+    name: str
+
+
+class _ToolChoice(BaseModel):
+    type: Literal["function"]
+    function: _NamedFunction
+
+
+class _JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class _ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+
 class ChatRequest(BaseModel):
-    """The fields the router uses; sampling fields (temperature, max_tokens…) are accepted
-    and ignored, since the experts' own settings apply."""
+    """A chat-completions request. The router honours ``tools``, ``tool_choice``,
+    ``parallel_tool_calls``, ``response_format``, ``stop``, ``max_tokens`` /
+    ``max_completion_tokens`` and ``temperature`` (passed to every expert call; ``stop`` also
+    cuts the answer) and ``n`` = 1; a malformed value of any of them is a 400 naming it."""
 
     model_config = ConfigDict(extra="allow")
     model: str
@@ -113,12 +176,58 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = 1
     metadata: dict[str, str] | None = None
+    tools: list[_Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | _ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: _ResponseFormat | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+    def messages_in(self) -> list[BaseMessage]:
+        """The chat as LangChain messages (tool calls and tool results included)."""
+        dumped = [m.model_dump(exclude_none=True) for m in self.messages]
+        for d, m in zip(dumped, self.messages, strict=True):
+            d["content"] = m.text()  # refuses non-text content
+        try:
+            return list(convert_to_messages(dumped))
+        except (ValueError, TypeError) as exc:  # e.g. tool-call arguments that are not JSON
+            raise bad_request(f"messages: {exc}", param="messages") from None
 
     def query(self) -> str:
-        query: str = render_query([(m.role, m.text()) for m in self.messages])
+        query = str(messages_to_query(self.messages_in()))
         if not query.strip():
             raise bad_request("the messages hold no text", param="messages")
         return query
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def expert_chat(self) -> ExpertChat | None:
+        """What the experts get beyond the query (None for a plain chat), validated."""
+        fmt = None
+        if self.response_format is not None and self.response_format.type != "text":
+            fmt = self.response_format.model_dump(exclude_none=True, by_alias=True)
+        choice = self.tool_choice
+        options: dict[str, Any] = {
+            "tools": tuple(t.model_dump(exclude_none=True) for t in self.tools or ()),
+            "tool_choice": choice.model_dump() if isinstance(choice, BaseModel) else choice,
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "response_format": fmt,
+            "stop": tuple(self.stops()),
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "temperature": self.temperature,
+        }
+        tool_turns = any(m.role == "tool" or m.tool_calls for m in self.messages)
+        if not any(options.values()) and self.temperature is None and not tool_turns:
+            return None
+        try:
+            return ExpertChat(messages=tuple(self.messages_in()), **options)
+        except ConfigError as exc:
+            text = str(exc)
+            fields = ("tool_choice", "response_format", "max_tokens", "temperature", "tools")
+            raise bad_request(text, param=next((f for f in fields if f in text), None)) from None
 
 
 def parse_request(body: bytes) -> ChatRequest:
@@ -139,6 +248,14 @@ def parse_request(body: bytes) -> ChatRequest:
         raise bad_request(f"{where}: {first['msg']}", param=where or None) from exc
     if request.n != 1:
         raise bad_request("only n=1 is supported", param="n")
+    stops = request.stops()
+    if len(stops) > MAX_STOP or any(not s for s in stops):
+        raise bad_request(f"stop: up to {MAX_STOP} non-empty sequences", param="stop")
+    fmt = request.response_format
+    if fmt is not None and (fmt.type == "json_schema") != (fmt.json_schema is not None):
+        raise bad_request('response_format: "json_schema" (and only it) needs a json_schema '
+                          'object with a "name"', param="response_format")
+    request.expert_chat()  # tools, tool_choice and the rest checked together: a 400 now
     _check_metadata(request.metadata)
     return request
 
@@ -209,22 +326,41 @@ def _usage(result: RouteResult) -> dict[str, Any]:
             "cost_usd": result.cost_usd}
 
 
-def completion(result: RouteResult, model: str) -> dict[str, Any]:
+def _wire_calls(result: RouteResult) -> list[dict[str, Any]]:
+    """The answer's tool calls in OpenAI's format (arguments as a JSON string)."""
+    return [{"id": c["id"], "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
+            for c in output_tool_calls(result.tool_calls)]
+
+
+def _cut(text: str, stop: list[str]) -> str:
+    cuts = [i for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def completion(result: RouteResult, model: str, stop: list[str] | None = None) -> dict[str, Any]:
     """A ``chat.completion`` object; routing facts under the extension key ``corl``."""
+    calls = _wire_calls(result)
+    text = _cut(result.answer or "", stop or [])
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = calls
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": result.answer or ""}}],
+        "choices": [{"index": 0, "finish_reason": "tool_calls" if calls else "stop",
+                     "logprobs": None, "message": message}],
         "usage": _usage(result),
         "corl": result_metadata(result),
     }
 
 
-def sse_chunks(result: RouteResult, model: str, *, include_usage: bool) -> Iterator[str]:
-    """``chat.completion.chunk`` events for the answer, then ``data: [DONE]``."""
+def sse_chunks(result: RouteResult, model: str, *, include_usage: bool,
+               stop: list[str] | None = None) -> Iterator[str]:
+    """``chat.completion.chunk`` events for the answer (text, then each tool call as OpenAI
+    streams it: id, name and arguments in one delta per call), then ``data: [DONE]``."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": model}
 
@@ -233,9 +369,12 @@ def sse_chunks(result: RouteResult, model: str, *, include_usage: bool) -> Itera
         return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
 
     yield event({"role": "assistant", "content": ""})
-    for piece in chunk_text(result.answer or ""):
+    for piece in chunk_text(_cut(result.answer or "", stop or [])):
         yield event({"content": piece})
-    yield event({}, "stop", corl=result_metadata(result))
+    calls = _wire_calls(result)
+    for i, call in enumerate(calls):
+        yield event({"tool_calls": [{"index": i, **call}]})
+    yield event({}, "tool_calls" if calls else "stop", corl=result_metadata(result))
     if include_usage:
         yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(result)})}\n\n"
     yield "data: [DONE]\n\n"

@@ -2,6 +2,7 @@
 
     GET  /health               liveness, and whether the server is draining
     GET  /v1/models            one model per tier: "corl-low", "corl-medium", "corl-high"
+    GET  /v1/models/{id}       one of them (404 model_not_found otherwise)
     POST /v1/chat/completions  routes the chat under the tier the model names (SSE or not)
     GET  /v1/budget            the caller's own tenant spend in the current period
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from corl_graph.integrations._common import unanswered_error
 from corl_graph.integrations._limits import RateLimiter
+from corl_graph.integrations._openapi import server_openapi
 from corl_graph.integrations._openai_wire import (
     ApiError,
     ChatRequest,
@@ -45,6 +47,7 @@ from corl_graph._exceptions import (
     LedgerError,
     QueryTimeoutError,
     RunError,
+    ToolsUnsupportedError,
 )
 from corl_graph.budget import TenantBudget
 from corl_graph.experts import ReplayExpert
@@ -111,6 +114,7 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
     app = FastAPI(title="corl_graph router", lifespan=lifespan)
     app.state.corl = state
     _add_routes(app, state)
+    app.openapi = lambda: server_openapi(app)  # type: ignore[method-assign]
     return app
 
 
@@ -135,7 +139,9 @@ def _add_routes(app: FastAPI, state: _State) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
         body = ApiError(exc.status_code, str(exc.detail), type="invalid_request_error", code=code)
-        return JSONResponse(body.body(), status_code=exc.status_code)
+        # A 405 keeps its Allow header (RFC 9110): it says which methods the path takes.
+        return JSONResponse(body.body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LedgerError)
     async def ledger_down(request: Request, exc: LedgerError) -> JSONResponse:
@@ -164,6 +170,12 @@ def _add_routes(app: FastAPI, state: _State) -> None:
                  "owned_by": "corl_graph"} for tier in _tiers_of(tenant, state)]
         return {"object": "list", "data": data}
 
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        tenant = _tenant(request, state)
+        _tier_of(model_id, state, tenant)  # 404 model_not_found, as for a request
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "corl_graph"}
+
     @app.get("/v1/budget")
     async def budget(request: Request) -> dict[str, Any]:
         tenant = _tenant(request, state)
@@ -184,11 +196,13 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         tier = _tier_of(chat.model, state, tenant)
         await _check_tenant_budget(state, tenant)
         result = await _route(state, chat, tier, tenant)
+        stop = chat.stops()
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return StreamingResponse(sse_chunks(result, chat.model, include_usage=include_usage),
-                                     media_type="text/event-stream")
-        return JSONResponse(completion(result, chat.model))
+            return StreamingResponse(
+                sse_chunks(result, chat.model, include_usage=include_usage, stop=stop),
+                media_type="text/event-stream")
+        return JSONResponse(completion(result, chat.model, stop))
 
 
 def _tenant(request: Request, state: _State) -> str:
@@ -300,14 +314,19 @@ def _exhausted(message: str, *, spent: float, held: float, limit: float) -> ApiE
 
 async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> RouteResult:
     query = chat.query()
+    expert_chat = chat.expert_chat()
     query_id = (chat.metadata or {}).get("query_id") or state.query_ids.get(query)
     task = asyncio.create_task(
-        state.router.arun(query, tier=tier, tenant=tenant, query_id=query_id)
+        state.router.arun(query, tier=tier, tenant=tenant, query_id=query_id, chat=expert_chat)
     )
     # Tracked so that shutdown can wait for it, and cancel it after the grace period.
     state.tasks.add(task)
     try:
         result = await asyncio.shield(task)
+    except ToolsUnsupportedError as exc:
+        raise ApiError(400, _public(str(exc), state), type="invalid_request_error",
+                       code="invalid_request",
+                       param="tools" if chat.tools else "response_format") from exc
     except ConfigError as exc:
         raise ApiError(400, _public(str(exc), state), type="invalid_request_error",
                        code="invalid_request") from exc
@@ -322,7 +341,12 @@ async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> Ro
             state.tasks.discard(task)
         else:
             task.add_done_callback(state.tasks.discard)
-    return await _checked(result, state, tenant)
+    result = await _checked(result, state, tenant)
+    if expert_chat is not None and expert_chat.wants_tool_call and not result.tool_calls:
+        # OpenAI's contract: with "required" or a named function the answer is a tool call.
+        raise ApiError(502, "tool_choice requires a tool call and no expert answered with one",
+                       type="api_error", code="upstream_error")
+    return result
 
 
 async def _checked(result: RouteResult, state: _State, tenant: str) -> RouteResult:
