@@ -188,11 +188,14 @@ class ChatRequest(BaseModel):
     def messages_in(self) -> list[BaseMessage]:
         """The chat as LangChain messages (tool calls and tool results included)."""
         dumped = [m.model_dump(exclude_none=True) for m in self.messages]
-        for d, m in zip(dumped, self.messages, strict=True):
+        for i, (d, m) in enumerate(zip(dumped, self.messages, strict=True)):
             d["content"] = m.text()  # refuses non-text content
+            if m.role == "tool" and not m.tool_call_id:
+                raise bad_request(f"messages.{i}: a tool message needs its tool_call_id",
+                                  param=f"messages.{i}.tool_call_id")
         try:
             return list(convert_to_messages(dumped))
-        except (ValueError, TypeError) as exc:  # e.g. tool-call arguments that are not JSON
+        except (ValueError, TypeError, KeyError) as exc:  # e.g. arguments that are not JSON
             raise bad_request(f"messages: {exc}", param="messages") from None
 
     def query(self) -> str:
