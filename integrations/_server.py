@@ -26,7 +26,6 @@ from typing import Any
 
 from corl_graph.integrations._common import unanswered_error
 from corl_graph.integrations._limits import RateLimiter
-from corl_graph.integrations._openapi import server_openapi
 from corl_graph.integrations._openai_wire import (
     ApiError,
     ChatRequest,
@@ -35,7 +34,9 @@ from corl_graph.integrations._openai_wire import (
     parse_request,
     sse_chunks,
 )
+from corl_graph.integrations._openapi import server_openapi
 from corl_graph.integrations._server_config import ServerConfig
+from corl_graph.integrations._server_tracing import server_tracer_provider
 from corl_graph.integrations._tracking import TrackingLedger
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -90,6 +91,11 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
     ledger = TrackingLedger(base_ledger)
     rc = (replace(router_config, ledger=ledger) if router_config is not None
           else config.router_config(ledger))
+    tracer = None
+    if rc.tracer_provider is None:  # a caller's own provider wins over the file's
+        tracer = server_tracer_provider(config.tracing)
+        if tracer is not None:
+            rc = replace(rc, tracer_provider=tracer)
     state = _State(
         config=config,
         router=Router(rc),
@@ -110,6 +116,8 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
             await state.ledger.set_tenant(budget)
         yield
         await _drain(state)
+        if tracer is not None:
+            tracer.shutdown()  # flushes the spans still batched
 
     app = FastAPI(title="corl_graph router", lifespan=lifespan)
     app.state.corl = state

@@ -32,6 +32,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from corl_graph.integrations._server_tracing import TracingConfig
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from corl_graph._exceptions import ConfigError
@@ -233,6 +234,8 @@ class ServerConfig(_Strict):
     budget_lease_usd: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=8, ge=1)
     record_content: bool = False
+    # OTLP export of the router's spans (integrations/_server_tracing.py); None: OTEL_* decide.
+    tracing: TracingConfig | None = None
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
