@@ -50,7 +50,7 @@ from corl_graph._exceptions import (
     RunError,
     ToolsUnsupportedError,
 )
-from corl_graph.budget import TenantBudget
+from corl_graph.budget import TenantBudget, TierSet
 from corl_graph.experts import ReplayExpert
 from corl_graph.graph import Router, RouterConfig, RouteResult
 
@@ -69,6 +69,8 @@ class _State:
     revoked: set[str] = field(default_factory=set)
     allowed: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> tiers
     limiter: RateLimiter | None = None
+    # tenant -> its own router, for tenants with allowed_experts (tiers narrowed to them)
+    routers: dict[str, Router] = field(default_factory=dict)
     query_ids: dict[str, str] = field(default_factory=dict)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -108,6 +110,8 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
                  if t.allowed_tiers is not None},
         limiter=(RateLimiter(config.rate_limit.requests_per_s, config.rate_limit.burst)
                  if config.rate_limit else None),
+        routers={t.name: Router(replace(rc, tiers=narrowed(rc.tiers, t.allowed_experts)))
+                 for t in config.tenants if t.allowed_experts is not None},
     )
 
     @asynccontextmanager
@@ -124,6 +128,19 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
     _add_routes(app, state)
     app.openapi = lambda: server_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def narrowed(tiers: TierSet, experts: list[str]) -> TierSet:
+    """``tiers`` with each tier's allow-list cut down to ``experts`` (a tenant's)."""
+    return TierSet(
+        replace(t, experts=frozenset(experts) & frozenset(
+            t.experts if t.experts is not None else experts))
+        for t in tiers.values()
+    )
+
+
+def _router_of(state: _State, tenant: str) -> Router:
+    return state.routers.get(tenant, state.router)
 
 
 def _recorded_prompts(config: RouterConfig) -> dict[str, str]:
@@ -291,7 +308,7 @@ async def _in_flight_usd(state: _State, tenant: str) -> tuple[float, float]:
     With budget_hold="leased" the unused room of open budget slices is neither: it is free."""
     spend = await state.ledger.tenant_spend(tenant)
     held = spend.held_usd
-    leases = state.router.config.leases
+    leases = _router_of(state, tenant).config.leases
     if leases is not None:
         held = max(held - leases.open_usd(tenant), 0.0)
     return spend.settled_usd + spend.expired_usd, held
@@ -325,7 +342,8 @@ async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> Ro
     expert_chat = chat.expert_chat()
     query_id = (chat.metadata or {}).get("query_id") or state.query_ids.get(query)
     task = asyncio.create_task(
-        state.router.arun(query, tier=tier, tenant=tenant, query_id=query_id, chat=expert_chat)
+        _router_of(state, tenant).arun(query, tier=tier, tenant=tenant, query_id=query_id,
+                                       chat=expert_chat)
     )
     # Tracked so that shutdown can wait for it, and cancel it after the grace period.
     state.tasks.add(task)
@@ -400,7 +418,8 @@ async def _drain(state: _State) -> None:
             await asyncio.wait(late)
     try:
         # budget_hold="leased": settle the open budget slices at what their queries cost
-        await state.router.aclose()
+        for router in (state.router, *state.routers.values()):
+            await router.aclose()
     except LedgerError as exc:
         log.warning("budget slices not settled, they stay charged in full: %s", exc)
     settled = await state.ledger.settle_open(reason="server shutdown")

@@ -166,6 +166,8 @@ class TierConfig(_Strict):
     max_tokens_per_query: int | None = None
     # the mean spend per query the tier aims at (a training constraint; the cap is enforced)
     target_usd_per_query: float | None = None
+    # the experts a query of this tier may reach at all (None: all); bounds prompt injection
+    experts: list[str] | None = None
 
 
 class TenantConfig(_Strict):
@@ -181,6 +183,9 @@ class TenantConfig(_Strict):
     revoked_api_keys: list[SecretStr] = Field(default_factory=list)
     # Tiers (model names without the prefix) this tenant may use and see; None = all.
     allowed_tiers: list[str] | None = None
+    # Experts this tenant's queries may reach at all, on every tier (None = all): a call to
+    # another is denied before anything is reserved or sent, whatever the controller asks.
+    allowed_experts: list[str] | None = None
 
     @model_validator(mode="after")
     def _ascii_keys(self) -> TenantConfig:
@@ -301,6 +306,7 @@ class ServerConfig(_Strict):
                 t.max_expert_calls,
                 t.max_tokens_per_query,
                 t.target_usd_per_query,
+                t.experts,
             )
             for t in self.tiers
         )
@@ -321,6 +327,17 @@ class ServerConfig(_Strict):
         """The router this file describes, charging ``ledger``."""
         experts = self.build_experts()
         tiers = self.tier_set()
+        names = {e.name for e in experts}
+        allow_lists = [(f"tier {t.name!r}", t.experts) for t in self.tiers] + [
+            (f"tenant {t.name!r}", t.allowed_experts) for t in self.tenants
+        ]
+        for owner, allowed in allow_lists:
+            unknown = sorted(set(allowed or ()) - names)
+            if unknown:
+                raise ConfigError(
+                    f"{owner}: experts {unknown} are not experts of this config "
+                    f"(experts: {', '.join(sorted(names))})"
+                )
         return RouterConfig(
             experts=experts,
             policy=self.policy.build([e.name for e in experts]),

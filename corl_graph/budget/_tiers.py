@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +33,14 @@ class BudgetTier:
     'low'
     >>> BudgetTier("low", 0.002, target_usd_per_query=5e-4).target_usd
     0.0005
+
+    ``experts`` names the experts a query of the tier may reach at all (None: every expert).
+    It bounds what a controller can be talked into: prompt injection through an LLM
+    controller can make it *ask* for any expert, and a call outside this set is denied
+    before anything is reserved or sent (docs/reliability.md, "Prompt injection").
+
+    >>> BudgetTier("low", 0.002, experts=["small"]).allows("big")
+    False
     """
 
     name: str
@@ -40,6 +48,11 @@ class BudgetTier:
     max_expert_calls: int | None = None
     max_tokens_per_query: int | None = None
     target_usd_per_query: float | None = None
+    experts: Collection[str] | None = None  # stored as a frozenset
+
+    def allows(self, expert: str) -> bool:
+        """Whether a query of this tier may call ``expert`` at all."""
+        return self.experts is None or expert in self.experts
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -61,6 +74,13 @@ class BudgetTier:
                 f"(0, max_usd_per_query={self.max_usd_per_query}], got {target!r} (the target "
                 "is the mean spend per query; the cap is the most one query may spend)"
             )
+        if self.experts is not None:
+            if isinstance(self.experts, str):
+                raise ConfigError(
+                    f"tier {self.name!r}: experts must be a collection of names, "
+                    f"not the string {self.experts!r}"
+                )
+            object.__setattr__(self, "experts", frozenset(self.experts))
         for field, value in (
             ("max_expert_calls", self.max_expert_calls),
             ("max_tokens_per_query", self.max_tokens_per_query),

@@ -72,7 +72,9 @@ def build_view(state: RouterState, tier: BudgetTier, router: RouterConfig) -> Po
         query_id=state.get("query_id", ""),
         tier=tier,
         tier_names=tuple(router.tiers),
-        experts=router.descriptors,
+        # only the experts the tier may reach: the others are not offered, and a call to one
+        # is an unknown expert (a format error), whatever the controller was talked into
+        experts=tuple(d for d in router.descriptors if tier.allows(d.name)),
         transcript=tuple(state.get("transcript", ())),
         steps=tuple(state.get("steps", ())),
         calls=tuple(state.get("calls", ())),
@@ -226,7 +228,8 @@ def fallback_action(view: PolicyView, router: RouterConfig, *, terminal: bool = 
         return Answer(texts[-1])
     fallback = router.resolved_fallback
     tried = {c.expert for c in view.calls}
-    if not terminal and fallback and fallback not in tried and not view.budget_exhausted:
+    if (not terminal and fallback and fallback not in tried and not view.budget_exhausted
+            and view.tier.allows(fallback)):
         return CallExpert(fallback, view.query)
     return Answer("")
 
