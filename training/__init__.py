@@ -7,7 +7,7 @@ controller, with expert tokens masked out of the loss, in one process or under F
 """
 
 from corl_graph.training._checkpoint import load_training_state, save_checkpoint
-from corl_graph.training._config import Algo, MixedPrecision, PPOConfig
+from corl_graph.training._config import Algo, CostConstraint, MixedPrecision, PPOConfig
 from corl_graph.training._fsdp import DistInfo, init_distributed
 from corl_graph.training._grpo import GraphRollout, make_grpo_trainer, split_for_grpo, train_grpo
 from corl_graph.training._hf_policy import HFPolicy
@@ -32,12 +32,14 @@ from corl_graph.training._ppo_losses import (
 )
 from corl_graph.training._rewards import (
     RewardBreakdown,
+    RewardConfig,
     RewardFn,
     RewardKind,
     corl_reward,
     format_penalty,
     graded_reward,
     make_reward,
+    reward_from_config,
 )
 from corl_graph.training._rollout import (
     Episode,
@@ -47,6 +49,7 @@ from corl_graph.training._rollout import (
     collect,
     load_queries,
 )
+from corl_graph.training._tier_metrics import episode_metrics
 from corl_graph.training._tiny import CHATML_TEMPLATE, PROTOCOL_TOKENS, tiny_llama, tiny_tokenizer
 from corl_graph.training._traces import (
     TRAINING_TENANT,
@@ -55,7 +58,7 @@ from corl_graph.training._traces import (
     traces_task,
     train_sft,
 )
-from corl_graph.training._trainer import PPOTrainer, episode_metrics
+from corl_graph.training._trainer import PPOTrainer
 from corl_graph.training._verifiers import (
     Verifier,
     VerifierKind,
@@ -81,6 +84,7 @@ __all__ = [
     "ActorCritic",
     "Algo",
     "CacheCounters",
+    "CostConstraint",
     "DistInfo",
     "Episode",
     "GraphRollout",
@@ -91,6 +95,7 @@ __all__ = [
     "PPOTrainer",
     "QuerySpec",
     "RewardBreakdown",
+    "RewardConfig",
     "RewardFn",
     "RewardKind",
     "RolloutBatch",
@@ -125,6 +130,7 @@ __all__ = [
     "math_match",
     "policy_loss",
     "recorded_script",
+    "reward_from_config",
     "save_checkpoint",
     "select_best",
     "sft_trainer",

@@ -7,19 +7,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from corl_graph.training._ppo_losses import KLEstimator
-from corl_graph.training._rewards import RewardKind
+from corl_graph.training._rewards import RewardConfig, RewardKind
 from corl_graph.training._verifiers import VerifierKind
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet, default_tiers
 from corl_graph.experts import CacheMatch, OnMiss
 
-__all__ = ["Algo", "MixedPrecision", "PPOConfig"]
+__all__ = ["Algo", "CostConstraint", "MixedPrecision", "PPOConfig"]
 
 # grpo: TRL GRPOTrainer over graph rollouts (training/_grpo.py); sft: the warm start on
 # prepared traces (training/_traces.py), whose output --algo ppo|grpo continues from.
 Algo = Literal["ppo", "grpo", "sft"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
+# "none": the reward alone (caps are the ledger's); "lagrange": maximise it subject to
+# E[cost | tier] <= tier.target_usd, one multiplier per tier (training/_lagrange.py).
+CostConstraint = Literal["none", "lagrange"]
 
 
 def _default_tiers() -> tuple[BudgetTier, ...]:
@@ -99,6 +102,15 @@ class PPOConfig:
     reward_alpha: float = 0.3
     format_penalty: float = 0.1
     verifier: VerifierKind = "exact"
+    # spend targets as constraints (PPO-Lagrangian): the shaped reward is
+    # reward - lambda_tier * cost / target_tier, lambda by dual ascent after every iteration
+    cost_constraint: CostConstraint = "none"
+    lagrange_lr: float = 0.05
+    lagrange_init: float = 0.0
+    lagrange_max: float = 10.0
+    # the expert that is the controller's own model: calls to it are not expert calls in
+    # expert_call_ratio (as in corl-graph eval --controller)
+    controller_expert: str | None = None
     # distributed and memory
     fsdp: bool | None = None
     mixed_precision: MixedPrecision = "no"
@@ -132,6 +144,8 @@ class PPOConfig:
             raise ConfigError("cpu_offload needs FSDP: set fsdp=True (or leave it None)")
         if self.mixed_precision != "no" and self.fsdp is False:
             raise ConfigError("mixed_precision needs FSDP: set fsdp=True (or leave it None)")
+        self._check_constraint()
+        self.reward_config  # noqa: B018  (RewardConfig validates the reward fields)
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
 
@@ -162,6 +176,29 @@ class PPOConfig:
         if not self.sft_epochs > 0:
             raise ConfigError(f"sft_epochs must be > 0, got {self.sft_epochs}")
 
+    def _check_constraint(self) -> None:
+        if self.cost_constraint not in ("none", "lagrange"):
+            raise ConfigError(
+                f"cost_constraint must be 'none' or 'lagrange', got {self.cost_constraint!r}"
+            )
+        for name in ("lagrange_lr", "lagrange_max"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"PPOConfig.{name} must be a finite number > 0, got {value}")
+        if not 0 <= self.lagrange_init <= self.lagrange_max:
+            raise ConfigError(
+                f"lagrange_init must be in [0, lagrange_max={self.lagrange_max}], "
+                f"got {self.lagrange_init}"
+            )
+        if self.cost_constraint == "lagrange":
+            missing = [t.name for t in self.tiers if t.target_usd_per_query is None]
+            if missing:
+                raise ConfigError(
+                    f"cost_constraint='lagrange' needs a spend target on every tier; "
+                    f"{', '.join(missing)} has none: set BudgetTier.target_usd_per_query "
+                    "(corl-graph train --tiers NAME=CAP:TARGET,...)"
+                )
+
     def _check_positive(self) -> None:
         for name in (
             "iterations",
@@ -182,6 +219,11 @@ class PPOConfig:
                 raise ConfigError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.save_every < 0:
             raise ConfigError("save_every must be >= 0 (0 = only at the end)")
+
+    @property
+    def reward_config(self) -> RewardConfig:
+        """The reward fields as the shared ``RewardConfig`` (``reward_from_config`` takes it)."""
+        return RewardConfig(self.reward, self.reward_alpha, self.format_penalty, self.verifier)
 
     @property
     def tier_set(self) -> TierSet:

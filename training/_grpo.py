@@ -10,7 +10,17 @@ group-relative advantage compares like with like. The function runs the graph wi
     completion_ids   everything after it: controller turns and observations, in order
     env_mask         1 on controller tokens, 0 on expert replies / observations
     logprobs         the sampling log-probs (0 where env_mask is 0)
-    corl_reward      the same reward as PPO (verifier + budget gate/grade + format penalty)
+    corl_reward      the same reward as PPO (verifier + budget gate/grade + format penalty),
+                     shaped by the tiers' Lagrange multipliers under cost_constraint="lagrange"
+
+One iteration is one generation round (``episodes_per_iter`` runs, ``num_generations`` per
+(query, tier) group) and one optimizer update over it (gradient accumulation over
+minibatches; ``ppo_epochs`` > 1 reuses the round for that many updates). After every round
+the multipliers take one dual-ascent step on the round's spend per tier, and the round's
+per-tier metrics (``reward/<tier>``, ``cost_usd/<tier>``, ``target_usd/<tier>``,
+``lagrange/<tier>``, ``expert_call_ratio/<tier>``, ``format_error_rate/<tier>``) and the
+share of groups without reward variance (``grpo/zero_std_groups``: no learning signal)
+go to ``metrics.jsonl`` with TRL's own lines.
 
 Rewards, experts, tiers and checkpoints are PPO's: ``config`` is a ``PPOConfig`` with
 ``algo="grpo"``; ``final/`` is a ``save_pretrained`` folder that transformers and vLLM load.
@@ -19,6 +29,7 @@ Rewards, experts, tiers and checkpoints are PPO's: ``config`` is a ``PPOConfig``
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from collections.abc import Sequence
@@ -28,11 +39,17 @@ from typing import Any
 import torch
 from corl_graph.training._config import PPOConfig
 from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._lagrange import TierMultipliers
 from corl_graph.training._metrics import MetricsWriter
-from corl_graph.training._rewards import RewardFn, make_reward
-from corl_graph.training._rollout import QuerySpec, load_queries
+from corl_graph.training._rewards import RewardFn, reward_from_config
+from corl_graph.training._rollout import Episode, QuerySpec, load_queries
+from corl_graph.training._tier_metrics import (
+    constraint_metrics,
+    episode_metrics,
+    multipliers_for,
+    shaped_scores,
+)
 from corl_graph.training._traces import CacheCounters, traces_task
-from corl_graph.training._verifiers import make_verifier
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -81,7 +98,11 @@ class GraphRollout:
         max_new_tokens: int,
         temperature: float,
         seed: int = 0,
+        multipliers: TierMultipliers | None = None,
+        controller: str | None = None,
     ):
+        self.multipliers, self.controller = multipliers, controller
+        self.last_metrics: dict[str, float] = {}
         self.tokenizer, self.experts, self.tiers = tokenizer, list(experts), tiers
         self.reward_fn, self.max_steps = reward_fn, max_steps
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
@@ -121,15 +142,22 @@ class GraphRollout:
         out: dict[str, list[Any]] = {
             k: [] for k in ("prompt_ids", "completion_ids", "env_mask", "logprobs")
         }
-        out.update(corl_reward=[], corl_correct=[], corl_cost_usd=[], corl_expert_calls=[])
-        for (q, tier), traj in zip(specs, results, strict=True):
+        episodes = [
+            Episode(traj, q.reference, tier, self.reward_fn(traj, q.reference, self.tiers[tier]))
+            for (q, tier), traj in zip(specs, results, strict=True)
+        ]
+        for traj in results:
             for k, v in split_for_grpo(traj).items():
                 out[k].append(v)
-            r = self.reward_fn(traj, q.reference, self.tiers[tier])
-            out["corl_reward"].append(r.reward)
-            out["corl_correct"].append(r.correct)
-            out["corl_cost_usd"].append(traj.cost_usd)
-            out["corl_expert_calls"].append(traj.expert_calls)
+        scores = shaped_scores(episodes, self.tiers, self.multipliers)
+        out["corl_reward"] = list(scores)
+        out["corl_correct"] = [e.reward.correct for e in episodes]
+        out["corl_cost_usd"] = [e.trajectory.cost_usd for e in episodes]
+        out["corl_expert_calls"] = [e.trajectory.expert_calls for e in episodes]
+        metrics = episode_metrics(episodes, list(self.tiers), self.controller)
+        metrics.update(constraint_metrics(metrics, self.tiers, self.multipliers, scores))
+        metrics["grpo/zero_std_groups"] = zero_std_share([p for p in prompts], scores)
+        self.last_metrics = metrics
         return out
 
     def _spec(self, prompt: Any) -> tuple[QuerySpec, str]:
@@ -144,6 +172,20 @@ async def _run_all(router: Router, specs: list[tuple[QuerySpec, str]]) -> list[T
         *(router.arun(q.text, tier=tier, query_id=q.query_id) for q, tier in specs)
     )
     return [r.trajectory for r in runs]
+
+
+def zero_std_share(prompts: Sequence[Any], scores: Sequence[float]) -> float:
+    """Share of groups (runs of the same prompt) whose scores all agree: GRPO's advantage is
+    0 there, so they teach nothing.
+
+    >>> zero_std_share(["a", "a", "b", "b"], [1.0, 1.0, 0.0, 1.0])
+    0.5
+    """
+    groups: dict[str, list[float]] = {}
+    for p, s in zip(prompts, scores, strict=True):
+        groups.setdefault(repr(p), []).append(s)
+    flat = sum(1 for g in groups.values() if max(g) - min(g) < 1e-9)
+    return flat / max(len(groups), 1)
 
 
 def corl_graph_reward(prompts: list[Any], completions: list[Any], **kw: Any) -> list[float]:
@@ -194,9 +236,10 @@ def make_grpo_trainer(
     **grpo_kwargs: Any,
 ) -> Any:
     """A ``trl.GRPOTrainer`` for ``config`` (a ``PPOConfig``; PPO-only fields such as the
-    value clip are unused). One generation round = ``episodes_per_iter`` runs (prompts x
-    ``num_generations``), split into optimizer steps of ``minibatch_size`` runs;
-    ``iterations`` rounds in all. ``kl_coef`` is GRPO's beta, ``clip`` its epsilon."""
+    value clip are unused). One iteration = one generation round of ``episodes_per_iter``
+    runs (prompts x ``num_generations``) and ``ppo_epochs`` optimizer updates over it
+    (gradients accumulated over minibatches of ``minibatch_size`` runs); ``iterations``
+    rounds in all. ``kl_coef`` is GRPO's beta, ``clip`` its epsilon."""
     cfg = config
     if cfg.episodes_per_iter % num_generations or cfg.minibatch_size % num_generations:
         raise ConfigError(
@@ -211,33 +254,36 @@ def make_grpo_trainer(
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
     model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
     ex, qs = _task(cfg, experts, queries)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.minibatch_size % world:
+        raise ConfigError(
+            f"minibatch_size ({cfg.minibatch_size}) must be a multiple of the number of "
+            f"processes ({world})"
+        )
     rollout = GraphRollout(
         tokenizer=tok,
         experts=ex,
         queries=qs,
         tiers=cfg.tier_set,
-        reward_fn=reward_fn
-        or make_reward(
-            make_verifier(cfg.verifier),
-            kind=cfg.reward,
-            alpha=cfg.reward_alpha,
-            per_format_error=cfg.format_penalty,
-        ),
+        reward_fn=reward_fn or reward_from_config(cfg.reward_config),
         max_steps=cfg.max_steps,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         seed=cfg.seed,
+        multipliers=_multipliers(cfg),
+        controller=cfg.controller_expert,
     )
     rows = rollout.dataset_rows()
     random.Random(cfg.seed).shuffle(rows)
-    steps_per_round = cfg.episodes_per_iter // cfg.minibatch_size
+    accumulate = cfg.episodes_per_iter // cfg.minibatch_size
     settings: dict[str, Any] = dict(
         output_dir=cfg.output_dir,
-        per_device_train_batch_size=cfg.minibatch_size,
+        per_device_train_batch_size=cfg.minibatch_size // world,
+        gradient_accumulation_steps=accumulate,
         num_generations=num_generations,
-        steps_per_generation=steps_per_round,
+        steps_per_generation=accumulate,
         num_iterations=cfg.ppo_epochs,
-        max_steps=cfg.iterations * steps_per_round,
+        max_steps=cfg.iterations * cfg.ppo_epochs,
         learning_rate=cfg.learning_rate,
         beta=cfg.kl_coef,
         epsilon=cfg.clip,
@@ -249,7 +295,7 @@ def make_grpo_trainer(
         logging_steps=1,
         report_to=["tensorboard"] if cfg.tensorboard else [],
         save_strategy="steps" if cfg.save_every else "no",
-        save_steps=max(cfg.save_every * steps_per_round, 1),
+        save_steps=max(cfg.save_every * cfg.ppo_epochs, 1),
         use_cpu=not torch.cuda.is_available(),
         # the same precision as PPO: TRL would autocast to bf16 by default, on a CPU too
         # (emulated without bf16 hardware, many times slower than float32 there)
@@ -267,12 +313,25 @@ def make_grpo_trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         rollout_func=rollout,
-        callbacks=[_metrics_callback(cfg, ex)],
+        callbacks=[_metrics_callback(cfg, ex, rollout)],
     )
 
 
-def _metrics_callback(cfg: PPOConfig, experts: Sequence[Expert]) -> Any:
-    """TRL's log lines, plus the cached experts' counters, to ``metrics.jsonl`` as PPO's."""
+LAGRANGE_FILE = "lagrange.json"  # the multipliers, beside TRL's checkpoint files
+
+
+def _multipliers(cfg: PPOConfig) -> TierMultipliers | None:
+    """Fresh multipliers, or those of ``resume_from`` (a checkpoint folder of this run)."""
+    multipliers = multipliers_for(cfg)
+    saved = Path(cfg.resume_from or "") / LAGRANGE_FILE
+    if multipliers is not None and cfg.resume_from and saved.is_file():
+        multipliers = TierMultipliers.from_state_dict(json.loads(saved.read_text()))
+    return multipliers
+
+
+def _metrics_callback(cfg: PPOConfig, experts: Sequence[Expert], rollout: GraphRollout) -> Any:
+    """TRL's log lines, the last round's per-tier metrics and the cached experts' counters
+    to ``metrics.jsonl`` as PPO's; the multipliers saved with every checkpoint."""
     from transformers import TrainerCallback
 
     writer = MetricsWriter(cfg.metrics_file or Path(cfg.output_dir) / "metrics.jsonl")
@@ -282,17 +341,38 @@ def _metrics_callback(cfg: PPOConfig, experts: Sequence[Expert]) -> Any:
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if state.is_world_process_zero and logs:
                 scalars = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
-                writer.write(int(state.global_step), {**scalars, **counters.delta()})
+                round_metrics, rollout.last_metrics = rollout.last_metrics, {}
+                writer.write(
+                    int(state.global_step), {**scalars, **round_metrics, **counters.delta()}
+                )
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                save_multipliers(rollout, folder)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            writer.close()
 
     return _Metrics()
+
+
+def save_multipliers(rollout: GraphRollout, folder: str | Path) -> None:
+    """Write the rollout's multipliers (if any) as ``lagrange.json`` in ``folder``."""
+    if rollout.multipliers is not None:
+        path = Path(folder) / LAGRANGE_FILE
+        path.write_text(json.dumps(rollout.multipliers.state_dict()))
 
 
 def train_grpo(config: PPOConfig, **kwargs: Any) -> tuple[Any, Path]:
     """Build, train, and save ``OUTPUT_DIR/final`` (a ``save_pretrained`` folder with the
     tokenizer); returns the trainer and that folder."""
     trainer = make_grpo_trainer(config, **kwargs)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=config.resume_from)
     final = Path(config.output_dir) / "final"
     trainer.save_model(str(final))
     trainer.processing_class.save_pretrained(str(final))
+    rollout = trainer.rollout_func
+    if trainer.accelerator.is_main_process and isinstance(rollout, GraphRollout):
+        save_multipliers(rollout, final)
     return trainer, final

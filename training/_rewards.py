@@ -1,7 +1,10 @@
 """Rewards as plain functions of (correctness, cost, budget): CORL's gate, Router-R1's grade.
 
 ``RewardFn`` turns a finished trajectory into a ``RewardBreakdown``; ``make_reward`` builds
-one from a verifier and the choices in ``PPOConfig``.
+one from a verifier and the choices; ``reward_from_config`` from a ``RewardConfig`` (every
+trainer's config has one: ``PPOConfig.reward_config``), the one factory PPO, GRPO, the warm
+start and the neural router's RL share. Spend targets are not a reward of their own: the
+trainers shape this reward with ``TierMultipliers`` (training/_lagrange.py).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from corl_graph.training._verifiers import Verifier
+from corl_graph.training._verifiers import Verifier, VerifierKind, make_verifier
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier
@@ -18,12 +21,14 @@ from corl_graph.trajectories import Trajectory
 
 __all__ = [
     "RewardBreakdown",
+    "RewardConfig",
     "RewardFn",
     "RewardKind",
     "corl_reward",
     "format_penalty",
     "graded_reward",
     "make_reward",
+    "reward_from_config",
 ]
 
 RewardKind = Literal["corl", "graded"]
@@ -117,3 +122,39 @@ def make_reward(
         )
 
     return reward
+
+
+@dataclass(frozen=True, slots=True)
+class RewardConfig:
+    """The reward of a run, shared by every trainer's config: ``kind`` ("corl": correct *
+    1[cost <= cap]; "graded": Router-R1's grade with weight ``alpha``), ``format_penalty``
+    per malformed turn, and the answer ``verifier``. Validated here, once.
+
+    >>> reward_from_config(RewardConfig(kind="graded", alpha=0.2)).__name__
+    'reward'
+    """
+
+    kind: RewardKind = "corl"
+    alpha: float = 0.3
+    format_penalty: float = 0.1
+    verifier: VerifierKind = "exact"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("corl", "graded"):
+            raise ConfigError(f"reward must be 'corl' or 'graded', got {self.kind!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"reward_alpha must be in [0, 1], got {self.alpha}")
+        if not self.format_penalty >= 0:
+            raise ConfigError(f"format_penalty must be >= 0, got {self.format_penalty}")
+        if self.verifier not in ("exact", "math"):
+            raise ConfigError(f"verifier must be 'exact' or 'math', got {self.verifier!r}")
+
+
+def reward_from_config(config: RewardConfig) -> RewardFn:
+    """The reward function of ``config``: the one factory every trainer calls."""
+    return make_reward(
+        make_verifier(config.verifier),
+        kind=config.kind,
+        alpha=config.alpha,
+        per_format_error=config.format_penalty,
+    )

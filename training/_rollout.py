@@ -118,9 +118,16 @@ class RolloutBatch:
         )
 
 
-def build_batch(episodes: Sequence[Episode], *, pad_id: int, max_len: int) -> RolloutBatch:
+def build_batch(
+    episodes: Sequence[Episode],
+    *,
+    pad_id: int,
+    max_len: int,
+    scores: Sequence[float] | None = None,
+) -> RolloutBatch:
     """Pad the episodes' token ids and masks. A run longer than ``max_len`` keeps its row (so
-    ranks stay in step) but gets an all-zero action mask: it is not trained on."""
+    ranks stay in step) but gets an all-zero action mask: it is not trained on. ``scores``
+    (default: each episode's reward) are the scalars trained on, e.g. Lagrangian-shaped."""
     seqs = [list(e.trajectory.token_ids) for e in episodes]
     masks = [list(e.trajectory.loss_mask) for e in episodes]
     if any(not s for s in seqs):
@@ -141,7 +148,15 @@ def build_batch(episodes: Sequence[Episode], *, pad_id: int, max_len: int) -> Ro
             truncated += 1
             continue
         loss_mask[i, :n] = torch.tensor(m, dtype=torch.float32)
-    scores = torch.tensor([e.reward.reward for e in episodes], dtype=torch.float32)
+    if scores is None:
+        scores = [e.reward.reward for e in episodes]
+    if len(scores) != B:
+        raise ConfigError(f"build_batch: {len(scores)} scores for {B} episodes")
     return RolloutBatch(
-        ids, attn, loss_mask[:, 1:].contiguous(), scores, [e.tier for e in episodes], truncated
+        ids,
+        attn,
+        loss_mask[:, 1:].contiguous(),
+        torch.tensor(list(scores), dtype=torch.float32),
+        [e.tier for e in episodes],
+        truncated,
     )

@@ -25,9 +25,8 @@ from typing import Any
 
 from corl_graph.training._config import PPOConfig
 from corl_graph.training._metrics import MetricsWriter
-from corl_graph.training._rewards import make_reward
+from corl_graph.training._rewards import reward_from_config
 from corl_graph.training._rollout import QuerySpec
-from corl_graph.training._verifiers import make_verifier
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import Ledger, TenantBudget, open_ledger
@@ -202,12 +201,7 @@ def train_sft(
     task = task or traces_task(cfg)
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
     model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    reward = make_reward(
-        make_verifier(cfg.verifier),
-        kind=cfg.reward,
-        alpha=cfg.reward_alpha,
-        per_format_error=cfg.format_penalty,
-    )
+    reward = reward_from_config(cfg.reward_config)
     counters = CacheCounters(task.experts)
     examples = warm_start_examples(
         model,
@@ -219,6 +213,7 @@ def train_sft(
         reward_fn=reward,
         boundary=cfg.sft_boundary,
         min_reward=cfg.sft_min_reward,
+        max_new_tokens=cfg.max_new_tokens,
     )
     final = Path(cfg.output_dir) / "final"
     trainer = sft_warm_start(

@@ -24,6 +24,7 @@ from corl_graph.training._checkpoint import load_training_state, save_checkpoint
 from corl_graph.training._config import PPOConfig
 from corl_graph.training._fsdp import all_reduce_sum, init_distributed, shard, unwrapped_state_dict
 from corl_graph.training._hf_policy import HFPolicy
+from corl_graph.training._lagrange import TierMultipliers
 from corl_graph.training._metrics import MetricsWriter
 from corl_graph.training._model import ActorCritic
 from corl_graph.training._ppo_losses import (
@@ -37,7 +38,7 @@ from corl_graph.training._ppo_losses import (
     token_rewards,
     value_loss,
 )
-from corl_graph.training._rewards import RewardFn, make_reward
+from corl_graph.training._rewards import RewardFn, reward_from_config
 from corl_graph.training._rollout import (
     Episode,
     QuerySpec,
@@ -46,8 +47,13 @@ from corl_graph.training._rollout import (
     collect,
     load_queries,
 )
+from corl_graph.training._tier_metrics import (
+    constraint_metrics,
+    episode_metrics,
+    multipliers_for,
+    shaped_scores,
+)
 from corl_graph.training._traces import CacheCounters, TracesTask, traces_task
-from corl_graph.training._verifiers import make_verifier
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -94,10 +100,12 @@ class PPOTrainer:
             shard(self.model, self.model.decoder_layers(), config, self.info)
         self.optimizer = self._optimizer()
         self.iteration = 0
+        self.multipliers = multipliers_for(config)
         if config.resume_from:
-            self.iteration = int(
-                load_training_state(config.resume_from, self.model, self.optimizer)["iteration"]
-            )
+            state = load_training_state(config.resume_from, self.model, self.optimizer)
+            self.iteration = int(state["iteration"])
+            if self.multipliers is not None and "lagrange" in state:
+                self.multipliers = TierMultipliers.from_state_dict(state["lagrange"])
         self._setup_task(experts, queries, reward_fn)
         self._shuffle = torch.Generator().manual_seed(config.seed + 7)
 
@@ -164,12 +172,7 @@ class PPOTrainer:
                 default_tier=cfg.tiers[0].name,
             )
         )
-        self.reward_fn = reward_fn or make_reward(
-            make_verifier(cfg.verifier),
-            kind=cfg.reward,
-            alpha=cfg.reward_alpha,
-            per_format_error=cfg.format_penalty,
-        )
+        self.reward_fn = reward_fn or reward_from_config(cfg.reward_config)
         self.rng = random.Random(cfg.seed * 7919 + self.info.rank)
         world = self.info.world_size
         if cfg.episodes_per_iter % world or cfg.minibatch_size % world:
@@ -197,10 +200,15 @@ class PPOTrainer:
         t0 = time.perf_counter()
         episodes = self.rollout()
         t1 = time.perf_counter()
-        batch = build_batch(episodes, pad_id=self._pad_id(), max_len=self.config.max_seq_len)
+        tiers = self.config.tier_set
+        scores = shaped_scores(episodes, tiers, self.multipliers)
+        batch = build_batch(
+            episodes, pad_id=self._pad_id(), max_len=self.config.max_seq_len, scores=scores
+        )
         metrics = self.update(batch)
         t2 = time.perf_counter()
-        metrics.update(episode_metrics(episodes, list(self.config.tier_set)))
+        metrics.update(episode_metrics(episodes, list(tiers), self.config.controller_expert))
+        metrics.update(constraint_metrics(metrics, tiers, self.multipliers, scores))
         for k, v in self.cache_counters.delta().items():  # summed over ranks
             metrics[k] = float(all_reduce_sum(torch.tensor(v, dtype=torch.float64)))
         metrics.update(
@@ -348,6 +356,8 @@ class PPOTrainer:
     def save(self, path: str | Path) -> Path:
         """A checkpoint transformers loads directly, plus value head and optimizer state."""
         state: dict[str, Any] = {"iteration": self.iteration, "config": self.config.to_dict()}
+        if self.multipliers is not None:
+            state["lagrange"] = self.multipliers.state_dict()
         return save_checkpoint(
             path, self.model, self.plain_lm, self.tokenizer, self.optimizer, self.info, state
         )
@@ -357,47 +367,3 @@ def _mean_over_ranks(value: float) -> float:
     t = all_reduce_sum(torch.tensor(float(value)))
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     return float(t) / world
-
-
-def episode_metrics(episodes: Sequence[Episode], tiers: list[str]) -> dict[str, float]:
-    """Per-tier reward, correctness, cost and expert-call ratio, summed over ranks.
-
-    ``expert_call_ratio/<tier>``: share of episodes in which at least one call reached an
-    expert (CORL's measure); ``expert_calls/<tier>``: mean calls per episode.
-    """
-    fields = ("n", "reward", "correct", "cost", "called", "calls", "format")
-    sums = torch.zeros(len(tiers), len(fields), dtype=torch.float64)
-    for e in episodes:
-        t = e.trajectory
-        row = [
-            1,
-            e.reward.reward,
-            e.reward.correct,
-            t.cost_usd,
-            float(t.expert_calls > 0),
-            t.expert_calls,
-            float(bool(t.format_errors)),
-        ]
-        sums[tiers.index(e.tier)] += torch.tensor(row, dtype=torch.float64)
-    sums = all_reduce_sum(sums)
-    out: dict[str, float] = {}
-    for i, tier in enumerate(tiers):
-        n = float(sums[i, 0])
-        if n == 0:
-            continue
-        for j, name in enumerate(
-            (
-                "reward",
-                "correct",
-                "cost_usd",
-                "expert_call_ratio",
-                "expert_calls",
-                "format_error_rate",
-            ),
-            start=1,
-        ):
-            out[f"{name}/{tier}"] = float(sums[i, j]) / n
-    total = float(sums[:, 0].sum())
-    out["reward/mean"] = float(sums[:, 1].sum()) / max(total, 1.0)
-    out["episodes"] = total
-    return out

@@ -17,6 +17,7 @@ segment was appended::
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from corl_graph.budget import InMemoryLedger, TenantBudget, TierSet
 from corl_graph.experts import Expert
 from corl_graph.graph import Router, RouterConfig
 from corl_graph.policies import Decision, PolicyView
-from corl_graph.protocol import StepRecord, escape_text, parse_action
+from corl_graph.protocol import StepRecord, escape_text, parse_action, unescape_text
 from corl_graph.trajectories import Label, Segment, Trajectory
 
 __all__ = [
@@ -50,23 +51,32 @@ Script = Callable[[PolicyView], str]
 
 class ScriptedPolicy(HFPolicy):
     """An ``HFPolicy`` that writes ``scripts[(query_id, tier)](view)`` instead of sampling:
-    the same context, segments and masks as a sampled run, with chosen controller text."""
+    the same context, segments and masks as a sampled run, with chosen controller text.
+
+    With ``max_new_tokens``, a turn longer than that (a recorded call whose sub-query is the
+    whole prompt) is cut to fit: the sub-query becomes the prompt's question section, then
+    its longest word prefix that fits, so the model learns a turn it can finish within its
+    generation budget; ``shortened`` counts those turns."""
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         scripts: Mapping[tuple[str, str], Script],
+        *,
+        max_new_tokens: int | None = None,
     ):
-        super().__init__(model, tokenizer, name="scripted")
+        super().__init__(model, tokenizer, name="scripted", max_new_tokens=max_new_tokens or 64)
         self.scripts = dict(scripts)
+        self.budget = max_new_tokens
+        self.shortened = 0
 
     async def decide(self, view: PolicyView) -> Decision:
         script = self.scripts.get((view.query_id, view.tier.name))
         if script is None:
             raise PolicyError(f"no script for query {view.query_id!r} in tier {view.tier.name!r}")
         ids, segments = self.context(view)
-        text = script(view)
+        text = self.fit(script(view))
         gen_ids = [*self._encode(text), *self._stops[:1]]  # the model must learn to stop
         turns = [*(t.text for t in view.transcript), text]
         self._remember(self._key(view, turns), ids + gen_ids)
@@ -77,6 +87,33 @@ class ScriptedPolicy(HFPolicy):
             format_error=parsed.error,
             segments=(*segments, Segment("controller", text, tuple(gen_ids))),
         )
+
+    def fit(self, text: str) -> str:
+        """``text``, or the same call with a shorter sub-query, within the token budget
+        (the end-of-turn token included)."""
+        if self.budget is None or len(self._encode(text)) + 1 <= self.budget:
+            return text
+        m = _CALL.fullmatch(text.strip())
+        if m is None:
+            return text  # only calls carry free text long enough to matter
+        expert, sub = m.group(1), unescape_text(m.group(2))
+        q = _QUESTION.search(sub)
+        words = (q.group(1) if q else sub).split()
+        best = f'<call expert="{expert}">{escape_text(words[0] if words else "solve")}</call>'
+        lo, hi = 1, len(words)
+        while lo <= hi:  # the longest word prefix that fits
+            mid = (lo + hi) // 2
+            cand = f'<call expert="{expert}">{escape_text(" ".join(words[:mid]))}</call>'
+            if len(self._encode(cand)) + 1 <= self.budget:
+                best, lo = cand, mid + 1
+            else:
+                hi = mid - 1
+        self.shortened += 1
+        return best
+
+
+_CALL = re.compile(r'<call expert="([^"]+)">(.*)</call>', re.DOTALL)
+_QUESTION = re.compile(r"##\s*Question:\s*(.*?)\s*(?:##\s*Instruction|\Z)", re.DOTALL)
 
 
 def _render_step(step: StepRecord) -> str:
@@ -167,8 +204,10 @@ async def _enact(
     experts: Sequence[Expert],
     tiers: TierSet,
     jobs: Sequence[tuple[str, str, str, Script]],
-) -> list[Trajectory]:
-    policy = ScriptedPolicy(model, tokenizer, {(q, tier): s for q, _, tier, s in jobs})
+    max_new_tokens: int | None = None,
+) -> tuple[list[Trajectory], int]:
+    scripts = {(q, tier): s for q, _, tier, s in jobs}
+    policy = ScriptedPolicy(model, tokenizer, scripts, max_new_tokens=max_new_tokens)
     router = Router(
         RouterConfig(
             experts=list(experts),
@@ -182,7 +221,7 @@ async def _enact(
     runs = await asyncio.gather(
         *(router.arun(text, tier=tier, query_id=q) for q, text, tier, _ in jobs)
     )
-    return [r.trajectory for r in runs]
+    return [r.trajectory for r in runs], policy.shortened
 
 
 def warm_start_examples(
@@ -196,11 +235,14 @@ def warm_start_examples(
     reward_fn: RewardFn,
     boundary: bool = True,
     min_reward: float = 1.0,
+    max_new_tokens: int | None = None,
 ) -> list[WarmStartExample]:
     """Re-enact the best recorded run per (query, tier) and, with ``boundary``, the
     always-cheapest run in the lowest tier and the always-strongest in the highest, for
     every query with a reference; keep those whose re-enacted reward reaches ``min_reward``.
-    ``experts`` are normally ``CachedExpert``s over the prepared replay cache."""
+    ``experts`` are normally ``CachedExpert``s over the prepared replay cache. With
+    ``max_new_tokens`` (the generation budget of the run that follows), every controller
+    turn is made to fit it (``ScriptedPolicy.fit``)."""
     if not experts:
         raise ConfigError("warm start needs the experts (CachedExpert over the replay cache)")
     jobs: list[tuple[str, str, str, Script, str]] = [
@@ -220,7 +262,9 @@ def warm_start_examples(
     # One batch per source keeps (query, tier) script keys unique within a router.
     for src in sorted({j[4] for j in jobs}):
         batch = [j for j in jobs if j[4] == src]
-        runs = asyncio.run(_enact(model, tokenizer, experts, tiers, [j[:4] for j in batch]))
+        runs, _ = asyncio.run(
+            _enact(model, tokenizer, experts, tiers, [j[:4] for j in batch], max_new_tokens)
+        )
         for (qid, _, tier, _, source), run in zip(batch, runs, strict=True):
             label = labels.get(qid)
             r = _score(run, label, tiers, reward_fn)

@@ -274,7 +274,7 @@ def controllers(args: argparse.Namespace) -> list[Any]:
 def format_rows(rows: list[dict[str, Any]], roles: tuple[str, ...]) -> str:
     head = (
         f"{'policy':<52} {'tier':<7} {'acc':>6} {'mean $':>9} {'p95 $':>9} "
-        f"{'call%':>6} {'calls/q':>7} {'viol':>4}"
+        f"{'call%':>6} {'calls/q':>7} {'viol':>4} {'fmt%':>5}"
     )
     lines = [head]
     for r in rows:
@@ -283,6 +283,6 @@ def format_rows(rows: list[dict[str, Any]], roles: tuple[str, ...]) -> str:
                 f"{r['policy'][:52]:<52} {r['tier']:<7} {r['accuracy']:>6.3f} "
                 f"{r['mean_cost_usd']:>9.2e} {r['p95_cost_usd']:>9.2e} "
                 f"{100 * r['expert_call_ratio']:>5.0f}% {r['calls_per_query']:>7.2f} "
-                f"{r['cap_violations']:>4}"
+                f"{r['cap_violations']:>4} {100 * r.get('format_error_rate', 0.0):>4.0f}%"
             )
     return "\n".join(lines)

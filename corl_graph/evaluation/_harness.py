@@ -78,6 +78,7 @@ def _outcome(
         budget_exhausted=result.budget_exhausted,
         answer=result.answer,
         answer_source=result.answer_source,
+        format_errors=len(result.format_errors),
     )
 
 

@@ -39,6 +39,7 @@ class QueryOutcome:
     budget_exhausted: bool = False
     answer: str | None = None
     answer_source: str | None = None
+    format_errors: int = 0  # malformed controller turns (the graph fell back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,9 @@ class TierMetrics:
       the controller model (CORL's measure; with no controller model, any call counts);
     - ``calls_per_query``: mean number of calls that reached an expert, the controller
       model's included;
-    - ``cap_violations``: queries whose cost exceeded the tier's cap (must be 0).
+    - ``cap_violations``: queries whose cost exceeded the tier's cap (must be 0);
+    - ``format_error_rate``: share of queries with at least one malformed controller turn
+      (the graph fell back to a safe action there).
     """
 
     policy: str
@@ -66,6 +69,7 @@ class TierMetrics:
     calls_per_query: float
     cap_violations: int
     budget_exhausted_share: float
+    format_error_rate: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +95,7 @@ def summarize(
         calls_per_query=sum(o.expert_calls for o in outcomes) / n,
         cap_violations=int((costs > cap_usd + _CAP_EPS).sum()),
         budget_exhausted_share=sum(o.budget_exhausted for o in outcomes) / n,
+        format_error_rate=sum(o.format_errors > 0 for o in outcomes) / n,
     )
 
 

@@ -1,0 +1,435 @@
+"""RL with per-tier spend targets: does PPO-Lagrangian teach a tiny controller to spend by tier?
+
+Task: the TRAIN split of zeroeval_gsm8k (questions only; experts replayed, their replies
+reduced to the extracted number). The pool:
+
+    gemma-2-2b-it                     the controller's own model (self-hosted: free; a call
+                                      to it is not an expert call, as in corl-graph eval)
+    Meta-Llama-3.1-8B-Instruct        cheap expert
+    gpt-4o-mini-2024-07-18            mid expert
+    Meta-Llama-3.1-405B-Instruct@...  strong expert (priced far above every target)
+
+Three tiers, each with a hard cap (enforced by the ledger) and a mean-spend target
+(the constraint RL must meet). The targets sit where mixing choices is optimal: low and
+medium between the free own model and the cheap expert, high near the mid expert.
+
+Per seed:
+1. warm start (supervised, tier-agnostic): uniformly random well-formed first actions
+   (a call to one of the four models with a short sub-query), then ``<aggregate/>``;
+2. evaluation through the real graph (``route_queries``, replayed experts, in-memory
+   ledger) on the TEST split, every tier, sampling at the training temperature;
+3. PPO-Lagrangian: reward = correct - format penalty, shaped by ``lambda_tier * cost /
+   target_tier``, one multiplier per tier by dual ascent after every iteration;
+4. the same evaluation after RL.
+
+Writes benchmarks/results/rl_tiers.json (``rows``: seed, phase, tier, split, accuracy,
+mean_cost_usd, target_usd, expert_call_ratio, format_error_rate, reward, where reward =
+accuracy - max(0, mean_cost_usd / target_usd - 1)), the training history per seed, the
+targets' verdicts, and one learning-curve PNG per tier (rl_tiers_<tier>.png). Not a timed
+test; the one long run of the benchmarks (run_all.py names it):
+
+    nice -n 10 python benchmarks/rl_tiers.py                 # 3 seeds, < 40 min on 2 cores
+    python benchmarks/rl_tiers.py --seeds 0 --iterations 4 --eval-queries 40   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from corl_graph.training import (
+    HFPolicy,
+    PPOConfig,
+    PPOTrainer,
+    load_queries,
+    target_penalty,
+    tiny_llama,
+    tiny_tokenizer,
+)
+
+from corl_graph.budget import BudgetTier, TierSet
+from corl_graph.evaluation import route_queries, summarize
+from corl_graph.experts import OutcomeTable, ReplayExpert
+from corl_graph.protocol import render_system_prompt, render_user_prompt
+
+TABLE = str(
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "outcomes" / "zeroeval_gsm8k.jsonl.gz"
+)
+OWN = "gemma-2-2b-it"
+# name -> max_output_tokens (caps the worst-case reservation)
+POOL = {
+    OWN: 400,
+    "Meta-Llama-3.1-8B-Instruct": 400,
+    "gpt-4o-mini-2024-07-18": 400,
+    "Meta-Llama-3.1-405B-Instruct@hyperbolic": 400,
+}
+TIERS = (
+    BudgetTier("low", 1e-3, target_usd_per_query=1.5e-5),
+    BudgetTier("medium", 2e-3, target_usd_per_query=4.5e-5),
+    BudgetTier("high", 5e-3, target_usd_per_query=1e-4),
+)
+OUT = Path(__file__).parent / "results"
+WORK = Path("/tmp/corl_rl_tiers")
+
+
+def task_table(path: str) -> OutcomeTable:
+    """Questions only; replies reduced to the extracted answer; the own model free."""
+    table = OutcomeTable.load(path)
+    rows = []
+    for qid, q in table.queries.items():
+        question = load_question(q.prompt or "")
+        for m in POOL:
+            o = table.outcome(qid, m)
+            own = m == OWN
+            rows.append(
+                dict(
+                    query_id=qid,
+                    split=q.split,
+                    task=q.task,
+                    prompt=question,
+                    reference=q.reference,
+                    model=m,
+                    correct=o.correct,
+                    answer=o.answer,
+                    response=None,
+                    input_tokens=o.input_tokens,
+                    output_tokens=o.output_tokens,
+                    cost_usd=0.0 if own else o.cost_usd,
+                )
+            )
+    prices = {m: table.prices[m] for m in POOL}
+    prices[OWN] = {"input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0}
+    return OutcomeTable.from_rows(rows, prices=prices, name="gsm8k_rl_tiers")
+
+
+def load_question(prompt: str) -> str:
+    import re
+
+    m = re.search(r"##\s*Question:\s*(.*?)\s*(?:##\s*Instruction|\Z)", prompt, re.DOTALL)
+    return m.group(1).strip() if m else prompt
+
+
+def warm_start(lm, tok, experts, queries, steps: int, seed: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Supervised warm start on well-formed, tier-agnostic turns: a call to a uniformly drawn
+    model with a short sub-query, then ``<aggregate/>`` once it replied."""
+    rng = random.Random(seed)
+    system = render_system_prompt([e.descriptor for e in experts])
+    names = [e.name for e in experts]
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    losses = []
+    lm.train()
+    for _ in range(steps):
+        batch_ids, batch_labels = [], []
+        for _ in range(16):
+            q = rng.choice(queries)
+            tier = rng.choice(TIERS)
+            msgs = [
+                {"role": "system", "content": system},
+                {
+                    "role": "user",
+                    "content": render_user_prompt(q.text, tier.name, tier.max_usd_per_query),
+                },
+            ]
+            first = rng.choice(names)
+            call = f'<call expert="{first}">solve</call>'
+            if rng.random() < 0.5:
+                target = call
+            else:
+                msgs += [
+                    {"role": "assistant", "content": call},
+                    {
+                        "role": "user",
+                        "content": f'<expert name="{first}">{rng.randint(0, 999)}</expert>',
+                    },
+                ]
+                target = "<aggregate/>"
+            prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            t_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            batch_ids.append(p_ids + t_ids)
+            batch_labels.append([-100] * len(p_ids) + t_ids)
+        L = max(len(x) for x in batch_ids)
+        ids = torch.tensor([x + [tok.pad_token_id] * (L - len(x)) for x in batch_ids])
+        labels = torch.tensor([y + [-100] * (L - len(y)) for y in batch_labels])
+        attn = (torch.arange(L)[None] < torch.tensor([len(x) for x in batch_ids])[:, None]).long()
+        loss = lm(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Every tier on the test queries through the real graph; one row per tier."""
+    tiers = TierSet(TIERS)
+    rows = []
+    for i, tier in enumerate(TIERS):
+        policy = HFPolicy(
+            lm, tok, name=phase, max_new_tokens=16, temperature=1.0, seed=seed * 100 + i
+        )
+        outcomes = asyncio.run(
+            route_queries(
+                table, experts, policy, tiers, tier.name, query_ids=query_ids, controller=OWN
+            )
+        )
+        m = summarize(outcomes, policy=phase, tier=tier.name, cap_usd=tier.max_usd_per_query)
+        rows.append(
+            {
+                "seed": seed,
+                "phase": phase,
+                "tier": tier.name,
+                "split": "test",
+                "queries": m.queries,
+                "accuracy": m.accuracy,
+                "mean_cost_usd": m.mean_cost_usd,
+                "target_usd": tier.target_usd,
+                "cap_usd": tier.max_usd_per_query,
+                "expert_call_ratio": m.expert_call_ratio,
+                "format_error_rate": m.format_error_rate,
+                "cap_violations": m.cap_violations,
+                "reward": m.accuracy - target_penalty(m.mean_cost_usd, tier.target_usd),
+            }
+        )
+        print(
+            f"  {phase:10s} {tier.name:6s} acc {m.accuracy:.3f} cost {m.mean_cost_usd:.2e} "
+            f"(target {tier.target_usd:.1e}) calls {m.expert_call_ratio:.2f} "
+            f"fmt {m.format_error_rate:.3f} reward {rows[-1]['reward']:.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def run_seed(args: argparse.Namespace, seed: int, table: OutcomeTable) -> dict[str, Any]:
+    t0 = time.time()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    experts = [ReplayExpert(table, m, max_output_tokens=n) for m, n in POOL.items()]
+    queries = load_queries(table, "train")
+    test_ids = sorted(q for q, info in table.queries.items() if info.split == "test")
+    if args.eval_queries:
+        test_ids = test_ids[: args.eval_queries]
+    corpus = [render_system_prompt([e.descriptor for e in experts])] * 20 + [
+        q.text for q in queries
+    ]
+    tok = tiny_tokenizer(
+        corpus, vocab_size=768, tiers=[t.name for t in TIERS], extra_tokens=list(POOL)
+    )
+    lm = tiny_llama(
+        len(tok),
+        hidden_size=64,
+        num_layers=2,
+        intermediate_size=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    losses = warm_start(lm, tok, experts, queries, args.warm_steps, seed)
+    t_warm = time.time()
+    rows = evaluate(lm, tok, table, experts, test_ids, seed, "warm_start")
+    t_eval0 = time.time()
+    model_dir = WORK / f"seed{seed}" / "warm"
+    lm.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    config = PPOConfig(
+        model=str(model_dir),
+        output_dir=str(WORK / f"seed{seed}" / "ppo"),
+        table=TABLE,
+        experts=tuple(POOL),
+        tiers=TIERS,
+        iterations=args.iterations,
+        episodes_per_iter=args.episodes,
+        minibatch_size=16,
+        ppo_epochs=2,
+        learning_rate=args.lr,
+        kl_coef=0.0,
+        ent_coef=args.ent_coef,
+        max_new_tokens=16,
+        max_steps=2,
+        max_seq_len=1024,
+        reward="corl",
+        cost_constraint="lagrange",
+        lagrange_lr=args.lagrange_lr,
+        lagrange_init=args.lagrange_init,
+        lagrange_max=2.0,
+        controller_expert=OWN,
+        seed=seed,
+        progress=False,
+    )
+    trainer = PPOTrainer(config, lm=lm, tokenizer=tok, experts=experts, queries=queries)
+    history = []
+    while trainer.iteration < config.iterations:
+        m = trainer.step()
+        history.append(m)
+        if trainer.iteration % 5 == 0 or trainer.iteration == config.iterations:
+            print(
+                f"  it {trainer.iteration:3d} "
+                + " ".join(
+                    f"{t.name}: c {m.get(f'cost_usd/{t.name}', float('nan')):.1e} "
+                    f"l {m.get(f'lagrange/{t.name}', float('nan')):.3f} "
+                    f"r {m.get(f'reward/{t.name}', float('nan')):.2f}"
+                    for t in TIERS
+                ),
+                flush=True,
+            )
+    t_rl = time.time()
+    rows += evaluate(trainer.plain_lm, tok, table, experts, test_ids, seed, "rl")
+    return {
+        "seed": seed,
+        "rows": rows,
+        "history": history,
+        "warm_start_loss": [losses[0], losses[-1]],
+        "seconds": {
+            "warm_start": t_warm - t0,
+            "eval_warm_start": t_eval0 - t_warm,
+            "rl": t_rl - t_eval0,
+            "eval_rl": time.time() - t_rl,
+            "total": time.time() - t0,
+        },
+    }
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def verdicts(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """The issue's targets, each measured on the test rows averaged over seeds."""
+
+    def avg(phase: str, tier: str, key: str) -> float:
+        return _mean([r[key] for r in rows if r["phase"] == phase and r["tier"] == tier])
+
+    names = [t.name for t in TIERS]
+    out: dict[str, Any] = {}
+    within = {}
+    for t in TIERS:
+        cost = avg("rl", t.name, "mean_cost_usd")
+        within[t.name] = {
+            "mean_cost_usd": cost,
+            "target_usd": t.target_usd,
+            "relative": cost / t.target_usd - 1,
+        }
+    out["cost_within_25pct_of_target"] = {
+        "met": all(abs(v["relative"]) <= 0.25 for v in within.values()),
+        "per_tier": within,
+    }
+    for key in ("mean_cost_usd", "expert_call_ratio"):
+        vals = [avg("rl", n, key) for n in names]
+        out[f"{key}_strictly_increasing"] = {
+            "met": all(a < b for a, b in itertools.pairwise(vals)),
+            "values": dict(zip(names, vals, strict=True)),
+        }
+
+    def tier_mean_reward(phase: str, seed: int) -> float:
+        return _mean([r["reward"] for r in rows if r["phase"] == phase and r["seed"] == seed])
+
+    warm = [tier_mean_reward("warm_start", s) for s in seeds]
+    rl = [tier_mean_reward("rl", s) for s in seeds]
+    sd = statistics.stdev(rl) if len(rl) > 1 else float("nan")
+    out["reward_above_warm_start_by_2sd"] = {
+        "met": len(rl) > 1 and _mean(rl) - _mean(warm) > 2 * sd,
+        "warm_start_mean": _mean(warm),
+        "rl_mean": _mean(rl),
+        "rl_sd_over_seeds": sd,
+        "warm_start_sd_over_seeds": statistics.stdev(warm) if len(warm) > 1 else float("nan"),
+    }
+    fmt = _mean([r["format_error_rate"] for r in rows if r["phase"] == "rl"])
+    fmt_warm = _mean([r["format_error_rate"] for r in rows if r["phase"] == "warm_start"])
+    out["format_errors_below_2pct"] = {
+        "met": fmt < 0.02 and fmt_warm < 0.02,
+        "rl": fmt,
+        "warm_start": fmt_warm,
+    }
+    return out
+
+
+def plot(results: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for t in TIERS:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for res in results:
+            h = res["history"]
+            its = range(1, len(h) + 1)
+            s = res["seed"]
+            axes[0].plot(its, [x.get(f"cost_usd/{t.name}", math.nan) for x in h], label=f"seed {s}")
+            axes[1].plot(its, [x.get(f"lagrange/{t.name}", math.nan) for x in h], label=f"seed {s}")
+            axes[2].plot(its, [x.get(f"correct/{t.name}", math.nan) for x in h], label=f"seed {s}")
+        axes[0].axhline(t.target_usd, color="k", linestyle="--", label="target")
+        axes[0].set_yscale("log")
+        for ax, title in zip(
+            axes, ("mean cost per episode (USD)", "Lagrange multiplier", "accuracy"), strict=True
+        ):
+            ax.set_title(f"{t.name}: {title}")
+            ax.set_xlabel("PPO iteration")
+            ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"rl_tiers_{t.name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path.name)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--episodes", type=int, default=48)
+    ap.add_argument("--warm-steps", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--ent-coef", type=float, default=0.0)
+    ap.add_argument("--lagrange-lr", type=float, default=0.02)
+    ap.add_argument("--lagrange-init", type=float, default=0.1)
+    ap.add_argument("--eval-queries", type=int, default=0, help="0: the whole test split")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(OUT / "rl_tiers.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    table = task_table(TABLE)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        print(f"== seed {seed}", flush=True)
+        results.append(run_seed(args, seed, table))
+        rows = [r for res in results for r in res["rows"]]
+        done = [res["seed"] for res in results]
+        payload = {
+            "command": "python benchmarks/rl_tiers.py "
+            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+            "pool": {m: {"max_output_tokens": n, "own_model": m == OWN} for m, n in POOL.items()},
+            "tiers": {
+                t.name: {"cap_usd": t.max_usd_per_query, "target_usd": t.target_usd} for t in TIERS
+            },
+            "reward_train": "correct - format penalty, shaped: - lambda_tier * cost / target_tier",
+            "reward_eval": "accuracy - max(0, mean_cost_usd / target_usd - 1)",
+            "eval": "test split through route_queries (real graph, replayed experts), "
+            "sampling at temperature 1 (the trained stochastic policy)",
+            "rows": rows,
+            "targets": verdicts(rows, done),
+            "seconds_total": time.time() - t0,
+            "per_seed": [{k: v for k, v in res.items() if k != "rows"} for res in results],
+        }
+        payload["plots"] = plot(results, out.parent)
+        out.write_text(json.dumps(payload, indent=1))
+    print(json.dumps(payload["targets"], indent=1))
+    print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
