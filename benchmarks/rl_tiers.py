@@ -58,7 +58,7 @@ from corl_graph.training import (
 
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.evaluation import route_queries, summarize
-from corl_graph.experts import OutcomeTable, ReplayExpert
+from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
 from corl_graph.protocol import render_system_prompt, render_user_prompt
 
 TABLE = str(
@@ -107,7 +107,7 @@ def task_table(path: str) -> OutcomeTable:
                 )
             )
     prices = {m: table.prices[m] for m in POOL}
-    prices[OWN] = {"input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0}
+    prices[OWN] = PriceSheet(0.0, 0.0)
     return OutcomeTable.from_rows(rows, prices=prices, name="gsm8k_rl_tiers")
 
 
@@ -209,21 +209,24 @@ def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[
     return rows
 
 
-def run_seed(args: argparse.Namespace, seed: int, table: OutcomeTable) -> dict[str, Any]:
-    t0 = time.time()
-    torch.manual_seed(seed)
-    random.seed(seed)
+def setup(table: OutcomeTable) -> tuple[list[ReplayExpert], list[Any], list[str], Any]:
     experts = [ReplayExpert(table, m, max_output_tokens=n) for m, n in POOL.items()]
     queries = load_queries(table, "train")
     test_ids = sorted(q for q, info in table.queries.items() if info.split == "test")
-    if args.eval_queries:
-        test_ids = test_ids[: args.eval_queries]
     corpus = [render_system_prompt([e.descriptor for e in experts])] * 20 + [
         q.text for q in queries
     ]
     tok = tiny_tokenizer(
         corpus, vocab_size=768, tiers=[t.name for t in TIERS], extra_tokens=list(POOL)
     )
+    return experts, queries, test_ids, tok
+
+
+def warm_model(args: argparse.Namespace, table: OutcomeTable, seed: int) -> dict[str, Any]:
+    """The supervised warm start, saved to WORK/warm-<seed>."""
+    t0 = time.time()
+    torch.manual_seed(seed)
+    experts, queries, _, tok = setup(table)
     lm = tiny_llama(
         len(tok),
         hidden_size=64,
@@ -233,22 +236,37 @@ def run_seed(args: argparse.Namespace, seed: int, table: OutcomeTable) -> dict[s
         eos_token_id=tok.eos_token_id,
     )
     losses = warm_start(lm, tok, experts, queries, args.warm_steps, seed)
-    t_warm = time.time()
-    rows = evaluate(lm, tok, table, experts, test_ids, seed, "warm_start")
-    t_eval0 = time.time()
-    model_dir = WORK / f"seed{seed}" / "warm"
+    model_dir = WORK / f"warm-{seed}"
     lm.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
+    return {"dir": str(model_dir), "loss": [losses[0], losses[-1]], "seconds": time.time() - t0}
+
+
+def run_seed(
+    args: argparse.Namespace, seed: int, table: OutcomeTable, warm: dict[str, Any]
+) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    experts, queries, test_ids, _ = setup(table)
+    if args.eval_queries:
+        test_ids = test_ids[: args.eval_queries]
+    tok = AutoTokenizer.from_pretrained(warm["dir"])
+    lm = AutoModelForCausalLM.from_pretrained(warm["dir"], dtype=torch.float32)
+    rows = evaluate(lm, tok, table, experts, test_ids, seed, "warm_start")
+    t_eval0 = time.time()
     config = PPOConfig(
-        model=str(model_dir),
+        model=warm["dir"],
         output_dir=str(WORK / f"seed{seed}" / "ppo"),
         table=TABLE,
         experts=tuple(POOL),
         tiers=TIERS,
         iterations=args.iterations,
         episodes_per_iter=args.episodes,
-        minibatch_size=16,
-        ppo_epochs=2,
+        minibatch_size=args.minibatch,
+        ppo_epochs=args.ppo_epochs,
         learning_rate=args.lr,
         kl_coef=0.0,
         ent_coef=args.ent_coef,
@@ -275,7 +293,7 @@ def run_seed(args: argparse.Namespace, seed: int, table: OutcomeTable) -> dict[s
                 + " ".join(
                     f"{t.name}: c {m.get(f'cost_usd/{t.name}', float('nan')):.1e} "
                     f"l {m.get(f'lagrange/{t.name}', float('nan')):.3f} "
-                    f"r {m.get(f'reward/{t.name}', float('nan')):.2f}"
+                    f"f {m.get(f'format_error_rate/{t.name}', float('nan')):.2f}"
                     for t in TIERS
                 ),
                 flush=True,
@@ -284,12 +302,11 @@ def run_seed(args: argparse.Namespace, seed: int, table: OutcomeTable) -> dict[s
     rows += evaluate(trainer.plain_lm, tok, table, experts, test_ids, seed, "rl")
     return {
         "seed": seed,
+        "warm_start": {k: v for k, v in warm.items() if k != "dir"},
         "rows": rows,
         "history": history,
-        "warm_start_loss": [losses[0], losses[-1]],
         "seconds": {
-            "warm_start": t_warm - t0,
-            "eval_warm_start": t_eval0 - t_warm,
+            "eval_warm_start": t_eval0 - t0,
             "rl": t_rl - t_eval0,
             "eval_rl": time.time() - t_rl,
             "total": time.time() - t0,
@@ -386,14 +403,22 @@ def plot(results: list[dict[str, Any]], out_dir: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--iterations", type=int, default=60)
-    ap.add_argument("--episodes", type=int, default=48)
-    ap.add_argument("--warm-steps", type=int, default=150)
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--episodes", type=int, default=36)
+    ap.add_argument("--minibatch", type=int, default=12)
+    ap.add_argument("--ppo-epochs", type=int, default=1)
+    ap.add_argument("--warm-steps", type=int, default=250)
+    ap.add_argument(
+        "--shared-warm-start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one warm start (first seed) for every RL seed (default; halves the run time)",
+    )
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--ent-coef", type=float, default=0.0)
     ap.add_argument("--lagrange-lr", type=float, default=0.02)
     ap.add_argument("--lagrange-init", type=float, default=0.1)
-    ap.add_argument("--eval-queries", type=int, default=0, help="0: the whole test split")
+    ap.add_argument("--eval-queries", type=int, default=150, help="0: the whole test split")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(OUT / "rl_tiers.json"))
     args = ap.parse_args()
@@ -404,9 +429,10 @@ def main() -> None:
     results = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    warm = warm_model(args, table, seeds[0]) if args.shared_warm_start else None
     for seed in seeds:
         print(f"== seed {seed}", flush=True)
-        results.append(run_seed(args, seed, table))
+        results.append(run_seed(args, seed, table, warm or warm_model(args, table, seed)))
         rows = [r for res in results for r in res["rows"]]
         done = [res["seed"] for res in results]
         payload = {

@@ -40,7 +40,7 @@ import torch
 from corl_graph.training._config import PPOConfig
 from corl_graph.training._hf_policy import HFPolicy
 from corl_graph.training._lagrange import TierMultipliers
-from corl_graph.training._metrics import MetricsWriter
+from corl_graph.training._metrics import MetricsWriter, require_tensorboard
 from corl_graph.training._rewards import RewardFn, reward_from_config
 from corl_graph.training._rollout import Episode, QuerySpec, load_queries
 from corl_graph.training._tier_metrics import (
@@ -48,6 +48,7 @@ from corl_graph.training._tier_metrics import (
     episode_metrics,
     multipliers_for,
     shaped_scores,
+    warn_unaffordable_tiers,
 )
 from corl_graph.training._traces import CacheCounters, traces_task
 from transformers import (
@@ -247,6 +248,8 @@ def make_grpo_trainer(
             f"({cfg.minibatch_size}) must be multiples of num_generations ({num_generations}) "
             "so that every GRPO group is complete in a step"
         )
+    if cfg.tensorboard:
+        require_tensorboard()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is documented here
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -254,6 +257,7 @@ def make_grpo_trainer(
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
     model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
     ex, qs = _task(cfg, experts, queries)
+    warn_unaffordable_tiers(ex, cfg.tier_set, qs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.minibatch_size % world:
         raise ConfigError(

@@ -7,7 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corl_graph._exceptions import ConfigError
+
 __all__ = ["MetricsWriter"]
+
+
+def require_tensorboard() -> None:
+    """Raise ``ConfigError`` naming the fix when the optional tensorboard package is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "tensorboard=True (--tensorboard) needs the tensorboard package: "
+            "pip install tensorboard (metrics.jsonl is written either way)"
+        )
 
 
 class MetricsWriter:
@@ -27,12 +40,10 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb: Any = None
         if tensorboard_dir and enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                self._tb = None
-            else:
-                self._tb = SummaryWriter(str(tensorboard_dir))
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(tensorboard_dir))
         self._bar: Any = None
         if progress_total and enabled:
             from tqdm.auto import tqdm

@@ -10,15 +10,17 @@ multipliers on, the same global figures.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from corl_graph.training._config import PPOConfig
 from corl_graph.training._fsdp import all_reduce_sum
 from corl_graph.training._lagrange import TierMultipliers
-from corl_graph.training._rollout import Episode
+from corl_graph.training._rollout import Episode, QuerySpec
 
 from corl_graph.budget import TierSet
+from corl_graph.experts import Expert, ExpertRequest
 from corl_graph.trajectories import Trajectory
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "multipliers_for",
     "reached_experts",
     "shaped_scores",
+    "unaffordable_tiers",
+    "warn_unaffordable_tiers",
 ]
 
 _FIELDS = (
@@ -132,3 +136,41 @@ def episode_metrics(
     out["reward/mean"] = float(sums[:, 1].sum()) / max(total, 1.0)
     out["episodes"] = total
     return out
+
+
+def unaffordable_tiers(
+    experts: Sequence[Expert], tiers: TierSet, queries: Sequence[QuerySpec], *, sample: int = 64
+) -> list[str]:
+    """One message per tier whose cap is below every expert's worst-case reservation (on
+    the first ``sample`` queries): the ledger refuses every call there, so the tier can
+    only learn to answer alone. The message names the numbers and the fix."""
+    if not experts or not queries:
+        return []
+    cheapest: tuple[float, str] | None = None
+    for e in experts:
+        usd = min(
+            e.worst_case(ExpertRequest(q.query_id, q.text, q.text))[1] for q in queries[:sample]
+        )
+        if cheapest is None or usd < cheapest[0]:
+            cheapest = (usd, e.name)
+    usd, name = cheapest or (0.0, "")
+    out = []
+    for tier_name, tier in tiers.items():
+        if tier.max_usd_per_query < usd:
+            out.append(
+                f"tier {tier_name!r}: cap ${tier.max_usd_per_query:g} is below every expert's "
+                f"worst-case reservation (the least is {name!r} at ${usd:.3g} per call: input "
+                "tokens + max_output_tokens at its price), so every call of this tier is "
+                "refused; raise the cap or lower that expert's max_output_tokens"
+            )
+    return out
+
+
+def warn_unaffordable_tiers(
+    experts: Sequence[Expert], tiers: TierSet, queries: Sequence[QuerySpec]
+) -> list[str]:
+    """``unaffordable_tiers`` as ``UserWarning``s (the CLI prints them); returns them."""
+    messages = unaffordable_tiers(experts, tiers, queries)
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return messages

@@ -52,6 +52,7 @@ from corl_graph.training._tier_metrics import (
     episode_metrics,
     multipliers_for,
     shaped_scores,
+    warn_unaffordable_tiers,
 )
 from corl_graph.training._traces import CacheCounters, TracesTask, traces_task
 from transformers import (
@@ -154,6 +155,7 @@ class PPOTrainer:
                 table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
             )
         self.queries = list(queries)
+        warn_unaffordable_tiers(experts, cfg.tier_set, self.queries)
         self.cache_counters = CacheCounters(experts)  # hits / misses / live spend, if cached
         self.policy = HFPolicy(
             self.plain_lm,

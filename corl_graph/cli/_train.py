@@ -47,8 +47,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tiers",
-        help=f"NAME=USD_PER_QUERY,... cheapest first (default: the --live-experts config's "
-        f"tiers, else {DEFAULT_TIERS})",
+        help=f"NAME=CAP[:TARGET],... cheapest first: the per-query cap in USD and, for "
+        f"--cost-constraint lagrange, the mean spend per query to aim at (default: the "
+        f"--live-experts config's tiers, else {DEFAULT_TIERS})",
+    )
+    p.add_argument(
+        "--cost-constraint",
+        choices=["none", "lagrange"],
+        help="lagrange: maximise the reward subject to mean cost <= each tier's TARGET "
+        "(one multiplier per tier, dual ascent every iteration); none (default): caps only",
+    )
+    p.add_argument(
+        "--controller-expert",
+        help="the expert that is the controller's own model: its calls are not expert calls",
     )
     traces = p.add_argument_group("training on prepared traces (--traces)")
     traces.add_argument(
@@ -95,6 +106,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ("save-every", int),
         ("seed", int),
         ("reward-alpha", float),
+        ("format-penalty", float),
+        ("temperature", float),
+        ("lagrange-lr", float),
+        ("lagrange-init", float),
+        ("lagrange-max", float),
     ):
         p.add_argument(f"--{flag}", type=typ)
     p.add_argument("--reward", choices=["corl", "graded"])
@@ -118,17 +134,45 @@ DEFAULT_TIERS = "low=0.002,medium=0.01,high=0.05"
 
 
 def parse_tiers(text: str) -> list[dict[str, Any]]:
-    """``"low=0.002,high=0.05"`` -> BudgetTier fields."""
+    """``"low=0.002:0.0005,high=0.05"`` -> BudgetTier fields (cap, optional target)."""
     tiers = []
     for part in text.split(","):
-        name, sep, cap = part.strip().partition("=")
+        name, sep, spec = part.strip().partition("=")
+        cap, colon, target = spec.partition(":")
         try:
-            tiers.append({"name": name, "max_usd_per_query": float(cap)})
+            tier: dict[str, Any] = {"name": name, "max_usd_per_query": float(cap)}
+            if colon:
+                tier["target_usd_per_query"] = float(target)
+            tiers.append(tier)
         except ValueError:
             sep = ""
-        if not sep:
-            raise ConfigError(f"--tiers part {part!r} must look like NAME=USD, e.g. low=0.002")
+        if not sep or not name:
+            raise ConfigError(
+                f"--tiers part {part!r} must look like NAME=USD or NAME=USD:TARGET_USD "
+                "(cap, then mean-spend target), e.g. low=0.002:0.0005"
+            )
     return tiers
+
+
+def _check_model(model: str) -> None:
+    """A --model that is neither a folder nor a hub id fails in one line, before torch."""
+    import re
+    from pathlib import Path
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"--model {model!r} has no config.json: give a save_pretrained folder "
+                "(e.g. OUTPUT_DIR/final of an earlier corl-graph train)"
+            )
+        return
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith((".", "/", "~"))
+    if not hub_id:
+        raise ConfigError(
+            f"--model {model!r}: no such folder (give a save_pretrained folder, e.g. "
+            "OUTPUT_DIR/final of corl-graph train --algo sft, or a Hugging Face hub id)"
+        )
 
 
 def _check_task(args: argparse.Namespace) -> None:
@@ -233,7 +277,14 @@ def _live_experts(path: str) -> tuple[dict[str, Any], str | None]:
 
     config = ServerConfig.load(path)
     experts = {e.name: e for e in config.build_experts()}
-    tiers = ",".join(f"{t.name}={t.max_usd_per_query}" for t in config.tiers) or None
+    tiers = (
+        ",".join(
+            f"{t.name}={t.max_usd_per_query}"
+            + (f":{t.target_usd_per_query}" if t.target_usd_per_query is not None else "")
+            for t in config.tiers
+        )
+        or None
+    )
     return experts, tiers
 
 
@@ -257,6 +308,11 @@ def run(args: argparse.Namespace) -> int:
             f"(not trained on); on a cache miss: {config.on_miss}"
         )
     try:
+        _check_model(config.model)
+        if config.tensorboard:
+            from corl_graph.training._metrics import require_tensorboard
+
+            require_tensorboard()
         _train(config, task, args)
     finally:
         if task is not None:

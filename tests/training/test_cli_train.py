@@ -109,3 +109,42 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "multiple of minibatch_size" in capsys.readouterr().err
     with pytest.raises(Exception, match="NAME=USD"):
         parse_tiers("low:0.1")
+
+
+def test_cli_one_line_errors_for_model_and_tensorboard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    table = ["--table", "t", "--experts", "a", "--output-dir", str(tmp_path)]
+    assert main(["train", "--model", str(tmp_path / "missing"), *table]) == 2
+    err = capsys.readouterr().err
+    assert "no such folder" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--model", str(tmp_path / "empty"), *table]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    if importlib.util.find_spec("tensorboard") is None:
+        (tmp_path / "empty" / "config.json").write_text("{}")
+        assert main(["train", "--model", str(tmp_path / "empty"), *table, "--tensorboard"]) == 2
+        assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_tiers_take_a_target_after_the_cap() -> None:
+    assert parse_tiers("low=0.002:0.0005,high=0.05") == [
+        {"name": "low", "max_usd_per_query": 0.002, "target_usd_per_query": 0.0005},
+        {"name": "high", "max_usd_per_query": 0.05},
+    ]
+
+
+def test_traces_record_writes_runs_that_prepare_reads(
+    tiny_task: TinyTask, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = _write_table(tiny_task, tmp_path)
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    args = ["traces", "record", "--table", str(table), "--experts", "cheap,strong"]
+    assert main([*args, "--store", store, "--tiers", "low=0.001,high=0.01"]) == 0
+    assert "recorded 24 runs (12 queries x 2 tiers)" in capsys.readouterr().out
+    assert main(["traces", "prepare", "--store", store, "--out", str(tmp_path / "p")]) == 0
+    assert "24 runs, 12 queries" in capsys.readouterr().out
+    assert main([*args, "--store", store, "--policy", "always:nobody"]) == 2
+    assert "always:NAME" in capsys.readouterr().err
