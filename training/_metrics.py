@@ -46,7 +46,7 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(tensorboard_dir))
         self._bar: Any = None
         if progress_total and enabled:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
             self._bar = tqdm(total=progress_total, desc="ppo", unit="iter")
 
