@@ -19,12 +19,15 @@ import asyncio
 import hmac
 import logging
 import re
+import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from corl_graph.integrations._common import unanswered_error
+from corl_graph.integrations._keys import KeyFile
 from corl_graph.integrations._limits import RateLimiter
 from corl_graph.integrations._openai_wire import (
     ApiError,
@@ -71,14 +74,22 @@ class _State:
     limiter: RateLimiter | None = None
     # tenant -> its own router, for tenants with allowed_experts (tiers narrowed to them)
     routers: dict[str, Router] = field(default_factory=dict)
+    key_file: KeyFile | None = None
     query_ids: dict[str, str] = field(default_factory=dict)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-def create_app(config: ServerConfig, *, router_config: RouterConfig | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig,
+    *,
+    router_config: RouterConfig | None = None,
+    config_path: str | Path | None = None,
+) -> FastAPI:
     """The FastAPI app for ``config``; ``router_config`` replaces the file's experts, policy and
-    tiers (for programmatic use, e.g. LangChain chat models as experts).
+    tiers (for programmatic use, e.g. LangChain chat models as experts). With ``config_path``
+    (the file ``config`` came from) API keys and revocations are re-read when the file
+    changes, and on SIGHUP: a revoked key stops working without a restart (``_keys``).
 
     >>> from corl_graph.integrations import ServerConfig
     >>> cfg = ServerConfig.parse({"tenants": [{"name": "acme", "limit_usd": 5, "api_keys": ["k"]}],
@@ -114,10 +125,19 @@ def create_app(config: ServerConfig, *, router_config: RouterConfig | None = Non
                  for t in config.tenants if t.allowed_experts is not None},
     )
 
+    if config_path is not None:
+        def apply(keys: dict[str, str], revoked: set[str]) -> None:
+            state.keys, state.revoked = keys, revoked
+
+        state.key_file = KeyFile(config_path, set(state.budgets), apply)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for budget in state.budgets.values():
             await state.ledger.set_tenant(budget)
+        if state.key_file is not None:
+            with suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, state.key_file.poke)
         yield
         await _drain(state)
         if tracer is not None:
@@ -237,6 +257,8 @@ def _tenant(request: Request, state: _State) -> str:
                        type="invalid_request_error", code="invalid_request",
                        param="authorization")
     header = headers[0] if headers else ""
+    if state.key_file is not None:
+        state.key_file.check()
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",

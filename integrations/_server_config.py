@@ -179,7 +179,7 @@ class TenantConfig(_Strict):
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_key_envs: list[str] = Field(default_factory=list)
     # Keys that are refused (401) even if still listed above: revoke a leaked key with one
-    # line, then restart; the key's spend stays on the tenant's books.
+    # line (serve re-reads it within a second, or on SIGHUP); its spend stays on the books.
     revoked_api_keys: list[SecretStr] = Field(default_factory=list)
     # Tiers (model names without the prefix) this tenant may use and see; None = all.
     allowed_tiers: list[str] | None = None

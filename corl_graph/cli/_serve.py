@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     # Keep idle connections longer than clients do (httpx and the openai SDK expire theirs
     # after 5 s, uvicorn's default too): equal timeouts race, and a client that reuses a
     # connection the server is closing gets a ReadError on a request never processed.
-    uvicorn.run(create_app(config), host=config.host, port=config.port,
+    uvicorn.run(create_app(config, config_path=args.config), host=config.host, port=config.port,
                 timeout_graceful_shutdown=grace, timeout_keep_alive=KEEP_ALIVE_S)
     return 0
 
