@@ -420,6 +420,10 @@ def main() -> None:
     ap.add_argument("--lagrange-init", type=float, default=0.1)
     ap.add_argument("--eval-queries", type=int, default=150, help="0: the whole test split")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warm-from", help="a warm-start folder of an earlier run (skips it)")
+    ap.add_argument(
+        "--combine", nargs="+", help="output files of per-seed runs to merge into --out"
+    )
     ap.add_argument("--out", default=str(OUT / "rl_tiers.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -429,32 +433,58 @@ def main() -> None:
     results = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    warm = warm_model(args, table, seeds[0]) if args.shared_warm_start else None
+    if args.combine:
+        results = [res for f in args.combine for res in _load_results(Path(f))]
+        write(args, results, Path(args.out), t0)
+        return
+    warm = None
+    if args.warm_from:  # a warm start of an earlier (or concurrent) run of this script
+        warm = {"dir": args.warm_from, "loss": None, "seconds": None, "reused": True}
+    elif args.shared_warm_start:
+        warm = warm_model(args, table, seeds[0])
     for seed in seeds:
         print(f"== seed {seed}", flush=True)
         results.append(run_seed(args, seed, table, warm or warm_model(args, table, seed)))
-        rows = [r for res in results for r in res["rows"]]
-        done = [res["seed"] for res in results]
-        payload = {
-            "command": "python benchmarks/rl_tiers.py "
-            + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-            "pool": {m: {"max_output_tokens": n, "own_model": m == OWN} for m, n in POOL.items()},
-            "tiers": {
-                t.name: {"cap_usd": t.max_usd_per_query, "target_usd": t.target_usd} for t in TIERS
-            },
-            "reward_train": "correct - format penalty, shaped: - lambda_tier * cost / target_tier",
-            "reward_eval": "accuracy - max(0, mean_cost_usd / target_usd - 1)",
-            "eval": "test split through route_queries (real graph, replayed experts), "
-            "sampling at temperature 1 (the trained stochastic policy)",
-            "rows": rows,
-            "targets": verdicts(rows, done),
-            "seconds_total": time.time() - t0,
-            "per_seed": [{k: v for k, v in res.items() if k != "rows"} for res in results],
-        }
-        payload["plots"] = plot(results, out.parent)
-        out.write_text(json.dumps(payload, indent=1))
+        payload = write(args, results, out, t0)
     print(json.dumps(payload["targets"], indent=1))
     print(f"total {time.time() - t0:.0f} s")
+
+
+def _load_results(path: Path) -> list[dict[str, Any]]:
+    """The per-seed results of an earlier output file (rows put back with their seed)."""
+    data = json.loads(path.read_text())
+    out = []
+    for res in data["per_seed"]:
+        rows = [r for r in data["rows"] if r["seed"] == res["seed"]]
+        out.append({**res, "rows": rows})
+    return out
+
+
+def write(
+    args: argparse.Namespace, results: list[dict[str, Any]], out: Path, t0: float
+) -> dict[str, Any]:
+    """Rows, verdicts, histories and plots of ``results`` to ``out`` (after every seed)."""
+    rows = [r for res in results for r in res["rows"]]
+    done = [res["seed"] for res in results]
+    payload = {
+        "command": "python benchmarks/rl_tiers.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "pool": {m: {"max_output_tokens": n, "own_model": m == OWN} for m, n in POOL.items()},
+        "tiers": {
+            t.name: {"cap_usd": t.max_usd_per_query, "target_usd": t.target_usd} for t in TIERS
+        },
+        "reward_train": "correct - format penalty, shaped: - lambda_tier * cost / target_tier",
+        "reward_eval": "accuracy - max(0, mean_cost_usd / target_usd - 1)",
+        "eval": "test split through route_queries (real graph, replayed experts), "
+        "sampling at temperature 1 (the trained stochastic policy)",
+        "rows": rows,
+        "targets": verdicts(rows, done),
+        "seconds_total": time.time() - t0,
+        "per_seed": [{k: v for k, v in res.items() if k != "rows"} for res in results],
+    }
+    payload["plots"] = plot(results, out.parent)
+    out.write_text(json.dumps(payload, indent=1))
+    return payload
 
 
 if __name__ == "__main__":

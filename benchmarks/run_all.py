@@ -8,7 +8,8 @@ description; this runs them one after another (never in parallel: they would mea
 other) with sizes chosen to fit the budget, then ``summarize.py`` turns the JSON files into
 the table between the ``<!-- bench:table -->`` markers of the README. The replay quality
 benchmark (bench_replay.py, ~10 min) and the PPO learning check (~9 min) are not performance
-figures and are run on their own.
+figures and are run on their own, as is the one long run, rl_tiers.py (PPO-Lagrangian with
+per-tier spend targets, 3 seeds, evaluated on the test split; see docs/training.md).
 """
 
 from __future__ import annotations

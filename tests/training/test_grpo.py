@@ -107,3 +107,34 @@ def test_groups_must_fit_in_a_step(tmp_path: Path) -> None:
         make_grpo_trainer(
             _config(tmp_path, episodes_per_iter=6, minibatch_size=2), num_generations=4
         )
+
+
+def test_grpo_lagrange_logs_per_tier_metrics_and_saves_multipliers(tmp_path: Path) -> None:
+    import json
+
+    table = toy_table(4)
+    lm, tok = tiny_controller(table)
+    queries = [QuerySpec(q, i.prompt or "", i.reference) for q, i in table.queries.items()]
+    tiers = tuple(
+        BudgetTier(t.name, t.max_usd_per_query, target_usd_per_query=t.max_usd_per_query / 2)
+        for t in TIERS.values()
+    )
+    trainer, final = train_grpo(
+        _config(tmp_path / "run", tiers=tiers, iterations=2, cost_constraint="lagrange"),
+        num_generations=2,
+        lm=lm,
+        tokenizer=tok,
+        experts=toy_experts(table),
+        queries=queries,
+    )
+    assert trainer.state.global_step == 2  # one iteration = one update
+    assert trainer.rollout_func.calls == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    with_round = [m for m in lines if "grpo/zero_std_groups" in m]
+    assert len(with_round) == 2
+    m = with_round[-1]
+    assert 0.0 <= m["grpo/zero_std_groups"] <= 1.0
+    for name in TIERS:
+        assert f"lagrange/{name}" in m and f"target_usd/{name}" in m
+    saved = json.loads((final / "lagrange.json").read_text())
+    assert saved["values"] == trainer.rollout_func.multipliers.values
