@@ -29,6 +29,7 @@ import numpy as np
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import TierSet
 from corl_graph.evaluation._pool import pareto_pool, train_ids
+from corl_graph.evaluation._predictors import LAMBDAS, fit_mf, fit_mlp, out_of_fold
 from corl_graph.evaluation._sim import EpisodeArrays, episode_arrays
 from corl_graph.experts import OutcomeTable, ReplayExpert
 from corl_graph.policies._cascade import (
@@ -126,6 +127,21 @@ def simulate_cascade(
     return correct, spent, calls
 
 
+def _route_outcome(
+    est: np.ndarray, w: float, cost_norm: np.ndarray, allowed: np.ndarray, judged_: np.ndarray,
+    cost: np.ndarray, worst: np.ndarray, cap: float,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A one-call route's correctness and cost per query: (N,), (N,)."""
+    score = np.where(allowed, est - w * cost_norm[None, :], -np.inf)
+    choice = score.argmax(1)
+    rows = np.arange(len(est))
+    reached = allowed.any(1) & (worst[rows, choice] <= cap + _EPS)
+    return (
+        np.where(reached, judged_[rows, choice], 0.0),
+        np.where(reached, cost[rows, choice], 0.0),
+    )
+
+
 def _folds(n: int, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     fold = np.arange(n) % k
@@ -158,7 +174,7 @@ def choose_k(emb: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[int, np.
 class _Cloud:
     """Every operating point's per-fold sums at one cap: (P, F) accuracy sums, cost sums."""
 
-    points: list[tuple[tuple[int, ...], float]]
+    points: list[tuple[tuple[int, ...], float, float | None]]
     acc: np.ndarray
     cost: np.ndarray
     single: np.ndarray  # (P,) bool: a one-expert point
@@ -229,7 +245,12 @@ def fit_router(
     emb = np.stack([embeddings[q] for q in ids]).astype(np.float32)
     fold = _folds(len(ids), cfg.folds, cfg.seed)
     counts = np.bincount(fold, minlength=cfg.folds).astype(np.float64)
-    knn_k, p_oof = choose_k(emb, j_all, fold)
+    knn_k, knn_oof = choose_k(emb, j_all, fold)
+    # the predictor is a stack: the mean of kNN, MLP and matrix-factorisation estimates, each
+    # out of fold for the train queries (what it says of queries it has not seen)
+    mlp_oof = out_of_fold(lambda e, y: fit_mlp(e, y, seed=cfg.seed), emb, j_all, fold)
+    mf_oof = out_of_fold(lambda e, y: fit_mf(e, y, seed=cfg.seed), emb, j_all, fold)
+    p_oof = (knn_oof + mlp_oof + mf_oof) / 3
     reserve = a.worst.max(0)
     logt = np.log1p(a.out_tokens)
     t_mean, t_std = logt.mean(0), logt.std(0)
@@ -239,6 +260,7 @@ def fit_router(
     cascades = [c for m in range(1, cfg.max_len + 1) for c in combinations(range(k), m)]
     caps = sorted({tiers[t].max_usd_per_query for t in tiers})
     clouds = {cap: _Cloud([], [], [], []) for cap in caps}  # type: ignore[arg-type]
+    cost_norm = a.cost.mean(0) / max(float(a.cost.mean(0).max()), 1e-18)
     sums: dict[float, tuple[list[np.ndarray], list[np.ndarray], list[bool]]] = {
         cap: ([], [], []) for cap in caps
     }
@@ -260,12 +282,21 @@ def fit_router(
                     reserve=reserve,
                 )  # fmt: skip
                 cloud = clouds[cap]
-                cloud.points.append((c, theta))
+                cloud.points.append((c, theta, None))
                 sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
                 sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
                 sums[cap][2].append(len(c) == 1)
         if on_progress is not None:
             on_progress(step + 1, len(cascades))
+    everyone = tuple(range(k))
+    for cap in caps:  # one-call routes over every candidate, swept over the cost weight
+        allowed = np.broadcast_to(reserve <= cap + _EPS, (len(ids), k))
+        for w in LAMBDAS:
+            ok, spent = _route_outcome(p_oof, w, cost_norm, allowed, j_all, a.cost, a.worst, cap)
+            clouds[cap].points.append((everyone, math.nan, w))
+            sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
+            sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
+            sums[cap][2].append(False)
     for cap in caps:
         clouds[cap].acc = np.array(sums[cap][0])
         clouds[cap].cost = np.array(sums[cap][1])
@@ -276,10 +307,11 @@ def fit_router(
     def point(cap: float, target: float | None, label: str) -> tuple[OperatingPoint, float]:
         cloud = clouds[cap]
         i, fell_back, gain = _choose(cloud, counts, target, cfg.tolerance)
-        c, theta = cloud.points[i]
+        c, theta, w = cloud.points[i]
         op = OperatingPoint(
             cascade=tuple(int(x) for x in c),
             theta=float(theta),
+            route_weight=w,
             fallback=fell_back,
             train_accuracy=float(cloud.acc[i].sum() / n),
             train_cost_usd=float(cloud.cost[i].sum() / n),
@@ -299,10 +331,16 @@ def fit_router(
     sweep: list[OperatingPoint] = []
     for target in np.geomspace(max(lo, hi * 1e-6), hi, cfg.sweep_points):
         op, _ = point(top, float(target), f"t={target:.2e}")
-        if all((op.cascade, op.theta) != (s.cascade, s.theta) for s in sweep):
+        if all((op.cascade, op.theta, op.route_weight) != (s.cascade, s.theta, s.route_weight)
+               for s in sweep):  # fmt: skip
             sweep.append(op)
-    arrays: dict[str, np.ndarray] = {"index": emb, "correct": j_all}
+    arrays: dict[str, np.ndarray] = {"index": emb, "correct": j_all, "cost_norm": cost_norm}
+    for prefix, pred in (("mlp/", fit_mlp(emb, j_all, seed=cfg.seed)),
+                         ("mf/", fit_mf(emb, j_all, seed=cfg.seed))):  # fmt: skip
+        arrays.update({prefix + key: v for key, v in pred.params.items()})
     for op in [*tier_points.values(), *sweep]:
+        if op.route_weight is not None:
+            continue
         cl = list(op.cascade)
         for j in range(1, len(cl)):
             key = f"w/{op.key}/{j}"
@@ -355,6 +393,17 @@ def router_outcomes(
     cands = [by_name[n] for n in router.spec.experts]
     a = episode_arrays(table, cands, query_ids)
     emb = np.stack([embeddings[q] for q in query_ids]).astype(np.float32)
+    reserve = np.asarray(router.spec.reserve_usd)
+    if point.route_weight is not None:
+        cl = list(point.cascade)
+        allowed = np.broadcast_to(reserve[cl] <= cap + _EPS, (len(query_ids), len(cl)))
+        j = router.route_choice(point, emb, allowed)
+        rows = np.arange(len(query_ids))
+        choice = np.asarray(cl)[np.maximum(j, 0)]
+        reached = (j >= 0) & (a.worst[rows, choice] <= cap + _EPS)
+        correct = np.where(reached, judged(a)[rows, choice], 0.0)
+        cost = np.where(reached, a.cost[rows, choice], 0.0)
+        return correct, cost, reached.astype(np.int64)
     cl = list(point.cascade)
     p_hat = router.estimate(emb)[:, cl]
     tz = router.tokens_z(cl, a.out_tokens[:, cl])
@@ -364,7 +413,6 @@ def router_outcomes(
     for j in range(1, len(cl)):
         x = stop_features(p_hat, a.answer_id[:, cl], has, tz, j)
         scores[:, j - 1] = stop_scores(x, router.scorer(point, j))
-    reserve = np.asarray(router.spec.reserve_usd)
     return simulate_cascade(
         point.cascade, scores, point.theta, cap, judged_=judged(a), cost=a.cost,
         worst=a.worst, reserve=reserve,

@@ -31,6 +31,7 @@ import numpy as np
 from corl_graph._exceptions import ConfigError, DataFormatError, PolicyError
 from corl_graph.experts._answers import normalize_answer
 from corl_graph.policies._base import Decision, PolicyView
+from corl_graph.policies._score import MFPredictor, MLPPredictor
 from corl_graph.protocol import Answer, CallExpert
 
 __all__ = [
@@ -59,10 +60,17 @@ class OperatingPoint:
     train_accuracy: float = math.nan
     train_cost_usd: float = math.nan
     label: str = ""
+    # Set: a one-call route instead of a cascade: call the expert of ``cascade`` with the best
+    # estimate - route_weight x its mean cost / the priciest candidate's, then answer.
+    route_weight: float | None = None
 
     @property
     def key(self) -> str:
         return "-".join(str(i) for i in self.cascade)
+
+    @property
+    def kind(self) -> str:
+        return "route" if self.route_weight is not None else "cascade"
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,10 @@ class CascadeRouter:
         for p in points:
             if not p.cascade or any(not 0 <= i < k for i in p.cascade):
                 raise DataFormatError(f"operating point {p} names an unknown expert")
+            if p.route_weight is not None:
+                if "cost_norm" not in arrays:
+                    raise DataFormatError("cascade router lacks cost_norm for its routed points")
+                continue
             for j in range(1, len(p.cascade)):
                 if f"w/{p.key}/{j}" not in arrays:
                     raise DataFormatError(f"cascade router lacks the scorer w/{p.key}/{j}")
@@ -239,8 +251,27 @@ class CascadeRouter:
         return self.spec.tiers[fits[-1] if fits else next(iter(self.spec.tiers))]
 
     def estimate(self, emb: np.ndarray) -> np.ndarray:
-        """The correctness predictor: (B, E) -> (B, K)."""
-        return knn_estimate(self.arrays["index"], self.arrays["correct"], emb, self.spec.knn_k)
+        """The correctness predictor: (B, E) -> (B, K), the mean of the kNN estimate and, when
+        the router holds them, an MLP's and a matrix factorisation's (a stack of three)."""
+        parts = [knn_estimate(self.arrays["index"], self.arrays["correct"], emb, self.spec.knn_k)]
+        for prefix, cls in (("mlp/", MLPPredictor), ("mf/", MFPredictor)):
+            params = {k[len(prefix) :]: v for k, v in self.arrays.items() if k.startswith(prefix)}
+            if params:
+                parts.append(cls(params).predict(emb.astype(np.float64)))
+        return np.asarray(np.mean(parts, axis=0))
+
+    def route_choice(
+        self, point: OperatingPoint, emb: np.ndarray, allowed: np.ndarray
+    ) -> np.ndarray:
+        """A routed point's expert per query (index into ``point.cascade``; -1: none
+        affordable): (B, E), (B, len(cascade)) bool -> (B,)."""
+        cl = list(point.cascade)
+        score = (
+            self.estimate(emb)[:, cl]
+            - (point.route_weight or 0.0) * self.arrays["cost_norm"].astype(np.float64)[cl]
+        )
+        score = np.where(allowed, score, -np.inf)
+        return np.where(allowed.any(1), score.argmax(1), -1)
 
     def scorer(self, point: OperatingPoint, j: int) -> np.ndarray:
         return self.arrays[f"w/{point.key}/{j}"].astype(np.float64)
@@ -252,6 +283,8 @@ class CascadeRouter:
 
     async def decide(self, view: PolicyView) -> Decision:
         point = self.point_for(view.tier.name, view.tier.max_usd_per_query)
+        if point.route_weight is not None:
+            return self._route(view, point)
         names = [self.spec.experts[i] for i in point.cascade]
         replies = {c.expert: c for c in view.calls if c.status in ("ok", "truncated")}
         done = 0
@@ -266,6 +299,28 @@ class CascadeRouter:
                 return Decision(CallExpert(names[done], view.query))
         return _answer_last(view)
 
+    def _route(self, view: PolicyView, point: OperatingPoint) -> Decision:
+        if view.calls or view.budget_exhausted:
+            return _answer_last(view)
+        emb = self._embedding(view)
+        offered = {e.name for e in view.experts}
+        allowed = np.array([[
+            self.spec.experts[i] in offered
+            and self.spec.reserve_usd[i] <= view.remaining_usd + 1e-12
+            for i in point.cascade
+        ]])  # fmt: skip
+        j = int(self.route_choice(point, emb, allowed)[0])
+        if j < 0:
+            return Decision(Answer(""))
+        return Decision(CallExpert(self.spec.experts[point.cascade[j]], view.query))
+
+    def _embedding(self, view: PolicyView) -> np.ndarray:
+        if view.features is None or len(view.features) != self.spec.embed_dim:
+            raise PolicyError(
+                f"{self.name} needs a {self.spec.embed_dim}-dim query embedding in features"
+            )
+        return np.asarray(view.features, dtype=np.float32)[None, :]
+
     def _stop(
         self,
         view: PolicyView,
@@ -274,12 +329,7 @@ class CascadeRouter:
         replies: Mapping[str, Any],
         j: int,
     ) -> bool:
-        if view.features is None or len(view.features) != self.spec.embed_dim:
-            raise PolicyError(
-                f"{self.name} needs a {self.spec.embed_dim}-dim query embedding in features"
-            )
-        emb = np.asarray(view.features, dtype=np.float32)[None, :]
-        p_hat = self.estimate(emb)[:, list(point.cascade)]
+        p_hat = self.estimate(self._embedding(view))[:, list(point.cascade)]
         m = len(names)
         ids: dict[str, int] = {}
         answer_id = np.full((1, m), -1, np.int64)
@@ -312,4 +362,5 @@ def _point(raw: Mapping[str, Any]) -> OperatingPoint:
         train_accuracy=float(raw.get("train_accuracy", math.nan)),
         train_cost_usd=float(raw.get("train_cost_usd", math.nan)),
         label=str(raw.get("label", "")),
+        route_weight=None if raw.get("route_weight") is None else float(raw["route_weight"]),
     )
