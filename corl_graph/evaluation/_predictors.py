@@ -145,7 +145,7 @@ def _train(
     y: np.ndarray,
     seed: int,
     *,
-    epochs: int = 300,
+    epochs: int = 200,
     lr: float = 3e-3,
     decay: float = 1e-4,
 ) -> dict[str, np.ndarray]:  # fmt: skip
@@ -167,6 +167,10 @@ def _train(
             if loss < best[0]:
                 best = (loss, {k: v.copy() for k, v in params.items()})
     return best[1] if held.any() else params
+
+
+def _f32(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) for k, v in params.items()}
 
 
 def fit_mlp(emb: np.ndarray, y: np.ndarray, *, hidden: int = 64, seed: int = 0) -> MLPPredictor:
@@ -191,7 +195,9 @@ def fit_mlp(emb: np.ndarray, y: np.ndarray, *, hidden: int = 64, seed: int = 0) 
 
         return out, backward
 
-    return MLPPredictor(_train(params, forward, emb.astype(np.float64), y, seed))
+    return MLPPredictor(
+        _train(_f32(params), forward, emb.astype(np.float32), y.astype(np.float32), seed)
+    )
 
 
 def fit_mf(emb: np.ndarray, y: np.ndarray, *, dim: int = 32, seed: int = 0) -> MFPredictor:
@@ -223,4 +229,6 @@ def fit_mf(emb: np.ndarray, y: np.ndarray, *, dim: int = 32, seed: int = 0) -> M
 
         return out, backward
 
-    return MFPredictor(_train(params, forward, emb.astype(np.float64), y, seed))
+    return MFPredictor(
+        _train(_f32(params), forward, emb.astype(np.float32), y.astype(np.float32), seed)
+    )

@@ -291,9 +291,11 @@ def fit_router(
     everyone = tuple(range(k))
     for cap in caps:  # one-call routes over every candidate, swept over the cost weight
         allowed = np.broadcast_to(reserve <= cap + _EPS, (len(ids), k))
-        for w in LAMBDAS:
-            ok, spent = _route_outcome(p_oof, w, cost_norm, allowed, j_all, a.cost, a.worst, cap)
-            clouds[cap].points.append((everyone, math.nan, w))
+        for weight in LAMBDAS:
+            ok, spent = _route_outcome(
+                p_oof, weight, cost_norm, allowed, j_all, a.cost, a.worst, cap
+            )
+            clouds[cap].points.append((everyone, math.nan, weight))
             sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
             sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
             sums[cap][2].append(False)
@@ -397,10 +399,10 @@ def router_outcomes(
     if point.route_weight is not None:
         cl = list(point.cascade)
         allowed = np.broadcast_to(reserve[cl] <= cap + _EPS, (len(query_ids), len(cl)))
-        j = router.route_choice(point, emb, allowed)
+        pick = router.route_choice(point, emb, allowed)
         rows = np.arange(len(query_ids))
-        choice = np.asarray(cl)[np.maximum(j, 0)]
-        reached = (j >= 0) & (a.worst[rows, choice] <= cap + _EPS)
+        choice = np.asarray(cl)[np.maximum(pick, 0)]
+        reached = (pick >= 0) & (a.worst[rows, choice] <= cap + _EPS)
         correct = np.where(reached, judged(a)[rows, choice], 0.0)
         cost = np.where(reached, a.cost[rows, choice], 0.0)
         return correct, cost, reached.astype(np.int64)
