@@ -4,7 +4,7 @@ checkpoint, its base, a vLLM endpoint) on one table, per tier.
 Per-tier rows run through the real graph (``Router``) with replayed experts on the test
 split, except those of the one-call predictor routers (kNN, MLP, matrix factorisation),
 which are simulated like the single models and every sweep point: the same decisions on the
-recorded numbers (``ReplaySim``'s arrays; tests/evaluation/test_router.py checks them
+recorded numbers (``ReplaySim``'s arrays; tests/evaluation/test_learned_router.py checks them
 against the graph), so a 41-model pool and 24-point sweeps take seconds, not hours.
 Operating points for AIQ: each family's per-tier points plus a sweep of its knob on the
 largest tier (kNN / MLP / MF / oracle: 24 cost weights; threshold: share of strong calls;
