@@ -240,7 +240,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         chat = parse_request(await _body(request, state.config.max_request_bytes))
         tier = _tier_of(chat.model, state, tenant)
         await _check_tenant_budget(state, tenant)
-        result = await _route(state, chat, tier, tenant)
+        result = await _route(state, chat, tier, tenant, _session_of(request))
         stop = chat.stops()
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
@@ -359,13 +359,30 @@ def _exhausted(message: str, *, spent: float, held: float, limit: float) -> ApiE
     return budget_exhausted(message)
 
 
-async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str) -> RouteResult:
+_SESSION = re.compile(r"[!-~]{1,128}")
+
+
+def _session_of(request: Request) -> str | None:
+    """The ``x-session-id`` header: the trace's ``session.id`` (Phoenix and Langfuse group a
+    conversation's traces by it); 1-128 visible ASCII characters."""
+    value = request.headers.get("x-session-id")
+    if value is None:
+        return None
+    if not _SESSION.fullmatch(value):
+        raise ApiError(400, "x-session-id must be 1-128 visible ASCII characters",
+                       type="invalid_request_error", code="invalid_request",
+                       param="x-session-id")
+    return value
+
+
+async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str,
+                 session_id: str | None = None) -> RouteResult:
     query = chat.query()
     expert_chat = chat.expert_chat()
     query_id = (chat.metadata or {}).get("query_id") or state.query_ids.get(query)
     task = asyncio.create_task(
         _router_of(state, tenant).arun(query, tier=tier, tenant=tenant, query_id=query_id,
-                                       chat=expert_chat)
+                                       chat=expert_chat, session_id=session_id)
     )
     # Tracked so that shutdown can wait for it, and cancel it after the grace period.
     state.tasks.add(task)

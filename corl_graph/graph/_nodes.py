@@ -255,7 +255,7 @@ async def call_expert(
     tier, tenant = _run_settings(runtime, router)
     step = len(state.get("steps", ()))
     run_id = state.get("run_id") or state.get("query_id") or uuid.uuid4().hex
-    with router.tracer.step_span("call_expert", step):
+    with router.tracer.step_span("call_expert", step) as step_span:
         holder: BudgetHolder = router.resolved_ledger
         if router.holds_per_query:
             holder = await hold_for_run(
@@ -281,6 +281,8 @@ async def call_expert(
             remaining_usd=max(tier.max_usd_per_query - _spent(state), 0.0),
             deadline=state.get("deadline"),
         )
+        if call.status == "denied":
+            router.tracer.record_denied(step_span, call)
     remaining = max(tier.max_usd_per_query - _spent(state) - call.cost_usd, 0.0)
     delta: dict[str, Any] = {
         "calls": [call],

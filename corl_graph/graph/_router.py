@@ -100,11 +100,13 @@ class Router:
         query_id: str | None = None,
         features: Sequence[float] | None = None,
         chat: ChatRequest | None = None,
+        session_id: str | None = None,
     ) -> RouteResult:
         """Route one query. Run failures end up in the result as fallbacks, denied calls and
         format errors; raised are only ``ConfigError`` (bad arguments, unknown tenant;
         ``ToolsUnsupportedError`` when ``chat`` has tools or a JSON format and an expert of
-        the pool cannot take them, before anything is spent),
+        the pool cannot take them, before anything is spent; ``session_id`` becomes the
+        trace's ``session.id``),
         ``LedgerError`` (the ledger could not record a charge: fail closed) and
         ``QueryTimeoutError`` (the run could not be stopped at ``query_timeout_s``)."""
         if not isinstance(query, str) or not query.strip():
@@ -122,7 +124,12 @@ class Router:
         if chat is not None:
             inputs["chat"] = chat
         with self.config.tracer.query_span(
-            qid, tier=tier_obj.name, tenant=tenant, policy=self.config.policy.name, query=query
+            qid,
+            tier=tier_obj.name,
+            tenant=tenant,
+            policy=self.config.policy.name,
+            query=query,
+            session_id=session_id,
         ) as span:
             state = await self._invoke(inputs, RouterContext(tier=tier_obj.name, tenant=tenant))
             ctx = span.get_span_context()

@@ -120,9 +120,18 @@ class RouterTracer:
 
     @contextmanager
     def query_span(
-        self, query_id: str, *, tier: str, tenant: str, policy: str, query: str | None = None
+        self,
+        query_id: str,
+        *,
+        tier: str,
+        tenant: str,
+        policy: str,
+        query: str | None = None,
+        session_id: str | None = None,
     ) -> Iterator[Span]:
-        """One span per routed query; every step and call of the query is inside it."""
+        """One span per routed query; every step and call of the query is inside it. The
+        tenant is also ``user.id`` and a caller's session ``session.id`` (the OpenTelemetry
+        and OpenInference names that Phoenix and Langfuse group traces by)."""
         with self._span(
             "invoke_agent corl_router",
             SpanKind.INTERNAL,
@@ -132,8 +141,10 @@ class RouterTracer:
                 A.OPENINFERENCE_KIND: "AGENT",
                 A.BUDGET_TIER: tier,
                 A.TENANT: tenant,
+                "user.id": tenant,
                 "corl.query_id": query_id,
                 "corl.policy": policy,
+                **({"session.id": session_id} if session_id else {}),
             },
         ) as span:
             if self.record_content and query is not None:
@@ -228,10 +239,20 @@ class RouterTracer:
             span.set_attribute(A.GEN_AI_FINISH_REASONS, [finish_reason or default])
             if self.record_content:
                 _set_output(span, call.text, finish_reason or default)
+        elif call.status == "denied":
+            # Refused by the budget before anything was sent: not a failed client call. The
+            # span says so (corl.budget.denied, status unset) and the step span has the event.
+            span.set_attribute("corl.budget.denied", True)
         else:
             # error.type is a low-cardinality class of failure, the message goes in the status.
             span.set_attribute(A.GEN_AI_ERROR_TYPE, call.status)
             span.set_status(Status(StatusCode.ERROR, redact(call.error or call.status)))
+
+    def record_denied(self, span: Span, call: ExpertCall) -> None:
+        """A call the budget refused, as a ``corl.budget.denied`` event on the step span."""
+        span.add_event("corl.budget.denied", {
+            A.EXPERT: call.expert, "corl.reason": redact(call.error or "budget exhausted"),
+        })  # fmt: skip
 
     def record_result(
         self,

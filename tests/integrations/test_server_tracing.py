@@ -44,14 +44,16 @@ def receiver() -> Iterator[tuple[str, list[bytes]]]:
     server.server_close()
 
 
-def _serve_one_request(config: dict[str, Any]) -> None:
+def _serve_one_request(config: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     router, _ = tool_router(arithmetic, ledger=InMemoryLedger())
     server_config = ServerConfig.parse(
         {"tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": [KEY]}], **config}
     )
     running = ServerThread(create_app(server_config, router_config=router.config)).start()
     try:
-        with openai.OpenAI(base_url=running.url + "/v1", api_key=KEY, max_retries=0) as client:
+        with openai.OpenAI(
+            base_url=running.url + "/v1", api_key=KEY, max_retries=0, default_headers=headers
+        ) as client:
             client.chat.completions.create(
                 model="corl-high", messages=[{"role": "user", "content": "(2 + 3) * 4?"}]
             )
@@ -63,10 +65,22 @@ def test_the_tracing_section_exports_the_servers_spans(
     receiver: tuple[str, list[bytes]],
 ) -> None:
     url, bodies = receiver
-    _serve_one_request({"tracing": {"endpoint": url, "service_name": "router-eu"}})
+    _serve_one_request(
+        {"tracing": {"endpoint": url, "service_name": "router-eu"}},
+        headers={"x-session-id": "chat-42"},
+    )
     sent = b"".join(bodies)
     assert bodies and all(b.startswith(b"/v1/traces ") for b in bodies)
-    for name in (b"router-eu", b"call_expert", b"gen_ai.usage.cost", b"llm.cost.total"):
+    for name in (
+        b"router-eu",
+        b"call_expert",
+        b"gen_ai.usage.cost",
+        b"llm.cost.total",
+        b"user.id",
+        b"acme",
+        b"session.id",
+        b"chat-42",
+    ):
         assert name in sent
 
 

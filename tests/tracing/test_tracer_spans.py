@@ -87,16 +87,30 @@ async def test_decisions_are_events_with_the_action(
     assert all("corl.action.detail" not in (e.attributes or {}) for e in events)
 
 
-async def test_denied_call_is_an_error_span_with_no_tokens(
+async def test_denied_call_is_an_event_not_a_failed_client_call(
     tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     result = await make_router(tracer_provider, max_calls=1).arun("What is 2+2?")
     assert [c.status for c in result.calls] == ["ok", "denied"]
-    denied = next(s for s in by_name(span_exporter.get_finished_spans(), "chat ")
+    spans = span_exporter.get_finished_spans()
+    denied = next(s for s in by_name(spans, "chat ")
                   if (s.attributes or {})["corl.call.status"] == "denied")
-    assert denied.status.status_code is StatusCode.ERROR
-    assert denied.attributes["error.type"] == "denied"  # type: ignore[index]
+    assert denied.status.status_code is StatusCode.UNSET  # refused before sending: no failure
+    assert "error.type" not in (denied.attributes or {})
+    assert denied.attributes["corl.budget.denied"] is True  # type: ignore[index]
     assert denied.attributes["gen_ai.usage.cost"] == 0.0  # type: ignore[index]
+    events = [e for s in by_name(spans, "corl.step call_expert") for e in s.events
+              if e.name == "corl.budget.denied"]
+    assert len(events) == 1 and (events[0].attributes or {})["corl.expert"] == "big"
+
+
+async def test_tenant_is_user_id_and_session_id_is_set(
+    tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    await make_router(tracer_provider).arun("2+2?", tenant="acme", session_id="chat-7")
+    (query,) = by_name(span_exporter.get_finished_spans(), "invoke_agent")
+    attrs = query.attributes or {}
+    assert attrs["user.id"] == "acme" and attrs["session.id"] == "chat-7"
 
 
 class _Boom(FakeListChatModel):
