@@ -7,7 +7,8 @@ For each table and pool ("full": every model of the table; "preset": the 6-model
 (``corl-graph fit``'s code), then run the comparison on the test split (``corl-graph
 eval``'s). Seed 0 runs everything, per-tier rows through the graph; the other seeds refit the
 router and the baselines' predictors with other folds and initial weights and score them in
-simulation (tested equal to the graph), for the spread. Writes
+simulation (tested equal to the graph), for the spread; ``--sim-only`` simulates seed 0 too
+(no controller-only, threshold, cascade or random rows). Writes
 benchmarks/results/replay_NAME.json (full pool) and replay_NAME_preset.json, with the seed-0
 rows, ``aiq`` and ``gap_closed``, and ``seeds`` / ``spread`` over all seeds, plus .png plots;
 the router of seed 0 under benchmarks/results/policies/NAME[_preset]/. Embeddings are cached
@@ -41,7 +42,7 @@ SHARED = ROOT.parent.parent / "shared" / "data" / "outcomes"
 TABLES = ("routerbench_arc", "routerbench_mbpp", "zeroeval_gsm8k")
 
 
-def bench(table: OutcomeTable, emb: dict, pool: str, seeds: list[int]) -> None:
+def bench(table: OutcomeTable, emb: dict, pool: str, seeds: list[int], sim_only: bool) -> None:
     setup = resolve_pool(table, preset=pool == "preset")
     suffix = "" if pool == "full" else f"_{pool}"
     per_seed = []
@@ -75,7 +76,7 @@ def bench(table: OutcomeTable, emb: dict, pool: str, seeds: list[int]) -> None:
                 emb,
                 router,
                 seed=seed,
-                graph=seed == seeds[0],
+                graph=seed == seeds[0] and not sim_only,
             )
         )
         per_seed.append({"seed": seed, "aiq": res.aiq, "gap_closed": res.gap_closed,
@@ -114,6 +115,9 @@ def main() -> int:
     parser.add_argument("--shared", default=str(SHARED))
     parser.add_argument("--pools", default="full,preset")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--sim-only", action="store_true", help="every row simulated (no per-tier graph runs)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -123,7 +127,7 @@ def main() -> int:
         for pool in args.pools.split(","):
             if pool == "preset" and name not in TABLES:
                 continue
-            bench(table, emb, pool, seeds)
+            bench(table, emb, pool, seeds, args.sim_only)
     return 0
 
 

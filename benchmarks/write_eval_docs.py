@@ -81,7 +81,8 @@ def _targets(name: str, res: dict[str, Any]) -> list[str]:
         out.append(
             f"- {name}: neural AIQ {aiq['neural']:.3f} vs max(single {aiq['single']:.3f}, kNN "
             f"{aiq['knn']:.3f}) = {base:.3f}: {'above' if ok else 'NOT above'}; gap closed "
-            f"{res['gap_closed']:.3f} (goal 0.30: {'met' if res['gap_closed'] >= 0.3 else 'missed'})"
+            f"{res['gap_closed']:.3f} (goal 0.30: "
+            f"{'met' if res['gap_closed'] >= 0.3 else 'missed'})"
             f"; over seeds {_spread(res, 'gap_closed')}"
         )
     high = neural.get(tiers[-1])
@@ -106,9 +107,7 @@ def _targets(name: str, res: dict[str, Any]) -> list[str]:
 
 
 def render() -> str:
-    names = sorted(
-        p.stem.removeprefix("replay_") for p in (ROOT / "results").glob("replay_*.json")
-    )
+    names = sorted(p.stem.removeprefix("replay_") for p in (ROOT / "results").glob("replay_*.json"))
     lines = [BEGIN, ""]
     targets: list[str] = []
     for name in names:

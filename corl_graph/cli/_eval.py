@@ -40,6 +40,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="only the first N test queries")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--no-sweeps", action="store_true", help="skip the AIQ sweeps")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="every row replayed on the recorded numbers, none through the graph (fast; "
+        "no controller-only, threshold, cascade or random rows)",
+    )
     llm = p.add_argument_group("LLM controllers (repeatable; LABEL= names the row)")
     llm.add_argument(
         "--controller-checkpoint",
@@ -166,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             sweeps=not args.no_sweeps,
             controllers=llms,
             seed=args.seed,
+            graph=not args.simulate,
             on_step=lambda name: print(f"  {name}", file=sys.stderr, flush=True),
         )
     )

@@ -125,3 +125,12 @@ def test_fit_and_eval_cli_on_any_table(tmp_path, capsys):
     assert set(res["routing_vs_2models"]["neural"]) == {"cpt50", "cpt80", "apgr"}
     assert all(r["cap_violations"] == 0 for r in res["rows"])
     assert sum(r["family"] == "knn" and r["role"] == "sweep" for r in res["rows"]) >= 20
+    emb_file = str(tmp_path / "emb.npz")
+    code = main(["eval", str(path), "--policy", str(tmp_path / "router"), "--out",
+                 str(tmp_path / "sim"), "--embeddings", emb_file, "--simulate"])  # fmt: skip
+    assert code == 0
+    sim = json.loads((tmp_path / "sim" / "replay_pair.json").read_text())
+    assert {r["via"] for r in sim["rows"]} == {"sim"}
+    neural = [r for r in sim["rows"] if r["family"] == "neural" and r["role"] == "tier"]
+    graph = [r for r in res["rows"] if r["family"] == "neural" and r["role"] == "tier"]
+    assert [r["accuracy"] for r in neural] == pytest.approx([r["accuracy"] for r in graph])
