@@ -435,7 +435,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.combine:
         results = [res for f in args.combine for res in _load_results(Path(f))]
-        write(args, results, Path(args.out), t0)
+        commands = [json.loads(Path(f).read_text())["command"] for f in args.combine]
+        write(args, results, Path(args.out), t0, commands=commands)
         return
     warm = None
     if args.warm_from:  # a warm start of an earlier (or concurrent) run of this script
@@ -461,13 +462,19 @@ def _load_results(path: Path) -> list[dict[str, Any]]:
 
 
 def write(
-    args: argparse.Namespace, results: list[dict[str, Any]], out: Path, t0: float
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    out: Path,
+    t0: float,
+    *,
+    commands: list[str] | None = None,
 ) -> dict[str, Any]:
     """Rows, verdicts, histories and plots of ``results`` to ``out`` (after every seed)."""
     rows = [r for res in results for r in res["rows"]]
     done = [res["seed"] for res in results]
     payload = {
-        "command": "python benchmarks/rl_tiers.py "
+        "command": commands
+        or "python benchmarks/rl_tiers.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "pool": {m: {"max_output_tokens": n, "own_model": m == OWN} for m, n in POOL.items()},
         "tiers": {
