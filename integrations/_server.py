@@ -28,7 +28,7 @@ from typing import Any
 
 from corl_graph.integrations._common import unanswered_error
 from corl_graph.integrations._keys import KeyFile
-from corl_graph.integrations._limits import RateLimiter
+from corl_graph.integrations._limits import RateLimiter, RedisRateLimiter
 from corl_graph.integrations._openai_wire import (
     ApiError,
     ChatRequest,
@@ -71,7 +71,7 @@ class _State:
     budgets: dict[str, TenantBudget]
     revoked: set[str] = field(default_factory=set)
     allowed: dict[str, frozenset[str]] = field(default_factory=dict)  # tenant -> tiers
-    limiter: RateLimiter | None = None
+    limiter: RateLimiter | RedisRateLimiter | None = None
     # tenant -> its own router, for tenants with allowed_experts (tiers narrowed to them)
     routers: dict[str, Router] = field(default_factory=dict)
     key_file: KeyFile | None = None
@@ -119,8 +119,7 @@ def create_app(
         revoked=config.revoked_keys(),
         allowed={t.name: frozenset(t.allowed_tiers) for t in config.tenants
                  if t.allowed_tiers is not None},
-        limiter=(RateLimiter(config.rate_limit.requests_per_s, config.rate_limit.burst)
-                 if config.rate_limit else None),
+        limiter=_limiter(config),
         routers={t.name: Router(replace(rc, tiers=narrowed(rc.tiers, t.allowed_experts)))
                  for t in config.tenants if t.allowed_experts is not None},
     )
@@ -148,6 +147,15 @@ def create_app(
     _add_routes(app, state)
     app.openapi = lambda: server_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _limiter(config: ServerConfig) -> RateLimiter | RedisRateLimiter | None:
+    limit = config.rate_limit
+    if limit is None:
+        return None
+    if limit.redis_url:
+        return RedisRateLimiter(limit.redis_url, limit.requests_per_s, limit.burst)
+    return RateLimiter(limit.requests_per_s, limit.burst)
 
 
 def narrowed(tiers: TierSet, experts: list[str]) -> TierSet:
@@ -210,20 +218,20 @@ def _add_routes(app: FastAPI, state: _State) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        tenant = _tenant(request, state)
+        tenant = await _tenant(request, state)
         data = [{"id": f"{state.config.model_prefix}{tier}", "object": "model", "created": 0,
                  "owned_by": "corl_graph"} for tier in _tiers_of(tenant, state)]
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str, request: Request) -> dict[str, Any]:
-        tenant = _tenant(request, state)
+        tenant = await _tenant(request, state)
         _tier_of(model_id, state, tenant)  # 404 model_not_found, as for a request
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "corl_graph"}
 
     @app.get("/v1/budget")
     async def budget(request: Request) -> dict[str, Any]:
-        tenant = _tenant(request, state)
+        tenant = await _tenant(request, state)
         spend = await state.ledger.tenant_spend(tenant)
         limit = state.budgets[tenant]
         return {"tenant": tenant, "period": limit.period, "limit_usd": limit.limit_usd,
@@ -233,7 +241,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        tenant = _tenant(request, state)
+        tenant = await _tenant(request, state)
         if state.draining:
             raise ApiError(503, "the server is shutting down", type="server_error",
                            code="shutting_down")
@@ -250,7 +258,7 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         return JSONResponse(completion(result, chat.model, stop))
 
 
-def _tenant(request: Request, state: _State) -> str:
+async def _tenant(request: Request, state: _State) -> str:
     headers = request.headers.getlist("authorization")
     if len(headers) > 1:  # which one would pay? refuse rather than guess
         raise ApiError(400, "send one Authorization header, not several",
@@ -278,9 +286,15 @@ def _tenant(request: Request, state: _State) -> str:
     if owner is None:
         raise ApiError(401, "incorrect API key", type="invalid_request_error",
                        code="invalid_api_key")
-    if state.limiter is not None and (wait := state.limiter.take(key)) > 0:
-        raise ApiError(429, f"rate limit of {state.limiter.rate:g} requests/s (burst "
-                       f"{state.limiter.burst}) reached for this API key; retry in {wait:.2f}s",
+    limiter = state.limiter
+    wait = 0.0
+    if isinstance(limiter, RedisRateLimiter):  # one bucket across replicas and workers
+        wait = await limiter.take(key)
+    elif limiter is not None:
+        wait = limiter.take(key)
+    if limiter is not None and wait > 0:
+        raise ApiError(429, f"rate limit of {limiter.rate:g} requests/s (burst "
+                       f"{limiter.burst}) reached for this API key; retry in {wait:.2f}s",
                        type="requests", code="rate_limit_exceeded",
                        headers={"retry-after": str(max(1, round(wait + 0.5)))})
     return owner
@@ -467,3 +481,5 @@ async def _drain(state: _State) -> None:
                     settled)
     await state.ledger.reconcile()
     await state.ledger.aclose()
+    if isinstance(state.limiter, RedisRateLimiter):
+        await state.limiter.aclose()

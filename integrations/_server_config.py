@@ -214,6 +214,9 @@ class RateLimitConfig(_Strict):
 
     requests_per_s: float = Field(gt=0)
     burst: int = Field(default=10, ge=1)
+    # redis://host:port/db: buckets shared by every replica and worker using this Redis
+    # (pip install 'corl-graph[redis]'); None keeps them in the process.
+    redis_url: str | None = None
 
 
 class ServerConfig(_Strict):
