@@ -20,7 +20,10 @@ FAMILIES = ("single", "knn", "mlp", "mf", "threshold", "cascade", "random", "neu
 
 def _load(name: str) -> dict[str, Any] | None:
     path = ROOT / "results" / f"replay_{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        path = ROOT / "results" / "unseen" / f"replay_{name}.json"
+    res = json.loads(path.read_text()) if path.is_file() else None
+    return res if res is not None and "fitted" in res else None  # written by this version
 
 
 def _spread(res: dict[str, Any], key: str) -> str:
@@ -114,7 +117,11 @@ def render() -> str:
         res = _load(name)
         if res is None or "neural" not in res.get("aiq", {}):
             continue
-        lines.append(f"### {name} ({len(res['pool'])} models, controller {res['controller']})")
+        unseen = (ROOT / "results" / "unseen" / f"replay_{name}.json").is_file()
+        kind = ", derived table (unseen check)" if unseen else ""
+        lines.append(
+            f"### {name} ({len(res['pool'])} models, controller {res['controller']}{kind})"
+        )
         lines.append("")
         lines.append("| " + " | ".join(f for f in FAMILIES if f in res["aiq"]) + " | gap closed |")
         lines.append("| " + " | ".join("---" for f in FAMILIES if f in res["aiq"]) + " | --- |")

@@ -374,6 +374,13 @@ def _router_row(
     correct, cost, calls = router_outcomes(router, table, experts, ids, emb, point, cap)
     first = router.spec.experts[point.cascade[0]]
     escalated = (calls > 1) | ((first != controller) & (calls > 0))
+    if point.route_weight is not None:  # a one-call route: escalated when it left the controller
+        vectors = np.stack([emb[q] for q in ids]).astype(np.float32)
+        reserve = np.asarray(router.spec.reserve_usd)[list(point.cascade)]
+        allowed = np.broadcast_to(reserve <= cap + 1e-12, (len(ids), len(point.cascade)))
+        pick = router.route_choice(point, vectors, allowed)
+        names = np.array([router.spec.experts[i] for i in point.cascade])
+        escalated = (calls > 0) & (names[np.maximum(pick, 0)] != controller)
     return sim_metrics(router.at(point).name, tier, cap, correct, cost, calls, escalated)
 
 
