@@ -36,10 +36,9 @@ from corl_graph.integrations._server_tracing import TracingConfig
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.budget import BudgetTier, Ledger, TierSet, default_tiers, open_ledger
+from corl_graph.budget import BudgetTier, HoldMode, Ledger, TierSet, default_tiers, open_ledger
 from corl_graph.experts import ChatModelExpert, Expert, OutcomeTable, PriceSheet, ReplayExpert
 from corl_graph.graph import RouterConfig
-from corl_graph.graph._config import BudgetHold
 from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, LLMPolicy, Policy
 
 __all__ = [
@@ -238,7 +237,7 @@ class ServerConfig(_Strict):
     # "per_query": one ledger hold (the tier's whole cap) per query instead of one per attempt;
     # fewer ledger round trips, but a tenant sees whole caps committed (docs/budget.md).
     # "leased": those holds carved in memory from per-tenant slices of budget_lease_usd.
-    budget_hold: BudgetHold = "per_attempt"
+    budget_hold: HoldMode = "per_attempt"
     budget_lease_usd: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=8, ge=1)
     record_content: bool = False

@@ -2,7 +2,17 @@
 
 from corl_graph.budget._audit import export_audit
 from corl_graph.budget._caps import check_caps
-from corl_graph.budget._leases import BudgetLeases
+from corl_graph.budget._envelope import ENVELOPE_EXPERT
+from corl_graph.budget._holds import (
+    BudgetHold,
+    HoldMode,
+    LeasedHold,
+    PerAttemptHold,
+    PerQueryHold,
+    RunHold,
+    make_hold,
+)
+from corl_graph.budget._leases import LEASE_EXPERT, BudgetLeases
 from corl_graph.budget._ledger import (
     AuditEntry,
     AuditEvent,
@@ -28,18 +38,26 @@ from corl_graph.budget._tiers import (
 from corl_graph.budget._url import open_ledger
 
 __all__ = [
+    "ENVELOPE_EXPERT",
+    "LEASE_EXPERT",
     "AuditEntry",
     "AuditEvent",
+    "BudgetHold",
     "BudgetLeases",
     "BudgetTier",
+    "HoldMode",
     "InMemoryLedger",
+    "LeasedHold",
     "Ledger",
+    "PerAttemptHold",
+    "PerQueryHold",
     "Period",
     "PostgresLedger",
     "ReconcileReport",
     "Reservation",
     "ReservationRequest",
     "ReservationStatus",
+    "RunHold",
     "SQLiteLedger",
     "SpendSummary",
     "TenantBudget",
@@ -48,6 +66,7 @@ __all__ = [
     "check_caps",
     "default_tiers",
     "export_audit",
+    "make_hold",
     "open_ledger",
     "period_key",
 ]

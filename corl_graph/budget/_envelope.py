@@ -3,8 +3,9 @@
 With ``RouterConfig(budget_hold="per_query")`` the first expert call of a run reserves the
 tier's ``max_usd_per_query`` from the ledger as one reservation (the *envelope*); every attempt
 is then reserved, settled and released against the envelope, in memory, with the same cap
-check as a ledger; the answer node settles the envelope once with the sum of what the calls
-cost. Two ledger operations per query instead of two per attempt::
+check as a ledger; the run settles the envelope once, when it ends, with the sum of what the
+calls cost (``PerQueryHold`` and ``LeasedHold`` in ``_holds.py`` do the ledger side). Two
+ledger operations per query instead of two per attempt::
 
     ledger:   reserve(envelope = tier cap) ─────────────────────────── settle(sum of calls)
     memory:        └ reserve a ─ settle a ─ reserve b ─ settle b ─ …  ┘
@@ -24,17 +25,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.budget import (
-    BudgetTier,
-    Reservation,
-    ReservationRequest,
-    SpendSummary,
-    TenantBudget,
-    Usage,
-    check_caps,
-)
+from corl_graph.budget._caps import check_caps
+from corl_graph.budget._ledger import Reservation, ReservationRequest, SpendSummary, Usage
+from corl_graph.budget._tiers import BudgetTier, TenantBudget
 
 __all__ = ["ENVELOPE_EXPERT", "QueryEnvelope", "envelope_request"]
 
@@ -47,13 +43,13 @@ def envelope_request(
 ) -> ReservationRequest:
     """The ledger reservation that holds a whole query: its tier's dollar and token caps."""
     return ReservationRequest(
-        tenant,
-        run_id,
-        tier,
-        ENVELOPE_EXPERT,
-        tier.max_usd_per_query,
-        0,
-        tier.max_tokens_per_query or 0,
+        tenant=tenant,
+        query_id=run_id,
+        tier=tier,
+        expert=ENVELOPE_EXPERT,
+        amount_usd=tier.max_usd_per_query,
+        input_tokens=0,
+        max_output_tokens=tier.max_tokens_per_query or 0,
         lease_s=lease_s,
     )
 
@@ -72,6 +68,8 @@ class QueryEnvelope:
 
     Its operations never suspend, so a cancellation can never land half way through one.
     """
+
+    cancel_safe: ClassVar[bool] = True
 
     reservation: Reservation
     settled_usd: float = 0.0
@@ -98,9 +96,16 @@ class QueryEnvelope:
         now = time.time()
         r = self.reservation
         held = Reservation(
-            rid, r.tenant, r.query_id, r.tier, request.expert, request.amount_usd, now,
-            now + request.lease_s, r.period,
-        )  # fmt: skip
+            id=rid,
+            tenant=r.tenant,
+            query_id=r.query_id,
+            tier=r.tier,
+            expert=request.expert,
+            amount_usd=request.amount_usd,
+            created_at=now,
+            expires_at=now + request.lease_s,
+            period=r.period,
+        )
         tokens = request.input_tokens + request.max_output_tokens
         self._held[rid] = _Held(request.amount_usd, tokens, held)
         self.calls += 1
@@ -138,4 +143,3 @@ class QueryEnvelope:
             self.settled_usd + sum(h.amount for h in held),
             estimated=self.estimated or bool(self._held),
         )
-

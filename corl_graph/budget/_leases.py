@@ -29,6 +29,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError
 from corl_graph.budget._ledger import Ledger, Reservation, ReservationRequest, Usage
@@ -97,6 +98,9 @@ class BudgetLeases:
     >>> asyncio.run(demo())
     (1.0, 0.004)
     """
+
+    # its in-memory part never suspends and its ledger work runs shielded (see _holds.py)
+    cancel_safe: ClassVar[bool] = True
 
     def __init__(self, ledger: Ledger, *, slice_usd: float, lease_s: float = 300.0) -> None:
         if not (isinstance(slice_usd, int | float) and slice_usd > 0):
@@ -237,13 +241,13 @@ class BudgetLeases:
     async def _reserve_slice(self, request: ReservationRequest, size: float) -> Reservation:
         lease_id = uuid.uuid4().hex
         slice_request = ReservationRequest(
-            request.tenant,
-            f"corl-lease-{lease_id}",
-            BudgetTier(_LEASE_TIER, size),
-            LEASE_EXPERT,
-            size,
-            0,
-            0,
+            tenant=request.tenant,
+            query_id=f"corl-lease-{lease_id}",
+            tier=BudgetTier(_LEASE_TIER, size),
+            expert=LEASE_EXPERT,
+            amount_usd=size,
+            input_tokens=0,
+            max_output_tokens=0,
             lease_s=self.lease_s,
         )
         return await self.ledger.reserve(slice_request, reservation_id=lease_id)
@@ -252,9 +256,16 @@ class BudgetLeases:
         now = time.time()
         s = slice_.reservation
         reservation = Reservation(
-            rid, request.tenant, request.query_id, request.tier.name, request.expert,
-            request.amount_usd, now, now + request.lease_s, s.period,
-        )  # fmt: skip
+            id=rid,
+            tenant=request.tenant,
+            query_id=request.query_id,
+            tier=request.tier.name,
+            expert=request.expert,
+            amount_usd=request.amount_usd,
+            created_at=now,
+            expires_at=now + request.lease_s,
+            period=s.period,
+        )
         slice_.open[rid] = reservation
         self._by_id[rid] = slice_
         if slice_.room() <= _EPS:
@@ -315,4 +326,3 @@ def _period_ended(slice_: _Slice) -> bool:
     kinds: dict[int, Period] = {10: "day", 7: "month"}
     kind = kinds.get(len(key)) if key != "total" else None
     return kind is not None and period_key(kind) != key
-

@@ -107,9 +107,17 @@ class Reservation:
     def with_status(self, status: ReservationStatus) -> Reservation:
         """The same reservation in another state (what settle / release return)."""
         return Reservation(
-            self.id, self.tenant, self.query_id, self.tier, self.expert, self.amount_usd,
-            self.created_at, self.expires_at, self.period, status,
-        )  # fmt: skip
+            id=self.id,
+            tenant=self.tenant,
+            query_id=self.query_id,
+            tier=self.tier,
+            expert=self.expert,
+            amount_usd=self.amount_usd,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            period=self.period,
+            status=status,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +237,9 @@ class Ledger(Protocol):
     ``reserve`` raises ``BudgetExceededError`` (scope "query", "tenant", "calls" or "tokens")
     *before* any money is spent, ``UnknownTenantError`` for a tenant it has no budget for,
     and ``LedgerError`` when its storage fails. See ``corl_graph.budget.open_ledger``.
+
+    A backend whose operations never suspend may say so with a class attribute
+    ``cancel_safe = True``; budget holds then await them directly instead of shielding them.
     """
 
     async def set_tenant(self, budget: TenantBudget) -> None:

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from corl_graph._exceptions import ConfigError, UnknownTenantError
 from corl_graph.budget._caps import check_caps
@@ -82,6 +82,9 @@ class InMemoryLedger:
     >>> asyncio.run(ledger.settle(r.id, Usage(100, 20, 0.001))).status
     'settled'
     """
+
+    # its operations never suspend: callers need not shield them (see _holds.py)
+    cancel_safe: ClassVar[bool] = True
 
     def __init__(
         self,

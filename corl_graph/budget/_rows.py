@@ -367,17 +367,17 @@ def audit_values(e: AuditEntry) -> tuple[SqlValue, ...]:
 def audit_from_row(values: Sequence[Any]) -> AuditEntry:
     at, event, rid, tenant, query_id, tier, expert, amount, in_tok, out_tok, detail = values
     return AuditEntry(
-        float(at),
-        event,
-        rid,
-        tenant,
-        query_id,
-        tier,
-        expert,
-        float(amount),
-        in_tok,
-        out_tok,
-        detail,
+        at=float(at),
+        event=event,
+        reservation_id=rid,
+        tenant=tenant,
+        query_id=query_id,
+        tier=tier,
+        expert=expert,
+        amount_usd=float(amount),
+        input_tokens=in_tok,
+        output_tokens=out_tok,
+        detail=detail,
     )
 
 

@@ -95,6 +95,14 @@ class BudgetTier:
             return self.target_usd_per_query
         return self.max_usd_per_query
 
+    def remaining_usd(self, spent_usd: float) -> float:
+        """What a query that has spent ``spent_usd`` may still spend under the cap (>= 0).
+
+        >>> BudgetTier("low", 0.002).remaining_usd(0.0015)
+        0.0005
+        """
+        return max(self.max_usd_per_query - spent_usd, 0.0)
+
 
 class TierSet(Mapping[str, BudgetTier]):
     """An ordered set of tiers, cheapest first, looked up by name.

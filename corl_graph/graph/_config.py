@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from opentelemetry.metrics import MeterProvider
@@ -11,13 +12,18 @@ from opentelemetry.trace import TracerProvider
 
 from corl_graph._exceptions import ConfigError, UnknownExpertError
 from corl_graph.budget import (
+    BudgetHold,
     BudgetLeases,
     BudgetTier,
+    HoldMode,
     InMemoryLedger,
+    LeasedHold,
     Ledger,
+    RunHold,
     TenantBudget,
     TierSet,
     default_tiers,
+    make_hold,
 )
 from corl_graph.budget._envelope import QueryEnvelope
 from corl_graph.experts import AnswerExtractor, Expert, extract_answer
@@ -25,9 +31,7 @@ from corl_graph.policies import Policy
 from corl_graph.protocol import ExpertDescriptor
 from corl_graph.tracing import RouterTracer
 
-__all__ = ["BudgetHold", "RouterConfig", "RouterContext"]
-
-BudgetHold = Literal["per_attempt", "per_query", "leased"]
+__all__ = ["RouterConfig", "RouterContext"]
 
 # A tenant limit that no real bill reaches; used by the default in-memory ledger so that
 # only the per-query caps of the tiers apply until the user configures tenants.
@@ -36,7 +40,9 @@ _NO_TENANT_LIMIT = 1e12
 
 @dataclass(frozen=True, slots=True)
 class RouterContext:
-    """Per-run settings, passed as LangGraph's run context: which tier and tenant to charge.
+    """Per-run settings and state, passed as LangGraph's run context: which tier and tenant to
+    charge, and the run's budget hold (``Router.arun`` opens one per run and closes it when the
+    run ends; a graph invoked without one holds its calls per attempt on the ledger).
 
     >>> RouterContext(tier="low", tenant="acme").tier
     'low'
@@ -44,6 +50,7 @@ class RouterContext:
 
     tier: str | None = None
     tenant: str | None = None
+    hold: RunHold | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,18 +99,9 @@ class RouterConfig:
     default_tenant: str = "default"
     fallback_expert: str | Literal["cheapest"] | None = "cheapest"
     query_timeout_s: float | None = None
-    budget_hold: BudgetHold = "per_attempt"
+    budget_hold: HoldMode = "per_attempt"
     budget_lease_usd: float = 1.0
     answer_extractor: AnswerExtractor = extract_answer
-    # Derived in __post_init__.
-    expert_map: Mapping[str, Expert] = field(init=False, repr=False)
-    descriptors: tuple[ExpertDescriptor, ...] = field(init=False, repr=False)
-    tracer: RouterTracer = field(init=False, repr=False)
-    resolved_ledger: Ledger = field(init=False, repr=False)
-    resolved_fallback: str | None = field(init=False, repr=False)
-    envelopes: dict[str, QueryEnvelope | None] = field(init=False, repr=False)
-    envelope_lease_s: float = field(init=False, repr=False)
-    leases: BudgetLeases | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         experts = list(self.experts)
@@ -145,39 +143,61 @@ class RouterConfig:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.ledger is not None and not isinstance(self.ledger, Ledger):
             raise ConfigError("RouterConfig.ledger must implement the Ledger protocol")
-        expert_map = {e.name: e for e in experts}
-        set_ = object.__setattr__
-        set_(self, "expert_map", expert_map)
-        set_(self, "descriptors", tuple(e.descriptor for e in experts))
-        set_(
-            self,
-            "tracer",
-            RouterTracer(
-                self.tracer_provider,
-                record_content=self.record_content,
-                meter_provider=self.meter_provider,
-            ),
+        if self.budget_hold == "leased" and not (
+            isinstance(self.budget_lease_usd, int | float) and self.budget_lease_usd > 0
+        ):
+            raise ConfigError(
+                f"budget_lease_usd must be a number of dollars > 0, got {self.budget_lease_usd!r}"
+            )
+        _resolve_fallback(self.fallback_expert, {e.name: e for e in experts})  # raises if unknown
+
+    # What the configuration implies, built once on first use (Router builds them when it is
+    # constructed, before any concurrent use). Configuration and its dependencies only: what
+    # changes per run (the run's budget hold, its deadline) travels with the run, never here.
+
+    @cached_property
+    def expert_map(self) -> Mapping[str, Expert]:
+        return {e.name: e for e in self.experts}
+
+    @cached_property
+    def descriptors(self) -> tuple[ExpertDescriptor, ...]:
+        return tuple(e.descriptor for e in self.experts)
+
+    @cached_property
+    def tracer(self) -> RouterTracer:
+        return RouterTracer(
+            self.tracer_provider,
+            record_content=self.record_content,
+            meter_provider=self.meter_provider,
         )
-        set_(
-            self,
-            "resolved_ledger",
-            self.ledger
-            or InMemoryLedger(default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")),
+
+    @cached_property
+    def resolved_fallback(self) -> str | None:
+        return _resolve_fallback(self.fallback_expert, self.expert_map)
+
+    @cached_property
+    def hold(self) -> BudgetHold:
+        """How this router's runs hold their calls on the ledger (``budget_hold``); the default
+        ledger is in memory, with no tenant limit."""
+        ledger = self.ledger or InMemoryLedger(
+            default_budget=TenantBudget("*", _NO_TENANT_LIMIT, "total")
         )
-        set_(self, "resolved_fallback", _resolve_fallback(self.fallback_expert, expert_map))
-        set_(self, "envelopes", {})  # run id -> its envelope (None: refused, per attempt)
-        set_(
-            self, "envelope_lease_s", _envelope_lease(self.query_timeout_s, experts, self.max_steps)
+        return make_hold(
+            self.budget_hold,
+            ledger,
+            envelope_lease_s=_envelope_lease(self.query_timeout_s, self.experts, self.max_steps),
+            slice_usd=self.budget_lease_usd,
         )
-        leases = None
-        if self.budget_hold == "leased":
-            # a slice is closed once it is half its lease old, so every envelope carved from
-            # it (at most envelope_lease_s long) ends before the slice can expire
-            lease_s = max(_MIN_SLICE_LEASE_S, 2 * self.envelope_lease_s + _ENVELOPE_MARGIN_S)
-            leases = BudgetLeases(
-                self.resolved_ledger, slice_usd=self.budget_lease_usd, lease_s=lease_s
-            )  # raises ConfigError for a bad budget_lease_usd
-        set_(self, "leases", leases)
+
+    @property
+    def resolved_ledger(self) -> Ledger:
+        """The ledger charged: ``ledger``, or the default in-memory one."""
+        return self.hold.ledger
+
+    @property
+    def leases(self) -> BudgetLeases | None:
+        """With ``budget_hold="leased"``, the router's budget slices."""
+        return self.hold.leases if isinstance(self.hold, LeasedHold) else None
 
     @property
     def holds_per_query(self) -> bool:
@@ -190,8 +210,6 @@ class RouterConfig:
 
 # How long past a run's expected end its envelope is held before reconcile may expire it.
 _ENVELOPE_MARGIN_S = 60.0
-# The shortest lease of a budget slice (budget_hold="leased").
-_MIN_SLICE_LEASE_S = 300.0
 
 
 def _envelope_lease(timeout_s: float | None, experts: Sequence[Expert], steps: int) -> float:

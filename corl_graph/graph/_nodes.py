@@ -18,14 +18,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from corl_graph._exceptions import PolicyError
-from corl_graph.budget import BudgetTier
+from corl_graph.budget import BudgetTier, RunHold
 from corl_graph.experts import ChatRequest, ExpertRequest, normalize_answer
-from corl_graph.graph._calls import (
-    BudgetHolder,
-    call_expert_with_budget,
-    close_envelope,
-    hold_for_run,
-)
+from corl_graph.graph._calls import call_expert_with_budget
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._state import RouterState
 from corl_graph.graph._stream import stream_answer
@@ -39,7 +34,7 @@ from corl_graph.protocol import (
     StepRecord,
     StopReason,
     Think,
-    escape_text,
+    render_action,
     render_budget_exhausted,
     render_expert_error,
     render_expert_reply,
@@ -57,6 +52,13 @@ def _run_settings(
     ctx = runtime.context if runtime is not None else None
     tier = router.tier(ctx.tier if ctx else None)
     return tier, (ctx.tenant if ctx and ctx.tenant else router.default_tenant)
+
+
+def _run_hold(runtime: Runtime[RouterContext] | None, router: RouterConfig) -> RunHold:
+    """The run's budget hold, from its context; without one (a graph invoked directly, or as
+    a subgraph), calls are held per attempt on the ledger: nothing would close an envelope."""
+    hold = getattr(runtime.context, "hold", None) if runtime is not None else None
+    return hold if hold is not None else router.hold.per_attempt
 
 
 def _spent(state: RouterState) -> float:
@@ -79,7 +81,7 @@ def build_view(state: RouterState, tier: BudgetTier, router: RouterConfig) -> Po
         steps=tuple(state.get("steps", ())),
         calls=tuple(state.get("calls", ())),
         spent_usd=spent,
-        remaining_usd=max(tier.max_usd_per_query - spent, 0.0),
+        remaining_usd=tier.remaining_usd(spent),
         step=len(state.get("steps", ())),
         max_steps=router.max_steps,
         budget_exhausted=bool(state.get("budget_exhausted", False)),
@@ -103,11 +105,10 @@ async def think(
         if deadline is not None and time.time() >= deadline:
             action = fallback_action(view, router, terminal=True)
             record = StepRecord(
-                view.step,
-                action.kind,
-                _detail(action),
-                None,
-                f"query deadline of {router.query_timeout_s}s reached",
+                index=view.step,
+                action=action.kind,
+                detail=_detail(action),
+                format_error=f"query deadline of {router.query_timeout_s}s reached",
                 fallback=True,
             )
             delta.update(stop_reason="deadline")
@@ -115,11 +116,10 @@ async def think(
         elif view.step >= router.max_steps:
             action = fallback_action(view, router, terminal=True)
             record = StepRecord(
-                view.step,
-                action.kind,
-                _detail(action),
-                None,
-                f"step limit {router.max_steps} reached",
+                index=view.step,
+                action=action.kind,
+                detail=_detail(action),
+                format_error=f"step limit {router.max_steps} reached",
                 fallback=True,
             )
             delta.update(stop_reason="step_limit")
@@ -131,11 +131,11 @@ async def think(
                 delta["stop_reason"] = stop
             action = chosen or fallback_action(view, router, terminal=stop is not None)
             record = StepRecord(
-                view.step,
-                action.kind,
-                _detail(action),
-                decision.raw,
-                error,
+                index=view.step,
+                action=action.kind,
+                detail=_detail(action),
+                raw=decision.raw,
+                format_error=error,
                 fallback=chosen is None,
             )
         router.tracer.record_decision(
@@ -145,7 +145,7 @@ async def think(
         pending=action,
         steps=[record],
         transcript=[
-            Turn("controller", decision.raw if decision.raw is not None else _render(action))
+            Turn("controller", decision.raw if decision.raw is not None else render_action(action))
         ],
     )
     # An empty list is still a write that LangGraph versions and checkpoints: skip it.
@@ -255,35 +255,25 @@ async def call_expert(
     tier, tenant = _run_settings(runtime, router)
     step = len(state.get("steps", ()))
     run_id = state.get("run_id") or state.get("query_id") or uuid.uuid4().hex
+    spent = _spent(state)
     with router.tracer.step_span("call_expert", step) as step_span:
-        holder: BudgetHolder = router.resolved_ledger
-        if router.holds_per_query:
-            holder = await hold_for_run(
-                router.resolved_ledger,
-                router.envelopes,
-                tier=tier,
-                tenant=tenant,
-                run_id=run_id,
-                lease_s=router.envelope_lease_s,
-                source=router.leases,
-            )
         call = await call_expert_with_budget(
             router.expert_map[action.expert],
             ExpertRequest(
                 state.get("query_id", ""), state["query"], action.subquery, state.get("chat")
             ),
-            ledger=holder,
+            hold=_run_hold(runtime, router),
             tier=tier,
             tenant=tenant,
             run_id=run_id,
             tracer=router.tracer,
             extract=router.answer_extractor,
-            remaining_usd=max(tier.max_usd_per_query - _spent(state), 0.0),
+            spent_usd=spent,
             deadline=state.get("deadline"),
         )
         if call.status == "denied":
             router.tracer.record_denied(step_span, call)
-    remaining = max(tier.max_usd_per_query - _spent(state) - call.cost_usd, 0.0)
+    remaining = tier.remaining_usd(spent + call.cost_usd)
     delta: dict[str, Any] = {
         "calls": [call],
         "transcript": [Turn("observation", _observe(call, remaining))],
@@ -364,12 +354,8 @@ async def aggregate(
 async def answer(
     state: RouterState, runtime: Runtime[RouterContext], *, router: RouterConfig
 ) -> dict[str, Any]:
-    """Finish the run: the final answer and why the run stopped (and, with
-    ``budget_hold`` "per_query" or "leased", settle the run's envelope)."""
+    """Finish the run: the final answer and why the run stopped."""
     with router.tracer.step_span("answer", len(state.get("steps", ()))):
-        if router.holds_per_query and "run_id" in state:
-            held_at = router.leases or router.resolved_ledger
-            await close_envelope(held_at, router.envelopes, state["run_id"])
         action = state.get("pending")
         text = action.text if isinstance(action, Answer) else ""
         source = state.get("answer_source")
@@ -396,14 +382,3 @@ def _detail(action: Action) -> str:
     if isinstance(action, Answer | Think):
         return action.text
     return ""
-
-
-def _render(action: Action) -> str:
-    """The protocol text of an action, for policies that do not write text themselves."""
-    if isinstance(action, CallExpert):
-        return f'<call expert="{action.expert}">{escape_text(action.subquery)}</call>'
-    if isinstance(action, Answer):
-        return f"<answer>{escape_text(action.text)}</answer>"
-    if isinstance(action, Think):
-        return f"<think>{escape_text(action.text)}</think>"
-    return "<aggregate/>"

@@ -12,7 +12,6 @@ from langchain_core.runnables import RunnableConfig
 
 from corl_graph._exceptions import ConfigError, QueryTimeoutError, ToolsUnsupportedError
 from corl_graph.experts import ChatRequest, ToolCall
-from corl_graph.graph._calls import close_envelopes_on_error, run_envelopes
 from corl_graph.graph._config import RouterConfig, RouterContext
 from corl_graph.graph._factory import create_router_graph
 from corl_graph.graph._state import RouterInput
@@ -87,6 +86,7 @@ class Router:
         if not isinstance(config, RouterConfig):
             raise ConfigError(f"Router needs a RouterConfig, got {type(config).__name__}")
         self.config = config
+        self._hold = config.hold  # built now, before any concurrent run
         self.graph = create_router_graph(config, checkpointer=checkpointer)
         self._sink = trajectory_sink
         self._recursion_limit = 3 * config.max_steps + 10
@@ -131,7 +131,7 @@ class Router:
             query=query,
             session_id=session_id,
         ) as span:
-            state = await self._invoke(inputs, RouterContext(tier=tier_obj.name, tenant=tenant))
+            state = await self._invoke(inputs, tier_obj.name, tenant)
             ctx = span.get_span_context()
             trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
             result = _result(state, tier_obj.name, tenant, self.config.policy.name, trace_id)
@@ -140,7 +140,7 @@ class Router:
                 cost_usd=result.cost_usd,
                 calls=result.expert_calls,
                 stop_reason=result.stop_reason,
-                remaining_usd=max(tier_obj.max_usd_per_query - result.cost_usd, 0.0),
+                remaining_usd=tier_obj.remaining_usd(result.cost_usd),
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
                 answer=result.answer,
@@ -149,22 +149,19 @@ class Router:
             await self._sink(result.trajectory)
         return result
 
-    async def _invoke(self, inputs: RouterInput, context: RouterContext) -> dict[str, Any]:
-        if not self.config.holds_per_query:
-            return await self._ainvoke(inputs, context)
-        opened: list[str] = []
-        token = run_envelopes.set(opened)
+    async def _invoke(self, inputs: RouterInput, tier: str, tenant: str) -> dict[str, Any]:
+        """Run the graph with the run's own budget hold in its context; the hold is closed
+        here, by the run's owner, whether the run answered (settled at what its calls cost)
+        or raised (best effort)."""
+        hold = self._hold.for_run()
+        context = RouterContext(tier=tier, tenant=tenant, hold=hold)
         try:
-            return await self._ainvoke(inputs, context)
+            state = await self._ainvoke(inputs, context)
         except BaseException:
-            # The answer node settles a run's envelope; a run that never got there settles
-            # it here with what its calls were charged.
-            config = self.config
-            source = config.leases or config.resolved_ledger
-            await close_envelopes_on_error(source, config.envelopes, opened)
+            await hold.abort()
             raise
-        finally:
-            run_envelopes.reset(token)
+        await hold.close()
+        return state
 
     async def _ainvoke(self, inputs: RouterInput, context: RouterContext) -> dict[str, Any]:
         config: RunnableConfig = {"recursion_limit": self._recursion_limit}
@@ -187,8 +184,7 @@ class Router:
         ``budget_hold="leased"``, its open budget slices (``LedgerError`` if the ledger cannot
         settle them now; they stay charged at their whole amount). The ledger itself is the
         caller's to close. Safe to call more than once."""
-        if self.config.leases is not None:
-            await self.config.leases.aclose()
+        await self._hold.aclose()
 
     async def __aenter__(self) -> Router:
         return self

@@ -34,6 +34,7 @@ __all__ = [
     "escape_text",
     "is_valid_name",
     "parse_action",
+    "render_action",
     "render_budget_exhausted",
     "render_expert_error",
     "render_expert_reply",
@@ -115,6 +116,21 @@ def render_expert_error(name: str, error: str) -> str:
 def render_budget_exhausted(remaining_usd: float) -> str:
     """Sent instead of a reply when the ledger refused the call: answer with what you have."""
     return f'<budget-exhausted remaining="{remaining_usd:.6f}"/>'
+
+
+def render_action(action: Action) -> str:
+    """The protocol text of an action, for controllers that do not write text themselves.
+
+    >>> render_action(CallExpert("gpt", "2 < 3?"))
+    '<call expert="gpt">2 &lt; 3?</call>'
+    """
+    if isinstance(action, CallExpert):
+        return f'<call expert="{action.expert}">{escape_text(action.subquery)}</call>'
+    if isinstance(action, Answer):
+        return f"<answer>{escape_text(action.text)}</answer>"
+    if isinstance(action, Think):
+        return f"<think>{escape_text(action.text)}</think>"
+    return "<aggregate/>"
 
 
 @dataclass(frozen=True, slots=True)

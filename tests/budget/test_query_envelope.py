@@ -10,9 +10,13 @@ from ledger_backends import MakeLedger
 from router_experts import TIER, router_over, two_experts
 
 from corl_graph import Router
-from corl_graph.budget import Ledger, TenantBudget
-from corl_graph.budget._envelope import ENVELOPE_EXPERT
-from corl_graph.graph._calls import hold_for_run
+from corl_graph.budget import (
+    ENVELOPE_EXPERT,
+    Ledger,
+    PerQueryHold,
+    ReservationRequest,
+    TenantBudget,
+)
 from corl_graph.protocol import Aggregate, CallExpert
 from corl_graph.testing import ScriptedPolicy
 
@@ -74,7 +78,6 @@ async def test_concurrent_queries_never_overspend_the_tenant(make_ledger: MakeLe
     assert spend.held_usd == 0.0 and spend.committed_usd <= 0.025 + 1e-12
     assert spend.settled_usd == pytest.approx(sum(r.cost_usd for r in results))
     assert all(r.cost_usd <= TIER.max_usd_per_query for r in results)
-    assert router.config.envelopes == {}
 
 
 async def test_a_cancelled_run_settles_its_envelope_at_what_it_may_have_spent(
@@ -90,20 +93,27 @@ async def test_a_cancelled_run_settles_its_envelope_at_what_it_may_have_spent(
     spend = await ledger.tenant_spend("default")
     # The call in flight may have been billed: charged at its worst case, nothing left held.
     assert spend.held_usd == 0.0 and 0 < spend.settled_usd < TIER.max_usd_per_query
-    assert router.config.envelopes == {}
 
 
 async def test_an_envelope_whose_holder_died_stays_charged_at_the_whole_cap(
     make_ledger: MakeLedger,
 ) -> None:
     ledger = await make_ledger(default_budget=TenantBudget("*", 1.0, "total"))
-    envelopes: dict = {}  # type: ignore[type-arg]
-    envelope = await hold_for_run(
-        ledger, envelopes, tier=TIER, tenant="t", run_id="r1", lease_s=1.0
+    run = PerQueryHold(ledger, lease_s=1.0).for_run()
+    call = ReservationRequest(
+        tenant="t",
+        query_id="r1",
+        tier=TIER,
+        expert="a",
+        amount_usd=0.001,
+        input_tokens=10,
+        max_output_tokens=10,
     )
-    assert envelope is envelopes["r1"]
+    await run.reserve(call)  # the run's first call holds the whole cap as its envelope
+    (held,) = await ledger.audit(tenant="t")
+    assert held.expert == ENVELOPE_EXPERT and held.amount_usd == TIER.max_usd_per_query
     # The process dies here: nobody settles. Once the lease ends, reconcile expires it.
-    report = await ledger.reconcile(now=envelope.reservation.expires_at + 1)  # type: ignore[union-attr]
+    report = await ledger.reconcile(now=held.at + 2.0)
     assert report.expired_usd == pytest.approx(TIER.max_usd_per_query)
     spend = await ledger.tenant_spend("t")
     assert spend.committed_usd == pytest.approx(TIER.max_usd_per_query)

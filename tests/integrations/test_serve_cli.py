@@ -18,8 +18,7 @@ from corl_graph.integrations import ServerConfig, ServerThread, create_app
 from integration_fakes import free_port
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.budget import InMemoryLedger, SQLiteLedger
-from corl_graph.budget._envelope import ENVELOPE_EXPERT
+from corl_graph.budget import ENVELOPE_EXPERT, InMemoryLedger, SQLiteLedger
 from corl_graph.budget._leases import LEASE_EXPERT
 from corl_graph.cli import main
 
