@@ -25,7 +25,6 @@ from corl_graph.budget import (
     default_tiers,
     make_hold,
 )
-from corl_graph.budget._envelope import QueryEnvelope
 from corl_graph.experts import AnswerExtractor, Expert, extract_answer
 from corl_graph.policies import Policy
 from corl_graph.protocol import ExpertDescriptor
