@@ -34,7 +34,7 @@ from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.budget._checks import check_id
+from corl_graph.budget import check_id
 from corl_graph.experts import ChatRequest as ExpertChat
 from corl_graph.graph import RouteResult
 

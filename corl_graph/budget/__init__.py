@@ -2,6 +2,7 @@
 
 from corl_graph.budget._audit import export_audit
 from corl_graph.budget._caps import check_caps
+from corl_graph.budget._checks import check_id
 from corl_graph.budget._envelope import ENVELOPE_EXPERT
 from corl_graph.budget._holds import (
     BudgetHold,
@@ -23,6 +24,7 @@ from corl_graph.budget._ledger import (
     ReservationStatus,
     SpendSummary,
     Usage,
+    provider_usage,
 )
 from corl_graph.budget._memory import InMemoryLedger
 from corl_graph.budget._postgres import PostgresLedger
@@ -64,9 +66,11 @@ __all__ = [
     "TierSet",
     "Usage",
     "check_caps",
+    "check_id",
     "default_tiers",
     "export_audit",
     "make_hold",
     "open_ledger",
     "period_key",
+    "provider_usage",
 ]

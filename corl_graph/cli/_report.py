@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from corl_graph._exceptions import ConfigError, DataFormatError
-from corl_graph.tracing._report import DEFAULT_SECTIONS, CostReport, ReportRow, summarize
+from corl_graph.tracing import DEFAULT_SECTIONS, CostReport, ReportRow, summarize
 from corl_graph.trajectories import Trajectory
 
 __all__ = ["add_parser", "format_table", "run"]
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def _read(store: str, *, tier: str | None, tenant: str | None) -> Iterator[Trajectory]:
     """Runs from the trajectory store; a bare folder is taken as a JSONL store."""
     try:
-        from corl_graph.trajectories._store import open_store
+        from corl_graph.trajectories import open_store
     except ImportError:  # the store module predates this command in some checkouts
         return _read_jsonl_fallback(Path(store), tier, tenant)
     if "://" not in store:

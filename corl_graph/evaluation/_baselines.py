@@ -15,9 +15,16 @@ import numpy as np
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.experts import ExpertRequest, OutcomeTable, ReplayExpert
-from corl_graph.policies import KNNRouter, RandomRouter, ThresholdRouter
-from corl_graph.policies._base import Decision, PolicyView
-from corl_graph.policies._knn import Reserve, affordable, last_reply
+from corl_graph.policies import (
+    Decision,
+    KNNRouter,
+    PolicyView,
+    RandomRouter,
+    Reserve,
+    ThresholdRouter,
+    affordable,
+    last_reply,
+)
 from corl_graph.protocol import Answer, CallExpert
 
 __all__ = [

@@ -25,7 +25,7 @@ import numpy as np
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.experts import ExpertRequest, OutcomeTable, ReplayExpert, normalize_answer
-from corl_graph.policies._neural import StepBatch
+from corl_graph.policies import StepBatch
 
 __all__ = ["EpisodeArrays", "ReplaySim", "episode_arrays", "run_episodes"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.budget._ledger import Usage, provider_usage
+from corl_graph.budget import Usage, provider_usage
 from corl_graph.protocol import ExpertDescriptor, is_valid_name
 
 if TYPE_CHECKING:

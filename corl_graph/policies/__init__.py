@@ -3,9 +3,9 @@
 from corl_graph.policies._base import Decision, Policy, PolicyView, Turn
 from corl_graph.policies._baselines import AlwaysExpert, Cascade, ControllerOnly, RandomRouter
 from corl_graph.policies._cascade import CascadeRouter, OperatingPoint, RouterSpec
-from corl_graph.policies._knn import KNNRouter
+from corl_graph.policies._knn import KNNRouter, Reserve, affordable, last_reply
 from corl_graph.policies._llm import LLMPolicy
-from corl_graph.policies._neural import NeuralMeta, NeuralPolicy
+from corl_graph.policies._neural import NeuralMeta, NeuralPolicy, StepBatch
 from corl_graph.policies._score import (
     KNNPredictor,
     MFPredictor,
@@ -33,8 +33,12 @@ __all__ = [
     "PolicyView",
     "Predictor",
     "RandomRouter",
+    "Reserve",
     "RouterSpec",
     "ScoreRouter",
+    "StepBatch",
     "ThresholdRouter",
     "Turn",
+    "affordable",
+    "last_reply",
 ]

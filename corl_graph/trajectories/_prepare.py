@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from corl_graph._exceptions import ConfigError, DataFormatError
-from corl_graph.experts._cached import CachedReply, ReplayCache
+from corl_graph.experts import CachedReply, ReplayCache
 from corl_graph.trajectories._record import Trajectory
 from corl_graph.trajectories._store import TrajectoryStore, encode, open_store
 
