@@ -4,6 +4,7 @@ name, like ledger_backends."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from corl_graph import ChatModelExpert, PriceSheet, Router, RouterConfig
@@ -44,3 +45,14 @@ def router_over(ledger: Ledger, policy: Policy | None = None, **config: Any) -> 
             **config,
         )
     )
+
+
+async def started_calling(ledger: Ledger, tenant: str = "default") -> None:
+    """Wait until a run holds money on ``ledger`` (its first call is under way), then a little
+    longer, so that the run is inside the expert call: a fixed sleep is too short for a slow
+    PostgreSQL on a loaded machine, and a run cancelled before its call has charged nothing."""
+    for _ in range(1000):
+        if (await ledger.tenant_spend(tenant)).held_usd > 0:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from ledger_backends import MakeLedger
-from router_experts import TIER, router_over, two_experts
+from router_experts import TIER, router_over, started_calling, two_experts
 
 from corl_graph import Router, RouterConfig
 from corl_graph._exceptions import BudgetExceededError, ConfigError, LedgerError
@@ -114,7 +114,7 @@ async def test_a_cancelled_run_settles_into_its_slice(make_ledger: MakeLedger) -
     ledger = await make_ledger(default_budget=TenantBudget("*", 1.0, "total"))
     router = _router(ledger, experts=two_experts(delay_s=5.0))
     task = asyncio.ensure_future(router.arun("2+2?"))
-    await asyncio.sleep(0.3)
+    await started_calling(ledger)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from ledger_backends import MakeLedger
-from router_experts import TIER, router_over, two_experts
+from router_experts import TIER, router_over, started_calling, two_experts
 
 from corl_graph import Router
 from corl_graph.budget import (
@@ -86,7 +86,7 @@ async def test_a_cancelled_run_settles_its_envelope_at_what_it_may_have_spent(
     ledger = await make_ledger(default_budget=TenantBudget("*", 1.0, "total"))
     router = _router(ledger, "per_query", experts=two_experts(delay_s=5.0))
     task = asyncio.ensure_future(router.arun("2+2?"))
-    await asyncio.sleep(0.3)
+    await started_calling(ledger)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
