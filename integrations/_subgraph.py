@@ -26,8 +26,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.graph import Router, RouteResult
-from corl_graph.graph._sync import sync_twin
+from corl_graph.graph import Router, RouteResult, sync_twin
 
 __all__ = ["router_node"]
 
