@@ -12,7 +12,7 @@ from functools import partial
 
 import numpy as np
 
-from corl_graph.policies._score import KNNPredictor, MFPredictor, MLPPredictor, Predictor
+from corl_graph.policies import KNNPredictor, MFPredictor, MLPPredictor, Predictor
 
 # A forward pass: params, inputs -> (outputs, backward: d loss / d logits -> gradients)
 Backward = Callable[[np.ndarray], dict[str, np.ndarray]]

@@ -32,7 +32,7 @@ from corl_graph.evaluation._pool import pareto_pool, train_ids
 from corl_graph.evaluation._predictors import LAMBDAS, fit_mf, fit_mlp, out_of_fold
 from corl_graph.evaluation._sim import EpisodeArrays, episode_arrays
 from corl_graph.experts import OutcomeTable, ReplayExpert
-from corl_graph.policies._cascade import (
+from corl_graph.policies import (
     CascadeRouter,
     OperatingPoint,
     RouterSpec,

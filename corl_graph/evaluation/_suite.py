@@ -47,9 +47,14 @@ from corl_graph.evaluation._predictors import (
 from corl_graph.evaluation._router_fit import judged, router_outcomes
 from corl_graph.evaluation._sim import EpisodeArrays, episode_arrays
 from corl_graph.experts import OutcomeTable, ReplayExpert
-from corl_graph.policies import Cascade, ControllerOnly, NeuralPolicy, Policy
-from corl_graph.policies._cascade import CascadeRouter
-from corl_graph.policies._score import KNNPredictor
+from corl_graph.policies import (
+    Cascade,
+    CascadeRouter,
+    ControllerOnly,
+    KNNPredictor,
+    NeuralPolicy,
+    Policy,
+)
 
 __all__ = ["BenchmarkResult", "run_benchmark", "write_plot"]
 

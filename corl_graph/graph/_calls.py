@@ -117,7 +117,7 @@ async def _attempts(
 ) -> tuple[ExpertCall, ExpertReply | None]:
     if not tier.allows(expert.name):  # the tier's allow-list: nothing reserved, nothing sent
         reason = f"tier {tier.name!r} may not call expert {expert.name!r}"
-        return _call(expert, request, "denied", reason, tally), None
+        return _call(expert, request, "denied", reason, tried), None
     for attempt in range(1, expert.max_retries + 2):
         timeout = _time_left(expert.timeout_s, deadline)
         if timeout <= 0:

@@ -2,7 +2,14 @@
 
 from corl_graph.policies._base import Decision, Policy, PolicyView, Turn
 from corl_graph.policies._baselines import AlwaysExpert, Cascade, ControllerOnly, RandomRouter
-from corl_graph.policies._cascade import CascadeRouter, OperatingPoint, RouterSpec
+from corl_graph.policies._cascade import (
+    CascadeRouter,
+    OperatingPoint,
+    RouterSpec,
+    knn_estimate,
+    stop_features,
+    stop_scores,
+)
 from corl_graph.policies._knn import KNNRouter, Reserve, affordable, last_reply
 from corl_graph.policies._llm import LLMPolicy
 from corl_graph.policies._neural import NeuralMeta, NeuralPolicy, StepBatch
@@ -40,5 +47,8 @@ __all__ = [
     "ThresholdRouter",
     "Turn",
     "affordable",
+    "knn_estimate",
     "last_reply",
+    "stop_features",
+    "stop_scores",
 ]

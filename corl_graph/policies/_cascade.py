@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from corl_graph._exceptions import ConfigError, DataFormatError, PolicyError
-from corl_graph.experts._answers import normalize_answer
+from corl_graph.experts import normalize_answer
 from corl_graph.policies._base import Decision, PolicyView
 from corl_graph.policies._score import MFPredictor, MLPPredictor
 from corl_graph.protocol import Answer, CallExpert
