@@ -77,6 +77,7 @@ async def test_a_tier_allow_list_denies_the_injected_call_before_any_spend(
 
 async def test_a_forbidden_expert_is_denied_even_when_called_directly(fake: FakeOpenAI) -> None:
     """Defence in depth below the controller: the call itself refuses, nothing reserved."""
+    from corl_graph.budget import PerAttemptHold
     from corl_graph.experts import ExpertRequest
     from corl_graph.graph._calls import call_expert_with_budget
     from corl_graph.tracing import RouterTracer
@@ -84,9 +85,10 @@ async def test_a_forbidden_expert_is_denied_even_when_called_directly(fake: Fake
     big = fake.behave("big", Behavior(content="The answer is 5."))
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 1.0, "total"))
     call = await call_expert_with_budget(
-        expert(fake, "big"), ExpertRequest("q", "2+2?", "2+2?"), ledger=ledger,
+        expert(fake, "big"), ExpertRequest("q", "2+2?", "2+2?"),
+        hold=PerAttemptHold(ledger).for_run(),
         tier=BudgetTier("low", 0.5, experts=["small"]), tenant="t", run_id="r",
-        tracer=RouterTracer(), extract=lambda text: text, remaining_usd=0.5)
+        tracer=RouterTracer(), extract=lambda text: text, spent_usd=0.0)
     assert call.status == "denied" and "may not call expert 'big'" in (call.error or "")
     assert big.calls == 0 and await ledger.audit() == []
 
