@@ -106,7 +106,7 @@ def _record(args: argparse.Namespace) -> int:
     from corl_graph.cli._train import parse_tiers
     from corl_graph.experts import OutcomeTable, ReplayExpert
     from corl_graph.graph import Router, RouterConfig
-    from corl_graph.trajectories._store import open_store
+    from corl_graph.trajectories import open_store
 
     table = OutcomeTable.load(args.table)
     names = [e.strip() for e in args.experts.split(",") if e.strip()]
