@@ -48,7 +48,7 @@ from corl_graph.policies import Cascade
 from corl_graph.protocol import render_system_prompt
 from corl_graph.trajectories import Label, open_store, prepare_traces
 
-TIERS = TierSet([BudgetTier("low", 3e-6), BudgetTier("high", 1e-3)])
+TIERS = TierSet([BudgetTier("low", 1e-5), BudgetTier("high", 1e-3)])
 QUERIES = {f"q{a}{b}": (f"What is {a} + {b}?", str(a + b)) for a in (2, 5, 7) for b in (3, 4)}
 
 

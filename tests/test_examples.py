@@ -66,5 +66,5 @@ def test_tracing_phoenix_with_an_in_memory_exporter(capsys: pytest.CaptureFixtur
 def test_train_from_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run("train_from_traces", [str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "pairs 12/12 (100%)" in out and "warm start: 12 sequences" in out
+    assert "pairs 12/12 (100%)" in out and "warm start: 20 sequences" in out
     assert "misses 0" in out and (tmp_path / "ppo" / "final" / "config.json").is_file()
