@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
+from corl_graph.integrations import ServerConfig, ServerThread, create_app
 from opentelemetry.sdk.trace import TracerProvider
 from tracing_helpers import make_router
 
@@ -181,3 +183,52 @@ async def test_spans_arrive_in_phoenix(phoenix_url: str) -> None:
         cost = sum(s["attributes"]["llm.cost.total"] for s in chats
                    if s["context"]["trace_id"] == result.trace_id)
         assert cost == pytest.approx(result.cost_usd)
+
+
+@pytest.mark.slow
+def test_server_spans_arrive_in_phoenix(phoenix_url: str) -> None:
+    """corl-graph serve's own spans, configured by its tracing section, reach Phoenix.
+
+    Each request is one trace whose chat spans carry the cost the response reported, with the
+    tenant as ``user.id`` and the caller's session header as ``session.id`` on the root.
+    """
+    config = ServerConfig.parse({
+        "tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": ["sk-acme"]}],
+        "tracing": {"exporter": "phoenix", "endpoint": phoenix_url, "project_name": "corl-server"},
+    })
+    router = make_router(None)
+    running = ServerThread(create_app(config, router_config=router.config)).start()
+    costs: list[float] = []
+    try:
+        with openai.OpenAI(base_url=running.url + "/v1", api_key="sk-acme", max_retries=0,
+                           default_headers={"x-session-id": "phoenix-check"}) as client:
+            for question in ("What is 2 + 2?", "What is 3 + 5?"):
+                reply = client.chat.completions.create(
+                    model="corl-low", messages=[{"role": "user", "content": question}])
+                assert reply.usage is not None
+                costs.append(float((reply.usage.model_extra or {})["cost_usd"]))
+    finally:
+        running.stop()  # drains, then flushes the batched spans
+    assert all(c > 0 for c in costs)
+    url = f"{phoenix_url}/v1/projects/corl-server/spans?limit=500"
+    deadline, spans, roots = time.monotonic() + 30, [], []
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url) as r:
+                spans = json.load(r)["data"]
+        except OSError:  # the project appears with its first span
+            spans = []
+        roots = [s for s in spans if s["parent_id"] is None]
+        if len(roots) >= 2 and sum(s["name"].startswith("chat ") for s in spans) >= 2:
+            break
+        time.sleep(0.5)
+    assert len(roots) == 2
+    assert {r["attributes"]["user.id"] for r in roots} == {"acme"}
+    assert {r["attributes"]["session.id"] for r in roots} == {"phoenix-check"}
+    chats = [s for s in spans if s["name"].startswith("chat ")]
+    per_trace = sorted(
+        sum(s["attributes"]["llm.cost.total"] for s in chats
+            if s["context"]["trace_id"] == r["context"]["trace_id"])
+        for r in roots
+    )
+    assert per_trace == pytest.approx(sorted(costs))
