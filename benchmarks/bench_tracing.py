@@ -55,8 +55,14 @@ def _router(tracer: TracerProvider | None, meter: MeterProvider | None) -> Route
         ChatModelExpert(name, FakeListChatModel(responses=["The answer is 4."]), PriceSheet(p, p))
         for name, p in (("small", 0.1), ("big", 5.0))
     ]
-    return Router(RouterConfig(experts=experts, policy=AlwaysExpert(["small", "big"]),
-                               tracer_provider=tracer, meter_provider=meter))
+    return Router(
+        RouterConfig(
+            experts=experts,
+            policy=AlwaysExpert(["small", "big"]),
+            tracer_provider=tracer,
+            meter_provider=meter,
+        )
+    )
 
 
 def _routers() -> tuple[dict[str, Router], _DropExporter, list[TracerProvider]]:
@@ -98,8 +104,12 @@ async def _measure(rounds: int, per_round: int, warmup: int) -> tuple[dict[str, 
 
 def _stats(xs: list[float]) -> dict[str, float]:
     q = statistics.quantiles(xs, n=100)
-    return {"p50_ms": q[49] * 1e3, "p95_ms": q[94] * 1e3, "mean_ms": statistics.fmean(xs) * 1e3,
-            "n": len(xs)}
+    return {
+        "p50_ms": q[49] * 1e3,
+        "p95_ms": q[94] * 1e3,
+        "mean_ms": statistics.fmean(xs) * 1e3,
+        "n": len(xs),
+    }
 
 
 def _report(samples: dict[str, list[float]], spans_per_query: int, args: Any) -> dict[str, Any]:
@@ -111,7 +121,8 @@ def _report(samples: dict[str, list[float]], spans_per_query: int, args: Any) ->
             "p95_ratio": s["p95_ms"] / off["p95_ms"],
             "p50_added_ms": s["p50_ms"] - off["p50_ms"],
         }
-        for name, s in stats.items() if name != "off"
+        for name, s in stats.items()
+        if name != "off"
     }
     return {
         "benchmark": "bench_tracing",
@@ -119,14 +130,21 @@ def _report(samples: dict[str, list[float]], spans_per_query: int, args: Any) ->
         "variants": stats,
         "overhead_vs_off": overhead,
         "spans_per_query": spans_per_query,
-        "settings": {"rounds": args.rounds, "queries_per_round": args.per_round,
-                     "warmup": args.warmup, "interleaved": True},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "opentelemetry_sdk": version("opentelemetry-sdk"),
-                    "langgraph": version("langgraph"),
-                    # Other jobs share the machine; the load says how noisy the run was.
-                    "load_avg_1m_at_end": os.getloadavg()[0]},
+        "settings": {
+            "rounds": args.rounds,
+            "queries_per_round": args.per_round,
+            "warmup": args.warmup,
+            "interleaved": True,
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "opentelemetry_sdk": version("opentelemetry-sdk"),
+            "langgraph": version("langgraph"),
+            # Other jobs share the machine; the load says how noisy the run was.
+            "load_avg_1m_at_end": os.getloadavg()[0],
+        },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -145,8 +163,10 @@ def main() -> None:
     for name, s in result["variants"].items():
         print(f"{name:7s} p50 {s['p50_ms']:7.2f} ms  p95 {s['p95_ms']:7.2f} ms  n={s['n']}")
     for name, o in result["overhead_vs_off"].items():
-        print(f"{name:7s} p50 x{o['p50_ratio']:.3f} (+{o['p50_added_ms']:.2f} ms)  "
-              f"p95 x{o['p95_ratio']:.3f}")
+        print(
+            f"{name:7s} p50 x{o['p50_ratio']:.3f} (+{o['p50_added_ms']:.2f} ms)  "
+            f"p95 x{o['p95_ratio']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -50,14 +50,26 @@ def write_config(folder: Path, port: int, *, queries: int = 64) -> Path:
             for model, (p_in, p_out) in MODELS.items():
                 n_in, n_out = 20 + i % 7, 5 + i % 11
                 correct = 1.0 if model == "big" or i % 3 else 0.0
-                fh.write(json.dumps({
-                    "query_id": f"q{i}", "split": "test", "prompt": prompt_of(i), "model": model,
-                    "correct": correct, "answer": str(2 * i if correct else i),
-                    "response": f"It is {2 * i if correct else i}.", "input_tokens": n_in,
-                    "output_tokens": n_out, "cost_usd": (n_in * p_in + n_out * p_out) / 1e6,
-                }) + "\n")
-    prices = {m: {"input_usd_per_mtok": p[0], "output_usd_per_mtok": p[1]}
-              for m, p in MODELS.items()}
+                fh.write(
+                    json.dumps(
+                        {
+                            "query_id": f"q{i}",
+                            "split": "test",
+                            "prompt": prompt_of(i),
+                            "model": model,
+                            "correct": correct,
+                            "answer": str(2 * i if correct else i),
+                            "response": f"It is {2 * i if correct else i}.",
+                            "input_tokens": n_in,
+                            "output_tokens": n_out,
+                            "cost_usd": (n_in * p_in + n_out * p_out) / 1e6,
+                        }
+                    )
+                    + "\n"
+                )
+    prices = {
+        m: {"input_usd_per_mtok": p[0], "output_usd_per_mtok": p[1]} for m, p in MODELS.items()
+    }
     (folder / "load.models.json").write_text(json.dumps(prices))
     config = {
         "ledger_url": f"sqlite:///{folder / 'ledger.db'}",
@@ -65,8 +77,10 @@ def write_config(folder: Path, port: int, *, queries: int = 64) -> Path:
         "shutdown_grace_s": 5,
         "experts": [{"kind": "replay", "table": "load.jsonl", "model": m} for m in MODELS],
         "policy": {"kind": "cascade", "experts": list(MODELS)},
-        "tenants": [{"name": t, "limit_usd": 1000.0, "period": "total",
-                     "api_keys": [key_of(t)]} for t in TENANTS],
+        "tenants": [
+            {"name": t, "limit_usd": 1000.0, "period": "total", "api_keys": [key_of(t)]}
+            for t in TENANTS
+        ],
     }
     path = folder / "server.json"
     path.write_text(json.dumps(config))
@@ -78,8 +92,14 @@ def prompt_of(i: int) -> str:
 
 
 def start_server(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-c", "import sys; from corl_graph.cli import main; "
-               "sys.exit(main())", "serve", "--config", str(config)]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from corl_graph.cli import main; sys.exit(main())",
+        "serve",
+        "--config",
+        str(config),
+    ]
     with log.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
@@ -122,9 +142,16 @@ class LoadResult:
         return len(self.latencies)
 
 
-async def run_load(url: str, *, requests: int, concurrency: int, max_seconds: float,
-                   stop_after: int | None = None, queries: int = 64,
-                   result: LoadResult | None = None) -> LoadResult:
+async def run_load(
+    url: str,
+    *,
+    requests: int,
+    concurrency: int,
+    max_seconds: float,
+    stop_after: int | None = None,
+    queries: int = 64,
+    result: LoadResult | None = None,
+) -> LoadResult:
     """Send up to ``requests`` chat completions with ``concurrency`` workers; stop early after
     ``max_seconds`` or once ``stop_after`` successes arrived. ``result`` may be passed in to
     watch progress from another task (the crash test kills the server half way)."""
@@ -149,12 +176,15 @@ async def run_load(url: str, *, requests: int, concurrency: int, max_seconds: fl
 
 async def _one(client: httpx.AsyncClient, i: int, result: LoadResult, queries: int) -> None:
     tenant = TENANTS[i % len(TENANTS)]
-    body = {"model": "corl-medium",
-            "messages": [{"role": "user", "content": prompt_of(i % queries)}]}
+    body = {
+        "model": "corl-medium",
+        "messages": [{"role": "user", "content": prompt_of(i % queries)}],
+    }
     start = time.perf_counter()
     try:
-        response = await client.post("/v1/chat/completions", json=body,
-                                     headers={"authorization": f"Bearer {key_of(tenant)}"})
+        response = await client.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key_of(tenant)}"}
+        )
     except httpx.HTTPError as exc:
         result.errors[type(exc).__name__] += 1
         return
@@ -174,14 +204,18 @@ async def audit_ledger(path: Path, *, reconcile_at: float | None = None) -> dict
         tenants = {}
         for t in TENANTS:
             spend = await ledger.tenant_spend(t)
-            tenants[t] = {"settled": spend.settled_usd, "held": spend.held_usd,
-                          "expired": spend.expired_usd}
+            tenants[t] = {
+                "settled": spend.settled_usd,
+                "held": spend.held_usd,
+                "expired": spend.expired_usd,
+            }
         audit = await ledger.audit()
     finally:
         await ledger.aclose()
     reserved = Counter(e.reservation_id for e in audit if e.event == "reserved")
-    closed = Counter(e.reservation_id for e in audit
-                     if e.event in ("settled", "released", "expired"))
+    closed = Counter(
+        e.reservation_id for e in audit if e.event in ("settled", "released", "expired")
+    )
     settled_lines = Counter(e.reservation_id for e in audit if e.event == "settled")
     return {
         "tenants": tenants,
@@ -196,15 +230,15 @@ async def audit_ledger(path: Path, *, reconcile_at: float | None = None) -> dict
 
 def compare(load: LoadResult, books: dict[str, Any]) -> dict[str, Any]:
     """Per tenant: ledger settled spend minus the sum of the response costs (0 when exact)."""
-    diffs = {t: books["tenants"][t]["settled"] - math.fsum(load.cost_by_tenant[t])
-             for t in TENANTS}
+    diffs = {t: books["tenants"][t]["settled"] - math.fsum(load.cost_by_tenant[t]) for t in TENANTS}
     client_total = math.fsum(math.fsum(c) for c in load.cost_by_tenant.values())
     return {
         "client_total_usd": client_total,
         "ledger_settled_usd": math.fsum(b["settled"] for b in books["tenants"].values()),
         "max_abs_diff_usd": max(abs(d) for d in diffs.values()),
         "equal": all(abs(d) <= 1e-9 for d in diffs.values())
-        and not books["unclosed"] and not books["settled_twice"],
+        and not books["unclosed"]
+        and not books["settled_twice"],
     }
 
 
@@ -214,10 +248,15 @@ def summary(load: LoadResult) -> dict[str, Any]:
     def pct(p: float) -> float:
         return 1000 * lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
-    return {"requests_ok": load.ok, "errors": dict(load.errors), "seconds": load.seconds,
-            "throughput_rps": load.ok / load.seconds if load.seconds else 0.0,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan")}
+    return {
+        "requests_ok": load.ok,
+        "errors": dict(load.errors),
+        "seconds": load.seconds,
+        "throughput_rps": load.ok / load.seconds if load.seconds else 0.0,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": 1000 * statistics.fmean(lat) if lat else float("nan"),
+    }
 
 
 def free_port() -> int:
@@ -233,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "load_server.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "load_server.json"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="corl-load-") as tmp:
         folder, port = Path(tmp), free_port()
@@ -242,19 +282,30 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_server(write_config(folder, port), folder / "server.log")
         try:
             wait_healthy(url, proc)
-            load = asyncio.run(run_load(url, requests=args.requests,
-                                        concurrency=args.concurrency,
-                                        max_seconds=args.max_seconds))
+            load = asyncio.run(
+                run_load(
+                    url,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    max_seconds=args.max_seconds,
+                )
+            )
         finally:
             stop_server(proc)
         books = asyncio.run(audit_ledger(folder / "ledger.db"))
     report = {
         "command": "python benchmarks/load_server.py " + " ".join(argv or sys.argv[1:]),
-        "requests": args.requests, "concurrency": args.concurrency,
-        "max_seconds": args.max_seconds, **summary(load), "ledger": compare(load, books),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "max_seconds": args.max_seconds,
+        **summary(load),
+        "ledger": compare(load, books),
         "reservations": books["reservations"],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_at_end": os.getloadavg()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg()[0],
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

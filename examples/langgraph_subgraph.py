@@ -27,8 +27,9 @@ from corl_graph.policies import AlwaysExpert
 
 
 def build_app_graph() -> StateGraph[Any]:
-    expert = ChatModelExpert("small", FakeListChatModel(responses=["It is 4."]),
-                             PriceSheet(0.15, 0.6))
+    expert = ChatModelExpert(
+        "small", FakeListChatModel(responses=["It is 4."]), PriceSheet(0.15, 0.6)
+    )
     router = Router(RouterConfig(experts=[expert], policy=AlwaysExpert(["small"])))
     graph = StateGraph(MessagesState)
     graph.add_node("route", router_node(router, query_key="messages"))

@@ -24,10 +24,18 @@ from corl_graph.policies import Cascade
 
 def build_router() -> Router:
     # Two experts: a cheap one and a strong one (prices in USD per million tokens).
-    small = ChatModelExpert("small", FakeListChatModel(responses=["The answer is 4."]),
-                            PriceSheet(0.15, 0.6), description="cheap, fine for arithmetic")
-    big = ChatModelExpert("big", FakeListChatModel(responses=["2 + 2 = 4, so 4."]),
-                          PriceSheet(2.5, 10.0), description="strong, expensive")
+    small = ChatModelExpert(
+        "small",
+        FakeListChatModel(responses=["The answer is 4."]),
+        PriceSheet(0.15, 0.6),
+        description="cheap, fine for arithmetic",
+    )
+    big = ChatModelExpert(
+        "big",
+        FakeListChatModel(responses=["2 + 2 = 4, so 4."]),
+        PriceSheet(2.5, 10.0),
+        description="strong, expensive",
+    )
     return Router(RouterConfig(experts=[small, big], policy=Cascade(["small", "big"])))
 
 

@@ -31,11 +31,13 @@ CONFIG = {
 
 
 def build_router_config() -> RouterConfig:
-    small = ChatModelExpert("small", FakeListChatModel(responses=["The answer is 4."]),
-                            PriceSheet(0.15, 0.6))
+    small = ChatModelExpert(
+        "small", FakeListChatModel(responses=["The answer is 4."]), PriceSheet(0.15, 0.6)
+    )
     big = ChatModelExpert("big", FakeListChatModel(responses=["4"]), PriceSheet(2.5, 10.0))
-    return RouterConfig(experts=[small, big], policy=Cascade(["small", "big"]),
-                        ledger=InMemoryLedger())
+    return RouterConfig(
+        experts=[small, big], policy=Cascade(["small", "big"]), ledger=InMemoryLedger()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,19 +46,25 @@ def main(argv: list[str] | None = None) -> int:
         with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-acme-demo") as client:
             print("models:", [m.id for m in client.models.list()])
             reply = client.chat.completions.create(
-                model="corl-low", messages=[{"role": "user", "content": "What is 2 + 2?"}])
+                model="corl-low", messages=[{"role": "user", "content": "What is 2 + 2?"}]
+            )
             usage = reply.usage.model_extra if reply.usage else {}
             print("answer:", reply.choices[0].message.content, "cost: $", usage["cost_usd"])
             stream = client.chat.completions.create(
-                model="corl-high", stream=True,
-                messages=[{"role": "user", "content": "What is 2 + 2?"}])
-            print("streamed:", "".join(c.choices[0].delta.content or "" for c in stream
-                                       if c.choices))
-        with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-tiny-demo",
-                           max_retries=0) as broke:
+                model="corl-high",
+                stream=True,
+                messages=[{"role": "user", "content": "What is 2 + 2?"}],
+            )
+            print(
+                "streamed:", "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            )
+        with openai.OpenAI(
+            base_url=server.url + "/v1", api_key="sk-tiny-demo", max_retries=0
+        ) as broke:
             try:
                 broke.chat.completions.create(
-                    model="corl-low", messages=[{"role": "user", "content": "2 + 2?"}])
+                    model="corl-low", messages=[{"role": "user", "content": "2 + 2?"}]
+                )
             except openai.RateLimitError as exc:
                 print("tenant 'tiny' is out of budget:", exc.status_code, exc.code)
     return 0

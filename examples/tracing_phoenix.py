@@ -26,11 +26,13 @@ from corl_graph.tracing import configure_tracing, phoenix
 
 
 def build_model(provider: TracerProvider) -> CORLChatModel:
-    small = ChatModelExpert("small", FakeListChatModel(responses=["The answer is 4."]),
-                            PriceSheet(0.15, 0.6))
+    small = ChatModelExpert(
+        "small", FakeListChatModel(responses=["The answer is 4."]), PriceSheet(0.15, 0.6)
+    )
     big = ChatModelExpert("big", FakeListChatModel(responses=["4"]), PriceSheet(2.5, 10.0))
-    config = RouterConfig(experts=[small, big], policy=Cascade(["small", "big"]),
-                          tracer_provider=provider)
+    config = RouterConfig(
+        experts=[small, big], policy=Cascade(["small", "big"]), tracer_provider=provider
+    )
     return CORLChatModel(router=Router(config))
 
 
@@ -40,13 +42,18 @@ async def main(argv: list[str] | None = None, provider: TracerProvider | None = 
     parser.add_argument("--otlp", action="store_true", help="a plain OTLP/HTTP endpoint")
     args = parser.parse_args(argv or [])
     if provider is None:
-        provider = (configure_tracing(args.endpoint, set_global=False) if args.otlp
-                    else phoenix(args.endpoint, project_name="corl-graph", set_global=False))
+        provider = (
+            configure_tracing(args.endpoint, set_global=False)
+            if args.otlp
+            else phoenix(args.endpoint, project_name="corl-graph", set_global=False)
+        )
     model = build_model(provider)
     for tier in ("low", "high"):
         reply = await model.ainvoke("What is 2 + 2?", {"configurable": {"tier": tier}})
-        print(f"{tier}: {reply.content}  trace {reply.response_metadata['trace_id']}"
-              f"  ${reply.response_metadata['cost_usd']:.8f}")
+        print(
+            f"{tier}: {reply.content}  trace {reply.response_metadata['trace_id']}"
+            f"  ${reply.response_metadata['cost_usd']:.8f}"
+        )
     provider.force_flush()
     provider.shutdown()
     return 0

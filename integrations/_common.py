@@ -12,8 +12,15 @@ from corl_graph.graph import RouteResult
 
 __all__ = ["chunk_text", "render_query", "result_metadata", "unanswered_error"]
 
-_ROLE_LABEL = {"system": "System", "developer": "System", "user": "User", "human": "User",
-               "assistant": "Assistant", "ai": "Assistant", "tool": "Tool"}
+_ROLE_LABEL = {
+    "system": "System",
+    "developer": "System",
+    "user": "User",
+    "human": "User",
+    "assistant": "Assistant",
+    "ai": "Assistant",
+    "tool": "Tool",
+}
 
 # Words with their trailing space: joined back they give the answer exactly.
 _PIECE = re.compile(r"\s*\S+\s*|\s+")
@@ -60,8 +67,13 @@ def result_metadata(result: RouteResult) -> dict[str, Any]:
         "answer_source": result.answer_source,
         "trace_id": result.trace_id,
         "calls": [
-            {"expert": c.expert, "status": c.status, "input_tokens": c.input_tokens,
-             "output_tokens": c.output_tokens, "cost_usd": c.cost_usd}
+            {
+                "expert": c.expert,
+                "status": c.status,
+                "input_tokens": c.input_tokens,
+                "output_tokens": c.output_tokens,
+                "cost_usd": c.cost_usd,
+            }
             for c in result.calls
         ],
     }
@@ -89,8 +101,11 @@ def unanswered_error(result: RouteResult) -> RunError | None:
     failed = [c for c in result.calls if c.status in ("failed", "timeout")]
     if failed:
         last = failed[-1]
-        return ExpertError(f"expert {last.expert} failed: {last.error or last.status}",
-                           expert=last.expert, attempts=last.attempts)
+        return ExpertError(
+            f"expert {last.expert} failed: {last.error or last.status}",
+            expert=last.expert,
+            attempts=last.attempts,
+        )
     if result.stop_reason == "policy_error":
         detail = result.format_errors[-1] if result.format_errors else "no decision"
         return PolicyError(f"the controller failed: {detail}")

@@ -88,5 +88,6 @@ class KeyFile:
             log.warning("keys of tenants %s ignored: new tenants need a restart", unknown)
         self._apply({k: t for k, t in keys.items() if t in self._tenants}, revoked)
         self.reloads += 1
-        log.info("API keys reloaded from %s (%d keys, %d revoked)", self.path, len(keys),
-                 len(revoked))
+        log.info(
+            "API keys reloaded from %s (%d keys, %d revoked)", self.path, len(keys), len(revoked)
+        )

@@ -99,8 +99,9 @@ class RedisRateLimiter:
         try:
             wait = await self._script(keys=[self._prefix + digest], args=[self.rate, self.burst])
         except Exception as exc:  # the redis client's errors share no public base we import
-            log.warning("rate limiter at Redis unavailable, request let through: %s",
-                        type(exc).__name__)
+            log.warning(
+                "rate limiter at Redis unavailable, request let through: %s", type(exc).__name__
+            )
             return 0.0
         return float(wait)
 

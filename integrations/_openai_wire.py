@@ -57,8 +57,16 @@ MAX_TOOLS = 128
 class ApiError(Exception):
     """An error the server answers with, in OpenAI's format."""
 
-    def __init__(self, status: int, message: str, *, type: str, code: str,
-                 param: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str,
+        code: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -68,8 +76,14 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code,
-                          "param": self.param}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
@@ -80,11 +94,20 @@ def budget_exhausted(message: str, *, retry_after_s: float | None = None) -> Api
     """429 ``budget_exhausted``: final (``x-should-retry: false``) when only more budget can
     help; retryable with ``Retry-After`` when calls in flight hold what could free room."""
     if retry_after_s is None:
-        return ApiError(429, message, type="insufficient_quota", code="budget_exhausted",
-                        headers={"x-should-retry": "false"})
-    return ApiError(429, message, type="insufficient_quota", code="budget_exhausted",
-                    headers={"x-should-retry": "true",
-                             "retry-after": str(max(1, round(retry_after_s)))})
+        return ApiError(
+            429,
+            message,
+            type="insufficient_quota",
+            code="budget_exhausted",
+            headers={"x-should-retry": "false"},
+        )
+    return ApiError(
+        429,
+        message,
+        type="insufficient_quota",
+        code="budget_exhausted",
+        headers={"x-should-retry": "true", "retry-after": str(max(1, round(retry_after_s)))},
+    )
 
 
 class _TextPart(BaseModel):
@@ -191,8 +214,10 @@ class ChatRequest(BaseModel):
         for i, (d, m) in enumerate(zip(dumped, self.messages, strict=True)):
             d["content"] = m.text()  # refuses non-text content
             if m.role == "tool" and not m.tool_call_id:
-                raise bad_request(f"messages.{i}: a tool message needs its tool_call_id",
-                                  param=f"messages.{i}.tool_call_id")
+                raise bad_request(
+                    f"messages.{i}: a tool message needs its tool_call_id",
+                    param=f"messages.{i}.tool_call_id",
+                )
         try:
             return list(convert_to_messages(dumped))
         except (ValueError, TypeError, KeyError) as exc:  # e.g. arguments that are not JSON
@@ -256,8 +281,10 @@ def parse_request(body: bytes) -> ChatRequest:
         raise bad_request(f"stop: up to {MAX_STOP} non-empty sequences", param="stop")
     fmt = request.response_format
     if fmt is not None and (fmt.type == "json_schema") != (fmt.json_schema is not None):
-        raise bad_request('response_format: "json_schema" (and only it) needs a json_schema '
-                          'object with a "name"', param="response_format")
+        raise bad_request(
+            'response_format: "json_schema" (and only it) needs a json_schema object with a "name"',
+            param="response_format",
+        )
     request.expert_chat()  # tools, tool_choice and the rest checked together: a 400 now
     _check_metadata(request.metadata)
     return request
@@ -280,14 +307,17 @@ def _check_tree(data: Any) -> None:
         if not isinstance(value, dict | list):
             continue
         if depth >= MAX_JSON_DEPTH:
-            raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels",
-                              param=where or None)
+            raise bad_request(
+                f"the body nests deeper than {MAX_JSON_DEPTH} levels", param=where or None
+            )
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             path = f"{where}.{key}" if where else str(key)
             if isinstance(key, str) and _has_surrogate(key):
-                raise bad_request(f"{where or 'the body'}: a key holds a lone UTF-16 surrogate",
-                                  param=where or None)
+                raise bad_request(
+                    f"{where or 'the body'}: a key holds a lone UTF-16 surrogate",
+                    param=where or None,
+                )
             todo.append((item, depth + 1, path))
 
 
@@ -308,8 +338,7 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
             check_id(query_id, "metadata.query_id")
             if len(query_id) > MAX_QUERY_ID:
                 raise ConfigError(
-                    f"metadata.query_id must be 1 to {MAX_QUERY_ID} characters, "
-                    f"got {len(query_id)}"
+                    f"metadata.query_id must be 1 to {MAX_QUERY_ID} characters, got {len(query_id)}"
                 )
         except ConfigError as exc:
             raise bad_request(str(exc), param="metadata.query_id") from None
@@ -319,21 +348,31 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
         if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
             raise bad_request(
                 f"metadata: keys at most {MAX_METADATA_KEY} characters, values at most "
-                f"{MAX_METADATA_VALUE}", param=f"metadata.{key[:MAX_METADATA_KEY]}")
+                f"{MAX_METADATA_VALUE}",
+                param=f"metadata.{key[:MAX_METADATA_KEY]}",
+            )
 
 
 def _usage(result: RouteResult) -> dict[str, Any]:
     # cost_usd rides along as an extra field; OpenAI clients keep unknown fields.
-    return {"prompt_tokens": result.input_tokens, "completion_tokens": result.output_tokens,
-            "total_tokens": result.input_tokens + result.output_tokens,
-            "cost_usd": result.cost_usd}
+    return {
+        "prompt_tokens": result.input_tokens,
+        "completion_tokens": result.output_tokens,
+        "total_tokens": result.input_tokens + result.output_tokens,
+        "cost_usd": result.cost_usd,
+    }
 
 
 def _wire_calls(result: RouteResult) -> list[dict[str, Any]]:
     """The answer's tool calls in OpenAI's format (arguments as a JSON string)."""
-    return [{"id": c["id"], "type": "function",
-             "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
-            for c in output_tool_calls(result.tool_calls)]
+    return [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["args"])},
+        }
+        for c in output_tool_calls(result.tool_calls)
+    ]
 
 
 def _cut(text: str, stop: list[str]) -> str:
@@ -353,19 +392,30 @@ def completion(result: RouteResult, model: str, stop: list[str] | None = None) -
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "finish_reason": "tool_calls" if calls else "stop",
-                     "logprobs": None, "message": message}],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls" if calls else "stop",
+                "logprobs": None,
+                "message": message,
+            }
+        ],
         "usage": _usage(result),
         "corl": result_metadata(result),
     }
 
 
-def sse_chunks(result: RouteResult, model: str, *, include_usage: bool,
-               stop: list[str] | None = None) -> Iterator[str]:
+def sse_chunks(
+    result: RouteResult, model: str, *, include_usage: bool, stop: list[str] | None = None
+) -> Iterator[str]:
     """``chat.completion.chunk`` events for the answer (text, then each tool call as OpenAI
     streams it: id, name and arguments in one delta per call), then ``data: [DONE]``."""
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": model}
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
 
     def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}

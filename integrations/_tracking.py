@@ -48,8 +48,9 @@ class TrackingLedger:
         with self._lock:
             pending = list(self._open.items())
         for rid, request in pending:
-            usage = Usage(request.input_tokens, request.max_output_tokens, request.amount_usd,
-                          estimated=True)
+            usage = Usage(
+                request.input_tokens, request.max_output_tokens, request.amount_usd, estimated=True
+            )
             await self.settle(rid, usage)
         return len(pending)
 
@@ -84,7 +85,10 @@ class TrackingLedger:
         return await self.inner.reconcile(now=now)
 
     async def audit(
-        self, *, tenant: str | None = None, query_id: str | None = None,
+        self,
+        *,
+        tenant: str | None = None,
+        query_id: str | None = None,
         since: float | None = None,
     ) -> list[AuditEntry]:
         return await self.inner.audit(tenant=tenant, query_id=query_id, since=since)

@@ -51,9 +51,21 @@ def vllm_serve_command(
     'python -m vllm.entrypoints.openai.api_server --model ckpt/step-100 --dtype bfloat16
      --max-model-len 512 --host 127.0.0.1 --port 8001 --enforce-eager'
     """
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--dtype", dtype, "--max-model-len", str(max_model_len),
-               "--host", host, "--port", str(port)]
+    command = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if enforce_eager:
         command.append("--enforce-eager")
     if served_model_name:
@@ -84,7 +96,8 @@ async def check_controller_endpoint(
     *,
     api_key: str = "EMPTY",
     experts: Sequence[ExpertDescriptor] = (
-        ExpertDescriptor("small", 0.1, 0.4, "cheap"), ExpertDescriptor("big", 2.0, 8.0, "strong")
+        ExpertDescriptor("small", 0.1, 0.4, "cheap"),
+        ExpertDescriptor("big", 2.0, 8.0, "strong"),
     ),
     tier: str = "low",
     timeout_s: float = 30.0,
@@ -104,8 +117,9 @@ async def check_controller_endpoint(
         {"role": "system", "content": render_system_prompt(experts)},
         {"role": "user", "content": render_user_prompt("What is 2 + 2?", tier, 0.002)},
     ]
-    async with httpx.AsyncClient(base_url=root, headers=headers, timeout=timeout_s,
-                                 transport=transport) as client:
+    async with httpx.AsyncClient(
+        base_url=root, headers=headers, timeout=timeout_s, transport=transport
+    ) as client:
         try:
             served = await _get(client, "/v1/models")
         except (httpx.HTTPError, ValueError) as exc:
@@ -136,14 +150,22 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> d
 
 
 async def _check_template(
-    client: httpx.AsyncClient, report: ControllerEndpointCheck,
-    messages: list[dict[str, str]], markers: list[str],
+    client: httpx.AsyncClient,
+    report: ControllerEndpointCheck,
+    messages: list[dict[str, str]],
+    markers: list[str],
 ) -> None:
     try:
-        tokenized = await _post(client, "/tokenize", {
-            "model": report.model, "messages": messages, "add_generation_prompt": True})
-        text = (await _post(client, "/detokenize", {
-            "model": report.model, "tokens": tokenized["tokens"]}))["prompt"]
+        tokenized = await _post(
+            client,
+            "/tokenize",
+            {"model": report.model, "messages": messages, "add_generation_prompt": True},
+        )
+        text = (
+            await _post(
+                client, "/detokenize", {"model": report.model, "tokens": tokenized["tokens"]}
+            )
+        )["prompt"]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         report.problems.append(f"the chat template did not render the prompt: {exc}")
         return
@@ -157,14 +179,21 @@ async def _check_template(
     if report.max_model_len and report.prompt_tokens >= report.max_model_len:
         report.problems.append(
             f"the controller prompt takes {report.prompt_tokens} tokens, more than "
-            f"--max-model-len {report.max_model_len}: raise it")
+            f"--max-model-len {report.max_model_len}: raise it"
+        )
 
 
 async def _check_capture(
     client: httpx.AsyncClient, report: ControllerEndpointCheck, messages: list[dict[str, str]]
 ) -> None:
-    body = {"model": report.model, "messages": messages, "max_tokens": 1, "logprobs": True,
-            "return_tokens_as_token_ids": True, "return_token_ids": True}
+    body = {
+        "model": report.model,
+        "messages": messages,
+        "max_tokens": 1,
+        "logprobs": True,
+        "return_tokens_as_token_ids": True,
+        "return_token_ids": True,
+    }
     try:
         reply = await _post(client, "/v1/chat/completions", body)
     except (httpx.HTTPError, ValueError) as exc:
@@ -175,5 +204,7 @@ async def _check_capture(
         str(t.get("token", "")).startswith(_TOKEN_ID_PREFIX) for t in content
     )
     if not report.returns_token_ids:
-        report.problems.append("the endpoint returned no token ids in its log-probs: is it "
-                               "vLLM (return_tokens_as_token_ids)?")
+        report.problems.append(
+            "the endpoint returned no token ids in its log-probs: is it "
+            "vLLM (return_tokens_as_token_ids)?"
+        )

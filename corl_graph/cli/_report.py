@@ -1,8 +1,8 @@
 """``corl-graph report``: what recorded runs cost, per tier, expert and tenant.
 
-    corl-graph report runs/                       # a JSONL folder, a .jsonl file,
-    corl-graph report sqlite:///runs.db --json    # or a store URL
-    corl-graph report runs.jsonl --by tier,expert --tenant acme
+corl-graph report runs/                       # a JSONL folder, a .jsonl file,
+corl-graph report sqlite:///runs.db --json    # or a store URL
+corl-graph report runs.jsonl --by tier,expert --tenant acme
 """
 
 from __future__ import annotations
@@ -20,8 +20,18 @@ from corl_graph.trajectories import Trajectory
 
 __all__ = ["add_parser", "format_table", "run"]
 
-_COLUMNS = ("queries", "ratio", "calls", "denied", "exhausted", "failed", "in_tok", "out_tok",
-            "cost_usd", "usd/query")
+_COLUMNS = (
+    "queries",
+    "ratio",
+    "calls",
+    "denied",
+    "exhausted",
+    "failed",
+    "in_tok",
+    "out_tok",
+    "cost_usd",
+    "usd/query",
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,9 +43,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "tokens, dollars and cap hits (denied calls; runs that ended budget_exhausted)."
         ),
     )
-    p.add_argument("store", help="trajectory store: a JSONL file or folder, jsonl:///…, sqlite:///…")
     p.add_argument(
-        "--by", action="append", metavar="DIMS",
+        "store", help="trajectory store: a JSONL file or folder, jsonl:///…, sqlite:///…"
+    )
+    p.add_argument(
+        "--by",
+        action="append",
+        metavar="DIMS",
         help="a grouping, e.g. tier or tier,expert (repeatable; default: tier, expert, tenant)",
     )
     p.add_argument("--tier", help="only runs of this tier")
@@ -111,7 +125,9 @@ def _table(dims: Sequence[str], rows: Sequence[ReportRow], label: tuple[str, ...
     lines.append("  ".join("-" * w for w in widths))
     for cells in body:
         key_part = [c.ljust(w) for c, w in zip(cells[: len(dims)], widths, strict=False)]
-        num_part = [c.rjust(w) for c, w in zip(cells[len(dims):], widths[len(dims):], strict=True)]
+        num_part = [
+            c.rjust(w) for c, w in zip(cells[len(dims) :], widths[len(dims) :], strict=True)
+        ]
         lines.append("  ".join(key_part + num_part))
     if not body:
         lines.append("(no runs)")
@@ -120,7 +136,14 @@ def _table(dims: Sequence[str], rows: Sequence[ReportRow], label: tuple[str, ...
 
 def _cells(r: ReportRow) -> list[str]:
     return [
-        str(r.queries), f"{r.expert_call_ratio:.2f}", str(r.expert_calls), str(r.denied_calls),
-        str(r.budget_exhausted), str(r.failed_calls), str(r.input_tokens), str(r.output_tokens),
-        f"{r.cost_usd:.6f}", f"{r.cost_per_query:.6f}",
+        str(r.queries),
+        f"{r.expert_call_ratio:.2f}",
+        str(r.expert_calls),
+        str(r.denied_calls),
+        str(r.budget_exhausted),
+        str(r.failed_calls),
+        str(r.input_tokens),
+        str(r.output_tokens),
+        f"{r.cost_usd:.6f}",
+        f"{r.cost_per_query:.6f}",
     ]

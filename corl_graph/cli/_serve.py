@@ -27,9 +27,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="server config file (.json or .toml)")
     parser.add_argument("--host", help="override the config's host")
     parser.add_argument("--port", type=int, help="override the config's port")
-    parser.add_argument("--check", action="store_true",
-                        help="run every check serve runs before it listens (keys, experts, "
-                        "policy, ledger reachable and writable), print the models and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run every check serve runs before it listens (keys, experts, "
+        "policy, ledger reachable and writable), print the models and exit",
+    )
     return parser
 
 
@@ -59,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     # Keep idle connections longer than clients do (httpx and the openai SDK expire theirs
     # after 5 s, uvicorn's default too): equal timeouts race, and a client that reuses a
     # connection the server is closing gets a ReadError on a request never processed.
-    uvicorn.run(create_app(config, config_path=args.config), host=config.host, port=config.port,
-                timeout_graceful_shutdown=grace, timeout_keep_alive=KEEP_ALIVE_S)
+    uvicorn.run(
+        create_app(config, config_path=args.config),
+        host=config.host,
+        port=config.port,
+        timeout_graceful_shutdown=grace,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
     return 0
 
 

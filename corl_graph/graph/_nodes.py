@@ -228,8 +228,13 @@ def fallback_action(view: PolicyView, router: RouterConfig, *, terminal: bool = 
         return Answer(texts[-1])
     fallback = router.resolved_fallback
     tried = {c.expert for c in view.calls}
-    if (not terminal and fallback and fallback not in tried and not view.budget_exhausted
-            and view.tier.allows(fallback)):
+    if (
+        not terminal
+        and fallback
+        and fallback not in tried
+        and not view.budget_exhausted
+        and view.tier.allows(fallback)
+    ):
         return CallExpert(fallback, view.query)
     return Answer("")
 

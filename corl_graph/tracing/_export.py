@@ -66,8 +66,8 @@ def configure_tracing(
     chosen = _protocol(protocol)
     exporter = _exporter(chosen, endpoint, _headers(headers))
     attributes: dict[str, str] = dict(resource_attributes or {})
-    attributes[SERVICE_NAME] = service_name or os.environ.get("OTEL_SERVICE_NAME") or (
-        _DEFAULT_SERVICE
+    attributes[SERVICE_NAME] = (
+        service_name or os.environ.get("OTEL_SERVICE_NAME") or (_DEFAULT_SERVICE)
     )
     provider = TracerProvider(resource=Resource.create(attributes))
     processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
@@ -101,8 +101,13 @@ def phoenix(
     headers = {"authorization": f"Bearer {key}"} if key else {}
     resource = {"openinference.project.name": project_name} if project_name else None
     return configure_tracing(
-        endpoint, "http/protobuf", headers, service_name,
-        resource_attributes=resource, batch=batch, set_global=set_global,
+        endpoint,
+        "http/protobuf",
+        headers,
+        service_name,
+        resource_attributes=resource,
+        batch=batch,
+        set_global=set_global,
     )
 
 
@@ -133,8 +138,12 @@ def langfuse(
     base = (host or os.environ.get("LANGFUSE_HOST") or _LANGFUSE_CLOUD).rstrip("/")
     token = base64.b64encode(f"{public}:{secret}".encode()).decode()
     return configure_tracing(
-        f"{base}/api/public/otel", "http/protobuf", {"Authorization": f"Basic {token}"},
-        service_name, batch=batch, set_global=set_global,
+        f"{base}/api/public/otel",
+        "http/protobuf",
+        {"Authorization": f"Basic {token}"},
+        service_name,
+        batch=batch,
+        set_global=set_global,
     )
 
 

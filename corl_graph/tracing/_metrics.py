@@ -23,10 +23,38 @@ __all__ = ["RouterMetrics"]
 _SCOPE = "corl_graph"
 
 # Bucket boundaries advised by the GenAI semantic conventions for these two histograms.
-_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                  16777216, 67108864)
-_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-                     40.96, 81.92)
+_TOKEN_BUCKETS = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
+)
+_DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
 
 # A call with one of these statuses reached the provider and has a duration worth recording.
 _REACHED = ("ok", "truncated", "failed", "timeout")
@@ -45,11 +73,15 @@ class RouterMetrics:
     def __init__(self, meter_provider: MeterProvider | None = None):
         meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
         self._tokens = meter.create_histogram(
-            A.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used per expert call",
+            A.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Tokens used per expert call",
             explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
         )
         self._duration = meter.create_histogram(
-            A.METRIC_DURATION, unit="s", description="Duration of expert calls",
+            A.METRIC_DURATION,
+            unit="s",
+            description="Duration of expert calls",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
         self._cost = meter.create_counter(

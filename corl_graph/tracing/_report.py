@@ -109,8 +109,17 @@ class _Acc:
 
     def row(self, key: tuple[str, ...], scope: int) -> ReportRow:
         return ReportRow(
-            key, self.queries, scope, self.with_calls, self.calls, self.denied, self.failed,
-            self.exhausted, self.input_tokens, self.output_tokens, self.cost,
+            key,
+            self.queries,
+            scope,
+            self.with_calls,
+            self.calls,
+            self.denied,
+            self.failed,
+            self.exhausted,
+            self.input_tokens,
+            self.output_tokens,
+            self.cost,
         )
 
 

@@ -44,5 +44,3 @@ def pg_drop(prefix: str) -> None:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         for table in ("audit", "tenant_totals", "query_totals", "reservations", "tenants", "meta"):
             conn.execute(f'DROP TABLE IF EXISTS "{prefix}{table}"')
-
-

@@ -39,14 +39,20 @@ class ScriptedChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _generate(
-        self, messages: list[BaseMessage], stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
     ) -> ChatResult:
         return self._result(messages)
 
     async def _agenerate(
-        self, messages: list[BaseMessage], stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any,
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
     ) -> ChatResult:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -54,11 +60,13 @@ class ScriptedChatModel(BaseChatModel):
 
 
 def tiers() -> TierSet:
-    return TierSet([
-        BudgetTier("zero", max_usd_per_query=0.0),
-        BudgetTier("low", max_usd_per_query=0.002),
-        BudgetTier("high", max_usd_per_query=0.05),
-    ])
+    return TierSet(
+        [
+            BudgetTier("zero", max_usd_per_query=0.0),
+            BudgetTier("low", max_usd_per_query=0.002),
+            BudgetTier("high", max_usd_per_query=0.05),
+        ]
+    )
 
 
 def make_config(
@@ -70,13 +78,23 @@ def make_config(
     experts: Sequence[str] = ("small",),
 ) -> RouterConfig:
     models = [
-        ChatModelExpert(name, ScriptedChatModel(reply=reply, delay_s=delay_s, fail=fail),
-                        PriceSheet(0.1 * (i + 1), 0.4 * (i + 1)), max_output_tokens=64,
-                        max_retries=0)
+        ChatModelExpert(
+            name,
+            ScriptedChatModel(reply=reply, delay_s=delay_s, fail=fail),
+            PriceSheet(0.1 * (i + 1), 0.4 * (i + 1)),
+            max_output_tokens=64,
+            max_retries=0,
+        )
         for i, name in enumerate(experts)
     ]
-    return RouterConfig(experts=models, policy=AlwaysExpert(list(experts)), tiers=tiers(),
-                        ledger=ledger, default_tier="low", fallback_expert=None)
+    return RouterConfig(
+        experts=models,
+        policy=AlwaysExpert(list(experts)),
+        tiers=tiers(),
+        ledger=ledger,
+        default_tier="low",
+        fallback_expert=None,
+    )
 
 
 def make_router(**kwargs: Any) -> Router:

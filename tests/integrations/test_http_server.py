@@ -20,22 +20,26 @@ KEYS = {"acme": "sk-acme", "beta": "sk-beta", "broke": "sk-broke"}
 
 
 def _server_config(**overrides: Any) -> ServerConfig:
-    return ServerConfig.parse({
-        "tenants": [
-            {"name": "acme", "limit_usd": 1.0, "api_keys": [KEYS["acme"]]},
-            {"name": "beta", "limit_usd": 1.0, "period": "day", "api_keys": [KEYS["beta"]]},
-            {"name": "broke", "limit_usd": 0.0, "api_keys": [KEYS["broke"]]},
-        ],
-        "max_request_bytes": 4096,
-        **overrides,
-    })
+    return ServerConfig.parse(
+        {
+            "tenants": [
+                {"name": "acme", "limit_usd": 1.0, "api_keys": [KEYS["acme"]]},
+                {"name": "beta", "limit_usd": 1.0, "period": "day", "api_keys": [KEYS["beta"]]},
+                {"name": "broke", "limit_usd": 0.0, "api_keys": [KEYS["broke"]]},
+            ],
+            "max_request_bytes": 4096,
+            **overrides,
+        }
+    )
 
 
-def _start(ledger: InMemoryLedger | None = None, grace_s: float = 5.0,
-           **router: Any) -> ServerThread:
+def _start(
+    ledger: InMemoryLedger | None = None, grace_s: float = 5.0, **router: Any
+) -> ServerThread:
     ledger = ledger or InMemoryLedger()
-    app = create_app(_server_config(shutdown_grace_s=grace_s),
-                     router_config=make_config(ledger=ledger, **router))
+    app = create_app(
+        _server_config(shutdown_grace_s=grace_s), router_config=make_config(ledger=ledger, **router)
+    )
     return ServerThread(app, graceful_timeout_s=grace_s).start()
 
 
@@ -62,8 +66,12 @@ def _close_clients() -> Iterator[None]:
 
 
 def _client(server: ServerThread, tenant: str = "acme", retries: int = 0) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS.get(tenant, tenant),
-                           max_retries=retries, timeout=20)
+    client = openai.OpenAI(
+        base_url=server.url + "/v1",
+        api_key=KEYS.get(tenant, tenant),
+        max_retries=retries,
+        timeout=20,
+    )
     _OPEN.append(client)
     return client
 
@@ -73,7 +81,8 @@ def test_models_health_and_a_completion(server: ServerThread) -> None:
     assert [m.id for m in client.models.list()] == ["corl-zero", "corl-low", "corl-high"]
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     reply = client.chat.completions.create(
-        model="corl-high", messages=[{"role": "user", "content": "Capital of France?"}])
+        model="corl-high", messages=[{"role": "user", "content": "Capital of France?"}]
+    )
     assert reply.choices[0].message.content == SENTENCE
     assert reply.usage is not None and reply.usage.total_tokens == 28
     assert (reply.usage.model_extra or {})["cost_usd"] > 0
@@ -82,9 +91,14 @@ def test_models_health_and_a_completion(server: ServerThread) -> None:
 
 def test_streaming_delivers_the_answer_in_chunks_with_usage(server: ServerThread) -> None:
     stream = _client(server).chat.completions.create(
-        model="corl-low", stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "system", "content": "Be brief."},
-                  {"role": "user", "content": "Capital of France?"}])
+        model="corl-low",
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+        ],
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == SENTENCE
@@ -94,12 +108,16 @@ def test_streaming_delivers_the_answer_in_chunks_with_usage(server: ServerThread
 
 def test_each_key_spends_and_sees_only_its_own_tenant(server: ServerThread) -> None:
     _client(server, "acme").chat.completions.create(
-        model="corl-high", messages=[{"role": "user", "content": "q"}],
-        extra_body={"tenant": "beta", "user": "beta"})  # the request cannot pick the tenant
-    acme = httpx.get(server.url + "/v1/budget",
-                     headers={"Authorization": f"Bearer {KEYS['acme']}"}).json()
-    beta = httpx.get(server.url + "/v1/budget",
-                     headers={"Authorization": f"Bearer {KEYS['beta']}"}).json()
+        model="corl-high",
+        messages=[{"role": "user", "content": "q"}],
+        extra_body={"tenant": "beta", "user": "beta"},
+    )  # the request cannot pick the tenant
+    acme = httpx.get(
+        server.url + "/v1/budget", headers={"Authorization": f"Bearer {KEYS['acme']}"}
+    ).json()
+    beta = httpx.get(
+        server.url + "/v1/budget", headers={"Authorization": f"Bearer {KEYS['beta']}"}
+    ).json()
     assert acme["tenant"] == "acme" and acme["committed_usd"] > 0
     assert beta["tenant"] == "beta" and beta["committed_usd"] == 0 and beta["period"] == "day"
 
@@ -141,7 +159,8 @@ def test_budget_exhaustion_is_429_and_not_retried(server: ServerThread) -> None:
 def test_upstream_failure_is_502() -> None:
     with _start(fail=True) as server, pytest.raises(openai.InternalServerError) as info:
         _client(server).chat.completions.create(
-            model="corl-low", messages=[{"role": "user", "content": "q"}])
+            model="corl-low", messages=[{"role": "user", "content": "q"}]
+        )
     assert info.value.status_code == 502 and info.value.code == "upstream_error"
 
 
@@ -149,9 +168,11 @@ def _request_in_thread(server: ServerThread, out: dict[str, Any]) -> threading.T
     def send() -> None:
         try:
             out["response"] = httpx.post(
-                server.url + "/v1/chat/completions", timeout=30,
+                server.url + "/v1/chat/completions",
+                timeout=30,
                 headers={"Authorization": f"Bearer {KEYS['acme']}"},
-                json={"model": "corl-high", "messages": [{"role": "user", "content": "q"}]})
+                json={"model": "corl-high", "messages": [{"role": "user", "content": "q"}]},
+            )
         except httpx.HTTPError as exc:
             out["error"] = exc
 

@@ -49,8 +49,9 @@ async def test_compiled_router_is_a_subgraph_checkpointed_in_sqlite(
     with caplog.at_level(logging.WARNING):
         async with open_checkpointer(url) as saver:
             app = _app_with_compiled_router(saver)
-            out = await app.ainvoke({"draft": " 2 + 2 "}, config,
-                                    context=RouterContext("high", "acme"))
+            out = await app.ainvoke(
+                {"draft": " 2 + 2 "}, config, context=RouterContext("high", "acme")
+            )
             assert out["answer"] == "4"
         async with open_checkpointer(url) as saver:  # reopened: the state was persisted
             app = _app_with_compiled_router(saver)
@@ -86,8 +87,16 @@ async def test_router_node_maps_plain_keys_and_reads_the_tier_from_state() -> No
         routing: dict[str, Any]
 
     parent = StateGraph(Plain)
-    parent.add_node("route", router_node(make_router(), query_key="question", answer_key="reply",
-                                         result_key="routing", tier_key="budget"))
+    parent.add_node(
+        "route",
+        router_node(
+            make_router(),
+            query_key="question",
+            answer_key="reply",
+            result_key="routing",
+            tier_key="budget",
+        ),
+    )
     parent.add_edge(START, "route")
     app = parent.compile()
     out = await app.ainvoke({"question": "2 + 2?", "budget": "zero"})

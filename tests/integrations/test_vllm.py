@@ -35,7 +35,7 @@ START_TIMEOUT_S = float(os.environ.get("CORL_VLLM_START_TIMEOUT_S", "300"))
 
 # Runs inside the vLLM venv (it has torch and transformers); argv[1] = output folder,
 # argv[2] = a text file to train the tokenizer on.
-BUILD_MODEL = r'''
+BUILD_MODEL = r"""
 import sys
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -64,7 +64,7 @@ config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=25
                      pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
 LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
 print("built", len(fast))
-'''
+"""
 
 EXPERTS = [ExpertDescriptor("small", 0.1, 0.4, "cheap")]
 
@@ -73,8 +73,13 @@ def _corpus() -> str:
     parts = [render_system_prompt(EXPERTS)]
     for tier in ("low", "medium", "high"):
         parts.append(render_user_prompt("What is 2 + 2?", tier, 0.002))
-    parts += ['<call expert="small">2 + 2</call>', "<answer>4</answer>", "<think>ok</think>",
-              '<expert name="small">4</expert>', "0123456789 $ . , ? = + - * /"]
+    parts += [
+        '<call expert="small">2 + 2</call>',
+        "<answer>4</answer>",
+        "<think>ok</think>",
+        '<expert name="small">4</expert>',
+        "0123456789 $ . , ? = + - * /",
+    ]
     return "\n".join(parts)
 
 
@@ -85,12 +90,15 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     folder = tmp_path_factory.mktemp("vllm")
     model_dir, corpus = folder / "tiny-llama", folder / "corpus.txt"
     corpus.write_text(_corpus())
-    subprocess.run([VLLM_PYTHON, "-c", BUILD_MODEL, str(model_dir), str(corpus)], check=True,
-                   timeout=300, capture_output=True)
+    subprocess.run(
+        [VLLM_PYTHON, "-c", BUILD_MODEL, str(model_dir), str(corpus)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     model_dir = _ppo_checkpoint(model_dir, folder / "ppo")
     port = free_port()
-    command = vllm_serve_command(str(model_dir), python=VLLM_PYTHON, port=port,
-                                 max_model_len=1024)
+    command = vllm_serve_command(str(model_dir), python=VLLM_PYTHON, port=port, max_model_len=1024)
     log = (folder / "vllm.log").open("wb")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -114,16 +122,34 @@ def _ppo_checkpoint(model_dir: Path, out: Path) -> Path:
     from corl_graph.experts import OutcomeTable, ReplayExpert
 
     rows = [
-        dict(query_id=f"q{i}", split="train", prompt=f"What is {i} + {i}?", reference=str(2 * i),
-             model="small", correct=1.0, answer=str(2 * i), input_tokens=10, output_tokens=2,
-             cost_usd=1e-6)
+        dict(
+            query_id=f"q{i}",
+            split="train",
+            prompt=f"What is {i} + {i}?",
+            reference=str(2 * i),
+            model="small",
+            correct=1.0,
+            answer=str(2 * i),
+            input_tokens=10,
+            output_tokens=2,
+            cost_usd=1e-6,
+        )
         for i in range(4)
     ]
     table = OutcomeTable.from_rows(rows, prices={"small": PriceSheet(0.1, 0.4)})
     config = PPOConfig(
-        model=str(model_dir), output_dir=str(out), table="unused", experts=("small",),
-        tiers=(BudgetTier("low", 0.002),), iterations=1, episodes_per_iter=2, minibatch_size=2,
-        ppo_epochs=1, max_new_tokens=6, max_steps=2, progress=False,
+        model=str(model_dir),
+        output_dir=str(out),
+        table="unused",
+        experts=("small",),
+        tiers=(BudgetTier("low", 0.002),),
+        iterations=1,
+        episodes_per_iter=2,
+        minibatch_size=2,
+        ppo_epochs=1,
+        max_new_tokens=6,
+        max_steps=2,
+        progress=False,
     )
     queries = [QuerySpec(q.query_id, q.prompt or "", q.reference) for q in table.split("train")]
     PPOTrainer(config, experts=[ReplayExpert(table, "small")], queries=queries).train()
@@ -158,11 +184,18 @@ async def test_llm_policy_records_vllm_token_ids_and_logprobs(
     vllm_server: tuple[str, str],
 ) -> None:
     base_url, model = vllm_server
-    controller = ChatOpenAI(model=model, base_url=base_url, api_key=SecretStr("EMPTY"),
-                            max_completion_tokens=12, temperature=1.0, max_retries=0,
-                            timeout=300)
-    expert = ChatModelExpert("small", ScriptedChatModel(), PriceSheet(0.1, 0.4),
-                             description="cheap")
+    controller = ChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=SecretStr("EMPTY"),
+        max_completion_tokens=12,
+        temperature=1.0,
+        max_retries=0,
+        timeout=300,
+    )
+    expert = ChatModelExpert(
+        "small", ScriptedChatModel(), PriceSheet(0.1, 0.4), description="cheap"
+    )
     router = Router(RouterConfig([expert], LLMPolicy(controller, timeout_s=300), max_steps=2))
     result = await router.arun("What is 2 + 2?", tier="low")
     written = [s for s in result.trajectory.segments if s.kind == "controller"]

@@ -48,14 +48,26 @@ def fake_vllm(
         body = await request.json()
         seen.append(body)
         names = [f"token_id:{i}" if ids_in_logprobs else "x" for i in REPLY_IDS]
-        logprobs = {"content": [{"token": n, "logprob": -0.5, "bytes": None, "top_logprobs": []}
-                                for n in names]}
+        logprobs = {
+            "content": [
+                {"token": n, "logprob": -0.5, "bytes": None, "top_logprobs": []} for n in names
+            ]
+        }
         return {
-            "id": "c1", "object": "chat.completion", "created": 0, "model": "ctrl",
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "ctrl",
             "prompt_token_ids": [1, 2, 3],
-            "choices": [{"index": 0, "finish_reason": "stop", "token_ids": REPLY_IDS,
-                         "logprobs": logprobs if body.get("logprobs") else None,
-                         "message": {"role": "assistant", "content": "<answer>4</answer>"}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "token_ids": REPLY_IDS,
+                    "logprobs": logprobs if body.get("logprobs") else None,
+                    "message": {"role": "assistant", "content": "<answer>4</answer>"},
+                }
+            ],
             "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
         }
 
@@ -63,8 +75,9 @@ def fake_vllm(
 
 
 def test_serve_command_has_the_documented_flags() -> None:
-    command = vllm_serve_command("/ckpt", python="/venv/bin/python", port=9000,
-                                 served_model_name="ctrl")
+    command = vllm_serve_command(
+        "/ckpt", python="/venv/bin/python", port=9000, served_model_name="ctrl"
+    )
     assert command[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     for flag in ("--enforce-eager", "--dtype", "bfloat16", "--max-model-len", "512"):
         assert flag in command
@@ -73,8 +86,9 @@ def test_serve_command_has_the_documented_flags() -> None:
 
 async def test_check_passes_on_a_vllm_like_endpoint() -> None:
     app, seen = fake_vllm()
-    report = await check_controller_endpoint("http://vllm/v1", "ctrl",
-                                             transport=httpx.ASGITransport(app))
+    report = await check_controller_endpoint(
+        "http://vllm/v1", "ctrl", transport=httpx.ASGITransport(app)
+    )
     assert report.ok, report.problems
     assert report.renders_protocol and report.returns_token_ids
     assert report.prompt_tokens and report.prompt_tokens > 100
@@ -83,12 +97,14 @@ async def test_check_passes_on_a_vllm_like_endpoint() -> None:
 
 async def test_check_lists_every_problem() -> None:
     app, _ = fake_vllm(ids_in_logprobs=False, template_drops="<budget:low>")
-    report = await check_controller_endpoint("http://vllm", "ctrl",
-                                             transport=httpx.ASGITransport(app))
+    report = await check_controller_endpoint(
+        "http://vllm", "ctrl", transport=httpx.ASGITransport(app)
+    )
     assert not report.ok and not report.renders_protocol and not report.returns_token_ids
     assert len(report.problems) == 2
-    missing = await check_controller_endpoint("http://vllm", "other",
-                                              transport=httpx.ASGITransport(app))
+    missing = await check_controller_endpoint(
+        "http://vllm", "other", transport=httpx.ASGITransport(app)
+    )
     assert "not served" in missing.problems[0]
     down = await check_controller_endpoint("http://127.0.0.1:9", "ctrl", timeout_s=2)
     assert isinstance(down, ControllerEndpointCheck) and "unreachable" in down.problems[0]
@@ -96,8 +112,13 @@ async def test_check_lists_every_problem() -> None:
 
 def _controller(app: FastAPI) -> ChatOpenAI:
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app))
-    return ChatOpenAI(model="ctrl", base_url="http://vllm/v1", api_key=SecretStr("EMPTY"),
-                      http_async_client=client, max_retries=0)
+    return ChatOpenAI(
+        model="ctrl",
+        base_url="http://vllm/v1",
+        api_key=SecretStr("EMPTY"),
+        http_async_client=client,
+        max_retries=0,
+    )
 
 
 async def test_llm_policy_captures_token_ids_and_logprobs_through_chat_openai() -> None:

@@ -126,13 +126,20 @@ def _payload(behavior: Behavior, body: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 0,
         "model": body.get("model"),
-        "choices": [{"index": 0, "finish_reason": behavior.finish_reason,
-                     "message": {"role": "assistant", "content": content}}],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": behavior.finish_reason,
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
     }
     if behavior.usage:
-        out["usage"] = {"prompt_tokens": behavior.prompt_tokens,
-                        "completion_tokens": behavior.completion_tokens,
-                        "total_tokens": behavior.prompt_tokens + behavior.completion_tokens}
+        out["usage"] = {
+            "prompt_tokens": behavior.prompt_tokens,
+            "completion_tokens": behavior.completion_tokens,
+            "total_tokens": behavior.prompt_tokens + behavior.completion_tokens,
+        }
     return out
 
 

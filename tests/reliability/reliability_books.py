@@ -37,14 +37,25 @@ def tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 def chat_model(fake: FakeOpenAI, model: str, *, timeout_s: float = 10.0) -> ChatOpenAI:
     """The real OpenAI client path: no client-side retries, so our retries are the only ones."""
-    return ChatOpenAI(model=model, base_url=fake.base_url, api_key=SecretStr("sk-test-key-0000"),
-                      max_retries=0, timeout=timeout_s)
+    return ChatOpenAI(
+        model=model,
+        base_url=fake.base_url,
+        api_key=SecretStr("sk-test-key-0000"),
+        max_retries=0,
+        timeout=timeout_s,
+    )
 
 
-def expert(fake: FakeOpenAI, model: str, *, name: str | None = None, **limits: Any
-           ) -> ChatModelExpert:
-    limits = {"max_output_tokens": 64, "max_retries": 0, "retry_backoff_s": 0.01,
-              "timeout_s": 5.0, **limits}
+def expert(
+    fake: FakeOpenAI, model: str, *, name: str | None = None, **limits: Any
+) -> ChatModelExpert:
+    limits = {
+        "max_output_tokens": 64,
+        "max_retries": 0,
+        "retry_backoff_s": 0.01,
+        "timeout_s": 5.0,
+        **limits,
+    }
     return ChatModelExpert(name or model, chat_model(fake, model), PRICE, **limits)
 
 
@@ -71,8 +82,12 @@ async def check_books(
     assert closed == reserved, "a reservation was settled twice, or never closed"
     audited = math.fsum(e.amount_usd for e in audit if e.event == "settled")
     assert math.isclose(audited, spend.settled_usd, abs_tol=TOL)
-    return {"traced": traced, "routed": routed, "settled": spend.settled_usd,
-            "reservations": float(len(reserved))}
+    return {
+        "traced": traced,
+        "routed": routed,
+        "settled": spend.settled_usd,
+        "reservations": float(len(reserved)),
+    }
 
 
 def _cost(attributes: Mapping[str, Any]) -> float:

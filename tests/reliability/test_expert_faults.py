@@ -41,8 +41,14 @@ def _router(
     provider, exporter = tracing()
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 100.0, "total"))
     policy = policy or ScriptedPolicy([CallExpert(experts[0].name, QUESTION), Aggregate()])
-    rc = RouterConfig(experts=experts, policy=policy, ledger=ledger, tracer_provider=provider,
-                      default_tier="high", **config)  # type: ignore[arg-type]
+    rc = RouterConfig(
+        experts=experts,
+        policy=policy,
+        ledger=ledger,
+        tracer_provider=provider,
+        default_tier="high",
+        **config,
+    )  # type: ignore[arg-type]
     return Router(rc), ledger, exporter
 
 
@@ -157,8 +163,7 @@ async def test_malformed_controller_output_falls_back(fake: FakeOpenAI) -> None:
 
 async def test_query_deadline_cuts_a_slow_expert_short(fake: FakeOpenAI) -> None:
     fake.behave("slow", Behavior(delay_s=4.0))
-    router, ledger, exporter = _router([expert(fake, "slow", timeout_s=10)],
-                                       query_timeout_s=0.5)
+    router, ledger, exporter = _router([expert(fake, "slow", timeout_s=10)], query_timeout_s=0.5)
     result = await _run(router, within_s=1.5)
     assert result.stop_reason == "deadline" and result.answer is None
     assert result.calls[0].status == "timeout" and result.cost_usd > 0  # may have been billed
@@ -189,9 +194,12 @@ async def test_deadline_keeps_answers_already_paid_for(fake: FakeOpenAI) -> None
 
 async def test_mixed_faults_under_concurrency_keep_the_books(fake: FakeOpenAI) -> None:
     behaviors = {
-        "ok": Behavior(), "r429": Behavior(status=429, fail_first=6),
-        "e500": Behavior(status=500), "slow": Behavior(delay_s=2.0),
-        "cut": Behavior(cut=True), "nousage": Behavior(usage=False),
+        "ok": Behavior(),
+        "r429": Behavior(status=429, fail_first=6),
+        "e500": Behavior(status=500),
+        "slow": Behavior(delay_s=2.0),
+        "cut": Behavior(cut=True),
+        "nousage": Behavior(usage=False),
         "length": Behavior(finish_reason="length"),
     }
     for name, behavior in behaviors.items():
@@ -204,8 +212,14 @@ async def test_mixed_faults_under_concurrency_keep_the_books(fake: FakeOpenAI) -
     async def one(i: int) -> RouteResult:
         picks = [names[i % len(names)], names[(i * 3 + 1) % len(names)]]
         policy = ScriptedPolicy([CallExpert(n, f"{QUESTION} #{i}") for n in picks])
-        rc = RouterConfig(experts=experts, policy=policy, ledger=ledger, default_tier="high",
-                          tracer_provider=provider, query_timeout_s=3.0)
+        rc = RouterConfig(
+            experts=experts,
+            policy=policy,
+            ledger=ledger,
+            default_tier="high",
+            tracer_provider=provider,
+            query_timeout_s=3.0,
+        )
         return await Router(rc).arun(QUESTION)
 
     started = time.monotonic()

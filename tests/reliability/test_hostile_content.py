@@ -46,8 +46,9 @@ ATTACKS = [
 ]
 hostile = st.one_of(
     st.sampled_from(ATTACKS),
-    st.lists(st.sampled_from([*ATTACKS, "<", ">", "&", "&amp;", "<budget:", "low>", " "]),
-             max_size=8).map("".join),
+    st.lists(
+        st.sampled_from([*ATTACKS, "<", ">", "&", "&amp;", "<budget:", "low>", " "]), max_size=8
+    ).map("".join),
     st.text(max_size=200),
 )
 
@@ -61,10 +62,21 @@ _BUDGET = re.compile(r"<budget:([^>]*)>")
 
 def _view(query: str, tier: str, turns: list[Turn]) -> PolicyView:
     t = TIERS[tier]
-    return PolicyView(query=query, query_id="q", tier=t, tier_names=tuple(TIERS), experts=EXPERTS,
-                      transcript=tuple(turns), steps=(), calls=(), spent_usd=0.0,
-                      remaining_usd=t.max_usd_per_query, step=len(turns), max_steps=8,
-                      budget_exhausted=False)
+    return PolicyView(
+        query=query,
+        query_id="q",
+        tier=t,
+        tier_names=tuple(TIERS),
+        experts=EXPERTS,
+        transcript=tuple(turns),
+        steps=(),
+        calls=(),
+        spent_usd=0.0,
+        remaining_usd=t.max_usd_per_query,
+        step=len(turns),
+        max_steps=8,
+        budget_exhausted=False,
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -116,11 +128,18 @@ async def test_parrot_controller_cannot_be_steered_by_a_hostile_expert(
     ctrl = fake.behave("parrot", Behavior(content=lambda msgs: str(msgs[-1]["content"])))
     provider, exporter = tracing()
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 1.0, "total"))
-    router = Router(RouterConfig(
-        experts=[expert(fake, "small"), expert(fake, "big")],
-        policy=LLMPolicy(chat_model(fake, "parrot")), ledger=ledger, tracer_provider=provider,
-        tiers=TIERS, default_tier="low", max_steps=4, fallback_expert="small",
-    ))
+    router = Router(
+        RouterConfig(
+            experts=[expert(fake, "small"), expert(fake, "big")],
+            policy=LLMPolicy(chat_model(fake, "parrot")),
+            ledger=ledger,
+            tracer_provider=provider,
+            tiers=TIERS,
+            default_tier="low",
+            max_steps=4,
+            fallback_expert="small",
+        )
+    )
     result = await router.arun(f"What is 2 + 2? {attack}", tier="low")
     assert big.calls == 0, "hostile text made the controller call another expert"
     assert [c.expert for c in result.calls] == ["small"]  # the fallback expert, once
@@ -145,5 +164,6 @@ def test_router_tier_comes_from_the_caller_only(query: str) -> None:
     policy = ScriptedPolicy([])
     small = ChatModelExpert("small", FakeChatModel(query or "x"), PriceSheet(0.1, 0.4))
     result = Router(RouterConfig(experts=[small], policy=policy, tiers=TIERS)).run(
-        query, tier="low")
+        query, tier="low"
+    )
     assert result.tier == "low" and all(v.tier.name == "low" for v in policy.views)

@@ -23,16 +23,18 @@ OLD, NEW = "sk-acme-old-0123456789", "sk-acme-new-0123456789"
 
 def _file(path: Path, keys: list[str], revoked: tuple[str, ...] = (), extra: str = "") -> None:
     data: dict[str, Any] = {
-        "tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": keys,
-                     "revoked_api_keys": list(revoked)}],
+        "tenants": [
+            {"name": "acme", "limit_usd": 1.0, "api_keys": keys, "revoked_api_keys": list(revoked)}
+        ],
         "ledger_url": "memory://",
     }
     path.write_text(json.dumps(data) + extra)
 
 
 def _status(server: ServerThread, key: str) -> int:
-    return httpx.get(f"{server.url}/v1/models", headers={"authorization": f"Bearer {key}"},
-                     timeout=10).status_code
+    return httpx.get(
+        f"{server.url}/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=10
+    ).status_code
 
 
 def test_revoked_and_new_keys_take_effect_without_a_restart(
@@ -42,8 +44,13 @@ def test_revoked_and_new_keys_take_effect_without_a_restart(
     path = tmp_path / "serve.json"
     _file(path, [OLD])
     small = ChatModelExpert("small", FakeChatModel("4"), PriceSheet(1.0, 1.0))
-    rc = RouterConfig(experts=[small], policy=AlwaysExpert(["small"]), ledger=InMemoryLedger(),
-                      tiers=default_tiers(), default_tier="low")
+    rc = RouterConfig(
+        experts=[small],
+        policy=AlwaysExpert(["small"]),
+        ledger=InMemoryLedger(),
+        tiers=default_tiers(),
+        default_tier="low",
+    )
     app = create_app(ServerConfig.load(path), router_config=rc, config_path=path)
     with ServerThread(app) as server:
         assert (_status(server, OLD), _status(server, NEW)) == (200, 401)
@@ -62,8 +69,7 @@ def test_sighup_forces_a_reload_and_new_tenants_need_a_restart(
     path = tmp_path / "serve.json"
     _file(path, [OLD])
     seen: list[tuple[dict[str, str], set[str]]] = []
-    watcher = _keys.KeyFile(path, {"acme"}, lambda k, r: seen.append((k, r)),
-                            clock=lambda: 0.0)
+    watcher = _keys.KeyFile(path, {"acme"}, lambda k, r: seen.append((k, r)), clock=lambda: 0.0)
     watcher.check()  # unchanged, and within RELOAD_S: nothing read
     data = json.loads(path.read_text())
     data["tenants"].append({"name": "zed", "limit_usd": 1, "api_keys": ["sk-zed-0123"]})

@@ -54,8 +54,14 @@ def _recording(calls: list[str], text: str) -> Callable[[str], str]:
 def _router(ledger: Ledger, model: FakeChatModel) -> tuple[Router, InMemorySpanExporter]:
     provider, exporter = tracing()
     small = ChatModelExpert("small", model, PRICE, max_output_tokens=64, max_retries=0)
-    rc = RouterConfig(experts=[small], policy=AlwaysExpert(["small"]), ledger=ledger,
-                      tracer_provider=provider, default_tier="high", query_timeout_s=10)
+    rc = RouterConfig(
+        experts=[small],
+        policy=AlwaysExpert(["small"]),
+        ledger=ledger,
+        tracer_provider=provider,
+        default_tier="high",
+        query_timeout_s=10,
+    )
     return Router(rc), exporter
 
 
@@ -111,8 +117,9 @@ async def test_postgres_connections_killed_mid_run_recover(pg_app: tuple[str, st
 
 
 async def test_postgres_unreachable_fails_closed() -> None:
-    ledger = PostgresLedger("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=1,
-                            default_budget=BUDGET)
+    ledger = PostgresLedger(
+        "postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=1, default_budget=BUDGET
+    )
     calls: list[str] = []
     router, _ = _router(ledger, FakeChatModel(_recording(calls, "4")))
     result = await asyncio.wait_for(router.arun("2 + 2?"), 15)

@@ -56,8 +56,9 @@ async def test_sigkill_mid_load_then_restart_loses_no_spend(tmp_path: Path) -> N
     try:
         await asyncio.to_thread(bench.wait_healthy, url, proc)
         first = bench.LoadResult()
-        load = asyncio.create_task(bench.run_load(
-            url, requests=400, concurrency=16, max_seconds=30, result=first))
+        load = asyncio.create_task(
+            bench.run_load(url, requests=400, concurrency=16, max_seconds=30, result=first)
+        )
         while first.ok < 25 and not load.done():
             await asyncio.sleep(0.01)
         proc.kill()  # SIGKILL with requests in flight: no drain, no settle_open

@@ -42,11 +42,18 @@ def _router(fake: FakeOpenAI, tiers: TierSet, tier: str) -> tuple[Router, InMemo
     fake.behave("decoder", Behavior(content=lambda msgs: html.unescape(str(msgs[-1]["content"]))))
     provider, exporter = tracing()
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 1.0, "total"))
-    router = Router(RouterConfig(
-        experts=[expert(fake, "small"), expert(fake, "big")],
-        policy=LLMPolicy(chat_model(fake, "decoder")), ledger=ledger, tracer_provider=provider,
-        tiers=tiers, default_tier=tier, max_steps=3, fallback_expert="small",
-    ))
+    router = Router(
+        RouterConfig(
+            experts=[expert(fake, "small"), expert(fake, "big")],
+            policy=LLMPolicy(chat_model(fake, "decoder")),
+            ledger=ledger,
+            tracer_provider=provider,
+            tiers=tiers,
+            default_tier=tier,
+            max_steps=3,
+            fallback_expert="small",
+        )
+    )
     return router, ledger, exporter
 
 
@@ -85,10 +92,16 @@ async def test_a_forbidden_expert_is_denied_even_when_called_directly(fake: Fake
     big = fake.behave("big", Behavior(content="The answer is 5."))
     ledger = InMemoryLedger(default_budget=TenantBudget("*", 1.0, "total"))
     call = await call_expert_with_budget(
-        expert(fake, "big"), ExpertRequest("q", "2+2?", "2+2?"),
+        expert(fake, "big"),
+        ExpertRequest("q", "2+2?", "2+2?"),
         hold=PerAttemptHold(ledger).for_run(),
-        tier=BudgetTier("low", 0.5, experts=["small"]), tenant="t", run_id="r",
-        tracer=RouterTracer(), extract=lambda text: text, spent_usd=0.0)
+        tier=BudgetTier("low", 0.5, experts=["small"]),
+        tenant="t",
+        run_id="r",
+        tracer=RouterTracer(),
+        extract=lambda text: text,
+        spent_usd=0.0,
+    )
     assert call.status == "denied" and "may not call expert 'big'" in (call.error or "")
     assert big.calls == 0 and await ledger.audit() == []
 
@@ -104,20 +117,35 @@ KEYS = {"open": "sk-open-0123456789", "closed": "sk-closed-0123456789"}
 
 
 def _server_config(**tenant_closed: object) -> ServerConfig:
-    return ServerConfig.parse({
-        "tenants": [
-            {"name": "open", "limit_usd": 1.0, "api_keys": [KEYS["open"]]},
-            {"name": "closed", "limit_usd": 1.0, "api_keys": [KEYS["closed"]],
-             "allowed_experts": ["small"], **tenant_closed},
-        ],
-        "experts": [
-            {"kind": "openai", "name": "small", "model": "m", "price": {"input_usd_per_mtok": 1,
-                                                      "output_usd_per_mtok": 1}},
-            {"kind": "openai", "name": "big", "model": "m", "price": {"input_usd_per_mtok": 1,
-                                                    "output_usd_per_mtok": 1}},
-        ],
-        "ledger_url": "memory://",
-    })
+    return ServerConfig.parse(
+        {
+            "tenants": [
+                {"name": "open", "limit_usd": 1.0, "api_keys": [KEYS["open"]]},
+                {
+                    "name": "closed",
+                    "limit_usd": 1.0,
+                    "api_keys": [KEYS["closed"]],
+                    "allowed_experts": ["small"],
+                    **tenant_closed,
+                },
+            ],
+            "experts": [
+                {
+                    "kind": "openai",
+                    "name": "small",
+                    "model": "m",
+                    "price": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 1},
+                },
+                {
+                    "kind": "openai",
+                    "name": "big",
+                    "model": "m",
+                    "price": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 1},
+                },
+            ],
+            "ledger_url": "memory://",
+        }
+    )
 
 
 class AsksForBig:
@@ -140,14 +168,24 @@ def test_a_tenant_allow_list_holds_on_every_tier_of_the_server() -> None:
         ChatModelExpert("big", big_model, PriceSheet(1.0, 1.0)),
     ]
     policy = AsksForBig()
-    rc = RouterConfig(experts=experts, policy=policy, ledger=InMemoryLedger(),
-                      tiers=TierSet([BudgetTier("low", 0.5), BudgetTier("high", 0.5)]),
-                      default_tier="low", fallback_expert="small")
+    rc = RouterConfig(
+        experts=experts,
+        policy=policy,
+        ledger=InMemoryLedger(),
+        tiers=TierSet([BudgetTier("low", 0.5), BudgetTier("high", 0.5)]),
+        default_tier="low",
+        fallback_expert="small",
+    )
     with ServerThread(create_app(_server_config(), router_config=rc)) as server:
+
         def chat(key: str, model: str) -> httpx.Response:
             body = {"model": model, "messages": [{"role": "user", "content": "2 + 2?"}]}
-            return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=20,
-                              headers={"authorization": f"Bearer {key}"})
+            return httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json=body,
+                timeout=20,
+                headers={"authorization": f"Bearer {key}"},
+            )
 
         for model in ("corl-low", "corl-high"):
             closed = chat(KEYS["closed"], model)

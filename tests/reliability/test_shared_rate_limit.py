@@ -32,21 +32,29 @@ def _redis_reason() -> str | None:
 
 
 def _replica(key: str, redis_url: str) -> ServerThread:
-    config = ServerConfig.parse({
-        "tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": [key]}],
-        "ledger_url": "memory://",
-        # 3 at once, then one every 100 s: the test never sees a refill
-        "rate_limit": {"requests_per_s": 0.01, "burst": 3, "redis_url": redis_url},
-    })
+    config = ServerConfig.parse(
+        {
+            "tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": [key]}],
+            "ledger_url": "memory://",
+            # 3 at once, then one every 100 s: the test never sees a refill
+            "rate_limit": {"requests_per_s": 0.01, "burst": 3, "redis_url": redis_url},
+        }
+    )
     small = ChatModelExpert("small", FakeChatModel("4"), PriceSheet(1.0, 1.0))
-    rc = RouterConfig(experts=[small], policy=AlwaysExpert(["small"]), ledger=InMemoryLedger(),
-                      tiers=default_tiers(), default_tier="low")
+    rc = RouterConfig(
+        experts=[small],
+        policy=AlwaysExpert(["small"]),
+        ledger=InMemoryLedger(),
+        tiers=default_tiers(),
+        default_tier="low",
+    )
     return ServerThread(create_app(config, router_config=rc)).start()
 
 
 def _get(server: ServerThread, key: str) -> httpx.Response:
-    return httpx.get(f"{server.url}/v1/models", headers={"authorization": f"Bearer {key}"},
-                     timeout=10)
+    return httpx.get(
+        f"{server.url}/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=10
+    )
 
 
 @pytest.mark.skipif(_redis_reason() is not None, reason=_redis_reason() or "")
@@ -66,8 +74,10 @@ def test_two_replicas_on_one_redis_enforce_one_limit() -> None:
         b.stop()
 
 
-@pytest.mark.skipif(_redis_reason() is not None and "client" in (_redis_reason() or ""),
-                    reason="the redis client is not installed")
+@pytest.mark.skipif(
+    _redis_reason() is not None and "client" in (_redis_reason() or ""),
+    reason="the redis client is not installed",
+)
 def test_an_unreachable_redis_lets_requests_through_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -48,23 +48,33 @@ def _attrs(kvs: Any) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in kvs if isinstance(kv, KeyValue)}
 
 
-def _records(req: trace_service_pb2.ExportTraceServiceRequest, transport: str,
-             headers: dict[str, str]) -> list[dict[str, Any]]:
+def _records(
+    req: trace_service_pb2.ExportTraceServiceRequest, transport: str, headers: dict[str, str]
+) -> list[dict[str, Any]]:
     out = []
     for rs in req.resource_spans:
         resource = _attrs(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
-                out.append({
-                    "transport": transport, "headers": headers, "resource": resource,
-                    "scope": ss.scope.name, "trace_id": span.trace_id.hex(),
-                    "span_id": span.span_id.hex(), "parent_span_id": span.parent_span_id.hex(),
-                    "name": span.name, "kind": Span.SpanKind.Name(span.kind),
-                    "attributes": _attrs(span.attributes),
-                    "events": [{"name": e.name, "attributes": _attrs(e.attributes)}
-                               for e in span.events],
-                    "status": {"code": span.status.code, "message": span.status.message},
-                })
+                out.append(
+                    {
+                        "transport": transport,
+                        "headers": headers,
+                        "resource": resource,
+                        "scope": ss.scope.name,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
+                        "name": span.name,
+                        "kind": Span.SpanKind.Name(span.kind),
+                        "attributes": _attrs(span.attributes),
+                        "events": [
+                            {"name": e.name, "attributes": _attrs(e.attributes)}
+                            for e in span.events
+                        ],
+                        "status": {"code": span.status.code, "message": span.status.message},
+                    }
+                )
     return out
 
 

@@ -15,8 +15,15 @@ from corl_graph.trajectories import Trajectory
 
 
 def _run(tier: str, tenant: str, *calls: ExpertCall, stop: str = "answered") -> Trajectory:
-    return Trajectory("q", tier, tenant, f"{tier}-{tenant}-{len(calls)}", calls=list(calls),
-                      cost_usd=sum(c.cost_usd for c in calls), stop_reason=stop)
+    return Trajectory(
+        "q",
+        tier,
+        tenant,
+        f"{tier}-{tenant}-{len(calls)}",
+        calls=list(calls),
+        cost_usd=sum(c.cost_usd for c in calls),
+        stop_reason=stop,
+    )
 
 
 def _ok(expert: str, tin: int, tout: int, usd: float) -> ExpertCall:
@@ -24,9 +31,14 @@ def _ok(expert: str, tin: int, tout: int, usd: float) -> ExpertCall:
 
 
 RUNS = [
-    _run("low", "acme"),                                             # controller alone
-    _run("low", "acme", _ok("small", 10, 5, 0.001),
-         ExpertCall("big", "q", "denied"), stop="budget_exhausted"),  # cap hit
+    _run("low", "acme"),  # controller alone
+    _run(
+        "low",
+        "acme",
+        _ok("small", 10, 5, 0.001),
+        ExpertCall("big", "q", "denied"),
+        stop="budget_exhausted",
+    ),  # cap hit
     _run("high", "acme", _ok("small", 10, 5, 0.001), _ok("big", 20, 40, 0.03)),
     _run("high", "globex", ExpertCall("big", "q", "timeout", cost_usd=0.05, estimated=True)),
 ]
@@ -92,8 +104,10 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_table_with_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write(tmp_path / "runs.jsonl")
-    assert main(["report", str(tmp_path / "runs.jsonl"), "--by", "tier,expert",
-                 "--tenant", "acme"]) == 0
+    assert (
+        main(["report", str(tmp_path / "runs.jsonl"), "--by", "tier,expert", "--tenant", "acme"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "cost_usd" in out and "globex" not in out
     assert out.splitlines()[0].split()[:3] == ["tier", "expert", "queries"]

@@ -14,10 +14,19 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from corl_graph._exceptions import ConfigError
 from corl_graph.tracing import _export, configure_tracing, langfuse, phoenix
 
-_OTEL_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-              "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-              "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
-              "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST", "PHOENIX_API_KEY")
+_OTEL_VARS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "LANGFUSE_PUBLIC_KEY",
+    "LANGFUSE_SECRET_KEY",
+    "LANGFUSE_HOST",
+    "PHOENIX_API_KEY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -67,8 +76,13 @@ def test_environment_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
-    provider = configure_tracing("http://127.0.0.1:4318", "http/protobuf",
-                                 service_name="from-arg", batch=False, set_global=False)
+    provider = configure_tracing(
+        "http://127.0.0.1:4318",
+        "http/protobuf",
+        service_name="from-arg",
+        batch=False,
+        set_global=False,
+    )
     exporter = _exporter_of(provider)
     assert isinstance(exporter, HttpExporter)
     assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
@@ -76,12 +90,15 @@ def test_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None
     provider.shutdown()
 
 
-@pytest.mark.parametrize(("given", "url"), [
-    ("http://h:4318", "http://h:4318/v1/traces"),
-    ("http://h:4318/", "http://h:4318/v1/traces"),
-    ("http://h:4318/v1/traces", "http://h:4318/v1/traces"),
-    ("https://lf.example/api/public/otel", "https://lf.example/api/public/otel/v1/traces"),
-])
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("http://h:4318", "http://h:4318/v1/traces"),
+        ("http://h:4318/", "http://h:4318/v1/traces"),
+        ("http://h:4318/v1/traces", "http://h:4318/v1/traces"),
+        ("https://lf.example/api/public/otel", "https://lf.example/api/public/otel/v1/traces"),
+    ],
+)
 def test_http_endpoint_gets_the_traces_path(given: str, url: str) -> None:
     assert _export._http_traces_url(given) == url
 
@@ -97,7 +114,9 @@ def test_bad_settings_name_the_fix() -> None:
 
 def test_header_string_is_parsed_like_the_env_var() -> None:
     assert _export._headers("Authorization=Basic%20abc, x-tenant = acme") == {
-        "authorization": "Basic abc", "x-tenant": "acme"}
+        "authorization": "Basic abc",
+        "x-tenant": "acme",
+    }
 
 
 def test_langfuse_uses_its_otel_endpoint_and_basic_auth(captured: dict[str, Any]) -> None:

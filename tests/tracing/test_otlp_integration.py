@@ -101,8 +101,12 @@ def _check_traces(results: list[RouteResult], spans: list[dict[str, Any]]) -> No
 
 
 async def test_spans_arrive_over_otlp_http(receiver: Receiver) -> None:
-    provider = configure_tracing(f"http://127.0.0.1:{receiver.http_port}", "http/protobuf",
-                                 headers={"x-corl-test": "http"}, set_global=False)
+    provider = configure_tracing(
+        f"http://127.0.0.1:{receiver.http_port}",
+        "http/protobuf",
+        headers={"x-corl-test": "http"},
+        set_global=False,
+    )
     try:
         results = await _route(provider)
     finally:
@@ -140,11 +144,17 @@ def phoenix_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not binary:
         pytest.skip("set CORL_PHOENIX_BIN to a phoenix executable (own venv) to test Phoenix")
     port = 16006
-    env = {**os.environ, "PHOENIX_WORKING_DIR": str(tmp_path_factory.mktemp("phoenix")),
-           "PHOENIX_PORT": str(port), "PHOENIX_GRPC_PORT": "14317", "PHOENIX_HOST": "127.0.0.1",
-           "PHOENIX_TELEMETRY_ENABLED": "false"}
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "PHOENIX_WORKING_DIR": str(tmp_path_factory.mktemp("phoenix")),
+        "PHOENIX_PORT": str(port),
+        "PHOENIX_GRPC_PORT": "14317",
+        "PHOENIX_HOST": "127.0.0.1",
+        "PHOENIX_TELEMETRY_ENABLED": "false",
+    }
+    proc = subprocess.Popen(
+        [binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # about 60 s on a 2-core machine
@@ -180,8 +190,11 @@ async def test_spans_arrive_in_phoenix(phoenix_url: str) -> None:
     chats = [s for s in spans if s["name"].startswith("chat ")]
     assert len(chats) == 4 and {s["span_kind"] for s in chats} == {"LLM"}
     for result in results:
-        cost = sum(s["attributes"]["llm.cost.total"] for s in chats
-                   if s["context"]["trace_id"] == result.trace_id)
+        cost = sum(
+            s["attributes"]["llm.cost.total"]
+            for s in chats
+            if s["context"]["trace_id"] == result.trace_id
+        )
         assert cost == pytest.approx(result.cost_usd)
 
 
@@ -192,19 +205,30 @@ def test_server_spans_arrive_in_phoenix(phoenix_url: str) -> None:
     Each request is one trace whose chat spans carry the cost the response reported, with the
     tenant as ``user.id`` and the caller's session header as ``session.id`` on the root.
     """
-    config = ServerConfig.parse({
-        "tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": ["sk-acme"]}],
-        "tracing": {"exporter": "phoenix", "endpoint": phoenix_url, "project_name": "corl-server"},
-    })
+    config = ServerConfig.parse(
+        {
+            "tenants": [{"name": "acme", "limit_usd": 1.0, "api_keys": ["sk-acme"]}],
+            "tracing": {
+                "exporter": "phoenix",
+                "endpoint": phoenix_url,
+                "project_name": "corl-server",
+            },
+        }
+    )
     router = make_router(None)
     running = ServerThread(create_app(config, router_config=router.config)).start()
     costs: list[float] = []
     try:
-        with openai.OpenAI(base_url=running.url + "/v1", api_key="sk-acme", max_retries=0,
-                           default_headers={"x-session-id": "phoenix-check"}) as client:
+        with openai.OpenAI(
+            base_url=running.url + "/v1",
+            api_key="sk-acme",
+            max_retries=0,
+            default_headers={"x-session-id": "phoenix-check"},
+        ) as client:
             for question in ("What is 2 + 2?", "What is 3 + 5?"):
                 reply = client.chat.completions.create(
-                    model="corl-low", messages=[{"role": "user", "content": question}])
+                    model="corl-low", messages=[{"role": "user", "content": question}]
+                )
                 assert reply.usage is not None
                 costs.append(float((reply.usage.model_extra or {})["cost_usd"]))
     finally:
@@ -227,8 +251,11 @@ def test_server_spans_arrive_in_phoenix(phoenix_url: str) -> None:
     assert {r["attributes"]["session.id"] for r in roots} == {"phoenix-check"}
     chats = [s for s in spans if s["name"].startswith("chat ")]
     per_trace = sorted(
-        sum(s["attributes"]["llm.cost.total"] for s in chats
-            if s["context"]["trace_id"] == r["context"]["trace_id"])
+        sum(
+            s["attributes"]["llm.cost.total"]
+            for s in chats
+            if s["context"]["trace_id"] == r["context"]["trace_id"]
+        )
         for r in roots
     )
     assert per_trace == pytest.approx(sorted(costs))

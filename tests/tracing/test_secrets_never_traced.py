@@ -26,20 +26,43 @@ def _reply(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
     prompt = body["messages"][-1]["content"]
     if "reject" in prompt:
-        return httpx.Response(401, json={"error": {
-            "message": f"Incorrect API key provided: {SECRET}. Header was 'Bearer {SECRET}'",
-            "type": "invalid_request_error", "code": "invalid_api_key"}})
-    return httpx.Response(200, json={
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "The answer is 4."}}],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
-    })
+        return httpx.Response(
+            401,
+            json={
+                "error": {
+                    "message": (
+                        f"Incorrect API key provided: {SECRET}. Header was 'Bearer {SECRET}'"
+                    ),
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            },
+        )
+    return httpx.Response(
+        200,
+        json={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "gpt-4o-mini-2024",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "The answer is 4."},
+                }
+            ],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+        },
+    )
 
 
 def _openai_expert() -> ChatOpenAI:
     return ChatOpenAI(
-        model="gpt-4o-mini", api_key=SECRET, base_url="http://openai.invalid/v1", max_retries=0,
+        model="gpt-4o-mini",
+        api_key=SECRET,
+        base_url="http://openai.invalid/v1",
+        max_retries=0,
         http_async_client=httpx.AsyncClient(transport=httpx.MockTransport(_reply)),
     )
 

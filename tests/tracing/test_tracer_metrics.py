@@ -14,8 +14,10 @@ async def test_token_usage_histogram_by_token_type(
     result = await make_router(None, meter_provider).arun("What is 2+2?", tenant="acme")
     points = metric_points(metric_reader)["gen_ai.client.token.usage"]
     assert {p["unit"] for p in points} == {"{token}"}
-    by_type = {t: sum(p["sum"] for p in points if p["attributes"]["gen_ai.token.type"] == t)
-               for t in ("input", "output")}
+    by_type = {
+        t: sum(p["sum"] for p in points if p["attributes"]["gen_ai.token.type"] == t)
+        for t in ("input", "output")
+    }
     assert by_type == {"input": result.input_tokens, "output": result.output_tokens}
     assert all(p["count"] == 1 for p in points)  # one record per call and token type
     attrs = points[0]["attributes"]
@@ -39,12 +41,20 @@ async def test_cost_counter_by_tier_expert_and_tenant(
     meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
     router = make_router(None, meter_provider)
-    results = [await router.arun("What is 2+2?", tenant=t, tier=tier)
-               for t, tier in (("acme", "low"), ("acme", "high"), ("globex", "low"))]
+    results = [
+        await router.arun("What is 2+2?", tenant=t, tier=tier)
+        for t, tier in (("acme", "low"), ("acme", "high"), ("globex", "low"))
+    ]
     points = metric_points(metric_reader)["corl.cost"]
     assert {p["unit"] for p in points} == {"USD"}
-    spend = {(p["attributes"]["corl.budget.tier"], p["attributes"]["corl.expert"],
-              p["attributes"]["corl.tenant"]): p["value"] for p in points}
+    spend = {
+        (
+            p["attributes"]["corl.budget.tier"],
+            p["attributes"]["corl.expert"],
+            p["attributes"]["corl.tenant"],
+        ): p["value"]
+        for p in points
+    }
     runs = (("acme", "low"), ("acme", "high"), ("globex", "low"))
     assert set(spend) == {(tier, e, t) for t, tier in runs for e in ("small", "big")}
     assert sum(spend.values()) == pytest.approx(sum(r.cost_usd for r in results))
@@ -61,4 +71,3 @@ async def test_denied_calls_counted_but_not_timed(
     assert calls == {"ok": 1, "denied": 1}
     assert sum(p["count"] for p in points["gen_ai.client.operation.duration"]) == 1
     assert {p["attributes"]["corl.expert"] for p in points["corl.cost"]} == {"small"}
-

@@ -77,8 +77,12 @@ async def test_decisions_are_events_with_the_action(
     tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
 ) -> None:
     await make_router(tracer_provider).arun("What is 2+2?")
-    events = [e for s in by_name(span_exporter.get_finished_spans(), "corl.step think")
-              for e in s.events if e.name == "corl.decision"]
+    events = [
+        e
+        for s in by_name(span_exporter.get_finished_spans(), "corl.step think")
+        for e in s.events
+        if e.name == "corl.decision"
+    ]
     events.sort(key=lambda e: e.timestamp)
     actions = [(e.attributes or {})["corl.action"] for e in events]
     assert actions == ["call", "call", "aggregate"]
@@ -93,14 +97,19 @@ async def test_denied_call_is_an_event_not_a_failed_client_call(
     result = await make_router(tracer_provider, max_calls=1).arun("What is 2+2?")
     assert [c.status for c in result.calls] == ["ok", "denied"]
     spans = span_exporter.get_finished_spans()
-    denied = next(s for s in by_name(spans, "chat ")
-                  if (s.attributes or {})["corl.call.status"] == "denied")
+    denied = next(
+        s for s in by_name(spans, "chat ") if (s.attributes or {})["corl.call.status"] == "denied"
+    )
     assert denied.status.status_code is StatusCode.UNSET  # refused before sending: no failure
     assert "error.type" not in (denied.attributes or {})
     assert denied.attributes["corl.budget.denied"] is True  # type: ignore[index]
     assert denied.attributes["gen_ai.usage.cost"] == 0.0  # type: ignore[index]
-    events = [e for s in by_name(spans, "corl.step call_expert") for e in s.events
-              if e.name == "corl.budget.denied"]
+    events = [
+        e
+        for s in by_name(spans, "corl.step call_expert")
+        for e in s.events
+        if e.name == "corl.budget.denied"
+    ]
     assert len(events) == 1 and (events[0].attributes or {})["corl.expert"] == "big"
 
 
@@ -134,8 +143,13 @@ async def test_failed_call_records_error_without_the_key(
 async def test_content_recorded_only_when_opted_in(
     tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
 ) -> None:
-    content_keys = {"input.value", "output.value", "gen_ai.input.messages",
-                    "gen_ai.output.messages", "corl.action.detail"}
+    content_keys = {
+        "input.value",
+        "output.value",
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "corl.action.detail",
+    }
     await make_router(tracer_provider).arun("What is 2+2?")
     spans = span_exporter.get_finished_spans()
     seen = {k for s in spans for k in (s.attributes or {})}

@@ -35,19 +35,23 @@ def make_router(
     **config: Any,
 ) -> Router:
     pool = list(experts or [fake_expert("small"), fake_expert("big", price=10.0)])
-    tiers = TierSet([
-        BudgetTier("low", max_usd_per_query=max_usd, max_expert_calls=max_calls),
-        BudgetTier("high", max_usd_per_query=1.0),
-    ])
-    return Router(RouterConfig(
-        experts=pool,
-        policy=AlwaysExpert([e.name for e in pool]),
-        tiers=tiers,
-        default_tier="low",
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        **config,
-    ))
+    tiers = TierSet(
+        [
+            BudgetTier("low", max_usd_per_query=max_usd, max_expert_calls=max_calls),
+            BudgetTier("high", max_usd_per_query=1.0),
+        ]
+    )
+    return Router(
+        RouterConfig(
+            experts=pool,
+            policy=AlwaysExpert([e.name for e in pool]),
+            tiers=tiers,
+            default_tier="low",
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            **config,
+        )
+    )
 
 
 def by_name(spans: Sequence[ReadableSpan], prefix: str) -> list[ReadableSpan]:

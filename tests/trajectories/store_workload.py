@@ -10,7 +10,10 @@ def append_many(url: str, worker: int, n: int = 25) -> None:
     store = open_store(url)
     for i in range(n):
         t = Trajectory(
-            query="q", tier="low", tenant="acme", query_id=f"id{worker * 100 + i}",
+            query="q",
+            tier="low",
+            tenant="acme",
+            query_id=f"id{worker * 100 + i}",
             segments=[Segment("controller", "c", (3,), (-0.5,))],
             calls=[ExpertCall("e", "sub", "ok")],
         )

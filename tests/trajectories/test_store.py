@@ -26,11 +26,17 @@ from corl_graph.trajectories import (
 
 def _traj(i: int, tier: str = "low", tenant: str = "acme", at: float = 1000.0) -> Trajectory:
     return Trajectory(
-        query=f"q{i}", tier=tier, tenant=tenant, query_id=f"id{i}", policy="p", created_at=at,
+        query=f"q{i}",
+        tier=tier,
+        tenant=tenant,
+        query_id=f"id{i}",
+        policy="p",
+        created_at=at,
         segments=[Segment("prompt", "p", (1, 2)), Segment("controller", "c", (3,), (-0.5,))],
         steps=[StepRecord(0, "answer", "4")],
         calls=[ExpertCall("e", "sub", "ok", text="4", answer="4", cost_usd=1e-6)],
-        answer="4", cost_usd=1e-6,
+        answer="4",
+        cost_usd=1e-6,
     )
 
 
@@ -115,8 +121,9 @@ async def test_store_append_is_a_router_trajectory_sink(url: str) -> None:
     chat = FakeListChatModel(responses=["It is 4."])
     small = ChatModelExpert("small", chat, PriceSheet(0.1, 0.4))
     store = open_store(url)
-    router = Router(RouterConfig(experts=[small], policy=ControllerOnly("small")),
-                    trajectory_sink=store.append)
+    router = Router(
+        RouterConfig(experts=[small], policy=ControllerOnly("small")), trajectory_sink=store.append
+    )
     await router.arun("What is 2 + 2?", tier="low", tenant="acme", query_id="q")
     (t,) = list(store.iter(tenant="acme"))
     assert t.answer == "4" and t.calls[0].expert == "small" and t.tier == "low"
