@@ -27,7 +27,14 @@ __all__ = ["ROUTER_STATE_TYPES", "open_checkpointer", "router_serde"]
 
 # Every class that can appear in RouterState; keep in step with corl_graph/graph/_state.py.
 ROUTER_STATE_TYPES: tuple[type[Any], ...] = (
-    Turn, StepRecord, ExpertCall, Segment, Think, CallExpert, Aggregate, Answer,
+    Turn,
+    StepRecord,
+    ExpertCall,
+    Segment,
+    Think,
+    CallExpert,
+    Aggregate,
+    Answer,
 )
 
 _ACCEPTED = "memory://, sqlite:///relative.db, sqlite:////absolute.db, postgresql://user@host/db"
@@ -39,7 +46,7 @@ def router_serde(extra_types: Iterable[type[Any]] = ()) -> JsonPlusSerializer:
     >>> serde = router_serde()
     >>> from corl_graph.protocol import Answer
     >>> serde.loads_typed(serde.dumps_typed(Answer("4")))
-    Answer(text='4')
+    Answer(text='4', kind='answer')
     """
     allowed = [*ROUTER_STATE_TYPES, *extra_types]
     return JsonPlusSerializer(allowed_msgpack_modules=allowed)

@@ -93,17 +93,21 @@ def create_app(
 
     >>> from corl_graph.integrations import ServerConfig
     >>> cfg = ServerConfig.parse({"tenants": [{"name": "acme", "limit_usd": 5, "api_keys": ["k"]}],
-    ...     "experts": [{"name": "small", "model": "gpt-4o-mini",
+    ...     "experts": [{"kind": "openai", "name": "small", "model": "gpt-4o-mini",
     ...                  "price": {"input_usd_per_mtok": 0.15, "output_usd_per_mtok": 0.6}}],
     ...     "ledger_url": "memory://"})
     >>> sorted(r.path for r in create_app(cfg).routes if r.path.startswith("/v1"))
-    ['/v1/budget', '/v1/chat/completions', '/v1/models']
+    ['/v1/budget', '/v1/chat/completions', '/v1/models', '/v1/models/{model_id}']
     """
-    base_ledger = (router_config.ledger if router_config and router_config.ledger
-                   else config.open_ledger())
+    base_ledger = (
+        router_config.ledger if router_config and router_config.ledger else config.open_ledger()
+    )
     ledger = TrackingLedger(base_ledger)
-    rc = (replace(router_config, ledger=ledger) if router_config is not None
-          else config.router_config(ledger))
+    rc = (
+        replace(router_config, ledger=ledger)
+        if router_config is not None
+        else config.router_config(ledger)
+    )
     tracer = None
     if rc.tracer_provider is None:  # a caller's own provider wins over the file's
         tracer = server_tracer_provider(config.tracing)
@@ -117,14 +121,21 @@ def create_app(
         budgets={t.name: TenantBudget(t.name, t.limit_usd, t.period) for t in config.tenants},
         query_ids=_recorded_prompts(rc),
         revoked=config.revoked_keys(),
-        allowed={t.name: frozenset(t.allowed_tiers) for t in config.tenants
-                 if t.allowed_tiers is not None},
+        allowed={
+            t.name: frozenset(t.allowed_tiers)
+            for t in config.tenants
+            if t.allowed_tiers is not None
+        },
         limiter=_limiter(config),
-        routers={t.name: Router(replace(rc, tiers=narrowed(rc.tiers, t.allowed_experts)))
-                 for t in config.tenants if t.allowed_experts is not None},
+        routers={
+            t.name: Router(replace(rc, tiers=narrowed(rc.tiers, t.allowed_experts)))
+            for t in config.tenants
+            if t.allowed_experts is not None
+        },
     )
 
     if config_path is not None:
+
         def apply(keys: dict[str, str], revoked: set[str]) -> None:
             state.keys, state.revoked = keys, revoked
 
@@ -161,8 +172,10 @@ def _limiter(config: ServerConfig) -> RateLimiter | RedisRateLimiter | None:
 def narrowed(tiers: TierSet, experts: list[str]) -> TierSet:
     """``tiers`` with each tier's allow-list cut down to ``experts`` (a tenant's)."""
     return TierSet(
-        replace(t, experts=frozenset(experts) & frozenset(
-            t.experts if t.experts is not None else experts))
+        replace(
+            t,
+            experts=frozenset(experts) & frozenset(t.experts if t.experts is not None else experts),
+        )
         for t in tiers.values()
     )
 
@@ -193,22 +206,28 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         code = "not_found" if exc.status_code == 404 else "invalid_request"
         body = ApiError(exc.status_code, str(exc.detail), type="invalid_request_error", code=code)
         # A 405 keeps its Allow header (RFC 9110): it says which methods the path takes.
-        return JSONResponse(body.body(), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            body.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(LedgerError)
     async def ledger_down(request: Request, exc: LedgerError) -> JSONResponse:
         log.error("ledger unavailable: %s", exc)  # the message names the database: log only
-        body = ApiError(503, "the budget ledger is unavailable; nothing was charged, retry later",
-                        type="server_error", code="ledger_unavailable")
+        body = ApiError(
+            503,
+            "the budget ledger is unavailable; nothing was charged, retry later",
+            type="server_error",
+            code="ledger_unavailable",
+        )
         return JSONResponse(body.body(), status_code=503, headers={"retry-after": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug of ours, never the client's input: logged whole, answered without detail.
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        body = ApiError(500, "internal error (logged on the server)", type="server_error",
-                        code="internal_error")
+        body = ApiError(
+            500, "internal error (logged on the server)", type="server_error", code="internal_error"
+        )
         return JSONResponse(body.body(), status_code=500)
 
     @app.get("/health")
@@ -219,8 +238,15 @@ def _add_routes(app: FastAPI, state: _State) -> None:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         tenant = await _tenant(request, state)
-        data = [{"id": f"{state.config.model_prefix}{tier}", "object": "model", "created": 0,
-                 "owned_by": "corl_graph"} for tier in _tiers_of(tenant, state)]
+        data = [
+            {
+                "id": f"{state.config.model_prefix}{tier}",
+                "object": "model",
+                "created": 0,
+                "owned_by": "corl_graph",
+            }
+            for tier in _tiers_of(tenant, state)
+        ]
         return {"object": "list", "data": data}
 
     @app.get("/v1/models/{model_id}")
@@ -234,17 +260,24 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         tenant = await _tenant(request, state)
         spend = await state.ledger.tenant_spend(tenant)
         limit = state.budgets[tenant]
-        return {"tenant": tenant, "period": limit.period, "limit_usd": limit.limit_usd,
-                "committed_usd": spend.committed_usd, "settled_usd": spend.settled_usd,
-                "held_usd": spend.held_usd, "calls": spend.calls,
-                "remaining_usd": max(limit.limit_usd - spend.committed_usd, 0.0)}
+        return {
+            "tenant": tenant,
+            "period": limit.period,
+            "limit_usd": limit.limit_usd,
+            "committed_usd": spend.committed_usd,
+            "settled_usd": spend.settled_usd,
+            "held_usd": spend.held_usd,
+            "calls": spend.calls,
+            "remaining_usd": max(limit.limit_usd - spend.committed_usd, 0.0),
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         tenant = await _tenant(request, state)
         if state.draining:
-            raise ApiError(503, "the server is shutting down", type="server_error",
-                           code="shutting_down")
+            raise ApiError(
+                503, "the server is shutting down", type="server_error", code="shutting_down"
+            )
         chat = parse_request(await _body(request, state.config.max_request_bytes))
         tier = _tier_of(chat.model, state, tenant)
         await _check_tenant_budget(state, tenant)
@@ -254,23 +287,32 @@ def _add_routes(app: FastAPI, state: _State) -> None:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return StreamingResponse(
                 sse_chunks(result, chat.model, include_usage=include_usage, stop=stop),
-                media_type="text/event-stream")
+                media_type="text/event-stream",
+            )
         return JSONResponse(completion(result, chat.model, stop))
 
 
 async def _tenant(request: Request, state: _State) -> str:
     headers = request.headers.getlist("authorization")
     if len(headers) > 1:  # which one would pay? refuse rather than guess
-        raise ApiError(400, "send one Authorization header, not several",
-                       type="invalid_request_error", code="invalid_request",
-                       param="authorization")
+        raise ApiError(
+            400,
+            "send one Authorization header, not several",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="authorization",
+        )
     header = headers[0] if headers else ""
     if state.key_file is not None:
         state.key_file.check()
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
-                       type="invalid_request_error", code="invalid_api_key")
+        raise ApiError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            type="invalid_request_error",
+            code="invalid_api_key",
+        )
     key = key.strip()
     # Compare against every key in constant time, so timing does not reveal a key's prefix.
     owner = None
@@ -281,11 +323,16 @@ async def _tenant(request: Request, state: _State) -> str:
     for known in state.revoked:
         revoked |= hmac.compare_digest(known.encode(), key.encode())
     if revoked:
-        raise ApiError(401, "this API key has been revoked", type="invalid_request_error",
-                       code="invalid_api_key")
+        raise ApiError(
+            401,
+            "this API key has been revoked",
+            type="invalid_request_error",
+            code="invalid_api_key",
+        )
     if owner is None:
-        raise ApiError(401, "incorrect API key", type="invalid_request_error",
-                       code="invalid_api_key")
+        raise ApiError(
+            401, "incorrect API key", type="invalid_request_error", code="invalid_api_key"
+        )
     limiter = state.limiter
     wait = 0.0
     if isinstance(limiter, RedisRateLimiter):  # one bucket across replicas and workers
@@ -293,17 +340,25 @@ async def _tenant(request: Request, state: _State) -> str:
     elif limiter is not None:
         wait = limiter.take(key)
     if limiter is not None and wait > 0:
-        raise ApiError(429, f"rate limit of {limiter.rate:g} requests/s (burst "
-                       f"{limiter.burst}) reached for this API key; retry in {wait:.2f}s",
-                       type="requests", code="rate_limit_exceeded",
-                       headers={"retry-after": str(max(1, round(wait + 0.5)))})
+        raise ApiError(
+            429,
+            f"rate limit of {limiter.rate:g} requests/s (burst "
+            f"{limiter.burst}) reached for this API key; retry in {wait:.2f}s",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(max(1, round(wait + 0.5)))},
+        )
     return owner
 
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    too_large = ApiError(413, f"the request body exceeds {limit} bytes",
-                         type="invalid_request_error", code="request_too_large")
+    too_large = ApiError(
+        413,
+        f"the request body exceeds {limit} bytes",
+        type="invalid_request_error",
+        code="request_too_large",
+    )
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
@@ -324,12 +379,17 @@ def _tier_of(model: str, state: _State, tenant: str) -> str:
     # Only the model name picks the tier, never the messages; a tier the tenant may not use
     # is answered exactly like one that does not exist, so it cannot be discovered.
     prefix = state.config.model_prefix
-    tier = model[len(prefix):] if model.startswith(prefix) else None
+    tier = model[len(prefix) :] if model.startswith(prefix) else None
     tiers = _tiers_of(tenant, state)
     if tier is None or tier not in tiers:
         names = ", ".join(f"{prefix}{t}" for t in tiers)
-        raise ApiError(404, f"the model {model!r} does not exist; models: {names}",
-                       type="invalid_request_error", code="model_not_found", param="model")
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist; models: {names}",
+            type="invalid_request_error",
+            code="model_not_found",
+            param="model",
+        )
     return tier
 
 
@@ -361,15 +421,20 @@ async def _check_tenant_budget(state: _State, tenant: str) -> None:
     spent, held = await _in_flight_usd(state, tenant)
     budget = state.budgets[tenant]
     if spent + held >= budget.limit_usd - _EPS:
-        raise _exhausted(f"tenant {tenant!r} has spent its {budget.period} budget of "
-                         f"${budget.limit_usd:g}", spent=spent, held=held, limit=budget.limit_usd)
+        raise _exhausted(
+            f"tenant {tenant!r} has spent its {budget.period} budget of ${budget.limit_usd:g}",
+            spent=spent,
+            held=held,
+            limit=budget.limit_usd,
+        )
 
 
 def _exhausted(message: str, *, spent: float, held: float, limit: float) -> ApiError:
     if held > _EPS and spent < limit - _EPS:
         return budget_exhausted(
             f"{message}; ${held:.6f} of it is held by calls in flight, retry once they settle",
-            retry_after_s=RETRY_HELD_S)
+            retry_after_s=RETRY_HELD_S,
+        )
     return budget_exhausted(message)
 
 
@@ -383,38 +448,54 @@ def _session_of(request: Request) -> str | None:
     if value is None:
         return None
     if not _SESSION.fullmatch(value):
-        raise ApiError(400, "x-session-id must be 1-128 visible ASCII characters",
-                       type="invalid_request_error", code="invalid_request",
-                       param="x-session-id")
+        raise ApiError(
+            400,
+            "x-session-id must be 1-128 visible ASCII characters",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="x-session-id",
+        )
     return value
 
 
-async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str,
-                 session_id: str | None = None) -> RouteResult:
+async def _route(
+    state: _State, chat: ChatRequest, tier: str, tenant: str, session_id: str | None = None
+) -> RouteResult:
     query = chat.query()
     expert_chat = chat.expert_chat()
     query_id = (chat.metadata or {}).get("query_id") or state.query_ids.get(query)
     task = asyncio.create_task(
-        _router_of(state, tenant).arun(query, tier=tier, tenant=tenant, query_id=query_id,
-                                       chat=expert_chat, session_id=session_id)
+        _router_of(state, tenant).arun(
+            query,
+            tier=tier,
+            tenant=tenant,
+            query_id=query_id,
+            chat=expert_chat,
+            session_id=session_id,
+        )
     )
     # Tracked so that shutdown can wait for it, and cancel it after the grace period.
     state.tasks.add(task)
     try:
         result = await asyncio.shield(task)
     except ToolsUnsupportedError as exc:
-        raise ApiError(400, _public(str(exc), state), type="invalid_request_error",
-                       code="invalid_request",
-                       param="tools" if chat.tools else "response_format") from exc
+        raise ApiError(
+            400,
+            _public(str(exc), state),
+            type="invalid_request_error",
+            code="invalid_request",
+            param="tools" if chat.tools else "response_format",
+        ) from exc
     except ConfigError as exc:
-        raise ApiError(400, _public(str(exc), state), type="invalid_request_error",
-                       code="invalid_request") from exc
+        raise ApiError(
+            400, _public(str(exc), state), type="invalid_request_error", code="invalid_request"
+        ) from exc
     except QueryTimeoutError as exc:
-        raise ApiError(504, _public(str(exc), state), type="server_error",
-                       code="timeout") from exc
+        raise ApiError(504, _public(str(exc), state), type="server_error", code="timeout") from exc
     except asyncio.CancelledError:
-        raise ApiError(503, "the request was cancelled by shutdown", type="server_error",
-                       code="shutting_down") from None
+        raise ApiError(
+            503, "the request was cancelled by shutdown", type="server_error", code="shutting_down"
+        ) from None
     finally:
         if task.done():
             state.tasks.discard(task)
@@ -423,8 +504,12 @@ async def _route(state: _State, chat: ChatRequest, tier: str, tenant: str,
     result = await _checked(result, state, tenant)
     if expert_chat is not None and expert_chat.wants_tool_call and not result.tool_calls:
         # OpenAI's contract: with "required" or a named function the answer is a tool call.
-        raise ApiError(502, "tool_choice requires a tool call and no expert answered with one",
-                       type="api_error", code="upstream_error")
+        raise ApiError(
+            502,
+            "tool_choice requires a tool call and no expert answered with one",
+            type="api_error",
+            code="upstream_error",
+        )
     return result
 
 
@@ -435,8 +520,7 @@ async def _checked(result: RouteResult, state: _State, tenant: str) -> RouteResu
         if error.scope != "tenant":  # the tier's cap: the same request is refused again
             raise budget_exhausted(message)
         spent, held = await _in_flight_usd(state, tenant)
-        raise _exhausted(message, spent=spent, held=held,
-                         limit=state.budgets[tenant].limit_usd)
+        raise _exhausted(message, spent=spent, held=held, limit=state.budgets[tenant].limit_usd)
     if error is not None:
         log.warning("no answer for tenant %r: %s", tenant, error)
         raise ApiError(502, _public(str(error), state), type="api_error", code="upstream_error")
@@ -477,8 +561,9 @@ async def _drain(state: _State) -> None:
         log.warning("budget slices not settled, they stay charged in full: %s", exc)
     settled = await state.ledger.settle_open(reason="server shutdown")
     if settled:
-        log.warning("settled %d reservation(s) of cancelled calls at their reserved amount",
-                    settled)
+        log.warning(
+            "settled %d reservation(s) of cancelled calls at their reserved amount", settled
+        )
     await state.ledger.reconcile()
     await state.ledger.aclose()
     if isinstance(state.limiter, RedisRateLimiter):

@@ -23,16 +23,29 @@ class ServerThread:
     True
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 graceful_timeout_s: float | None = None, start_timeout_s: float = 20.0):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        graceful_timeout_s: float | None = None,
+        start_timeout_s: float = 20.0,
+    ):
         import uvicorn
 
         self.host = host
         self.port = port or _free_port(host)
         # uvicorn's hint says int, but it only ever awaits with this timeout: a float works.
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                lifespan="on", timeout_keep_alive=30,  # see cli/_serve.py
-                                timeout_graceful_shutdown=graceful_timeout_s)  # type: ignore[arg-type]
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=30,  # see cli/_serve.py
+            timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]
+        )
         self.server = uvicorn.Server(config)
         self._start_timeout_s = start_timeout_s
         self._thread = threading.Thread(target=self.server.run, name="corl-server", daemon=True)
@@ -60,8 +73,12 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 

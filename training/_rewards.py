@@ -69,7 +69,7 @@ def format_penalty(format_errors: int, *, per_error: float = 0.1, cap: float = 0
     >>> format_penalty(0), format_penalty(2), format_penalty(10)
     (0.0, -0.2, -0.5)
     """
-    return -min(per_error * max(format_errors, 0), cap)
+    return 0.0 - min(per_error * max(format_errors, 0), cap)  # 0.0, not -0.0, without errors
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,8 +120,10 @@ class PerAttemptHold(BudgetHold):
     """Every attempt reserved and settled on the ledger itself (the default).
 
     >>> import asyncio
-    >>> from corl_graph.budget import BudgetTier, InMemoryLedger, ReservationRequest, Usage
-    >>> hold = PerAttemptHold(InMemoryLedger()).for_run()
+    >>> from corl_graph.budget import (
+    ...     BudgetTier, InMemoryLedger, ReservationRequest, TenantBudget, Usage)
+    >>> ledger = InMemoryLedger(default_budget=TenantBudget("*", 1.0, "total"))
+    >>> hold = PerAttemptHold(ledger).for_run()
     >>> async def one_call():
     ...     req = ReservationRequest("acme", "run-1", BudgetTier("low", 0.01), "gpt", 0.002, 9, 9)
     ...     r = await hold.reserve(req)

@@ -11,7 +11,9 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    """>>> p = Progress(4, "demo", stream=sys.stdout, tty=False); p.advance(4)
+    """A progress line for long CLI steps: a bar on a terminal, plain lines otherwise.
+
+    >>> p = Progress(4, "demo", stream=sys.stdout, tty=False); p.advance(4)
     demo 4/4 (100%)
     """
 

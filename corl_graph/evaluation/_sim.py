@@ -13,7 +13,8 @@ outcomes with the same rules as the graph, so what is learned here carries over:
   score; else the final answer against the reference where both exist, else the recorded
   score of the expert whose reply was the answer.
 
-``tests/evaluation/test_sim.py`` checks it against the graph on real queries.
+``tests/evaluation/test_learned_router.py`` (``test_graph_and_simulation_take_the_same_decisions``)
+checks it against the graph query by query on a synthetic table.
 """
 
 from __future__ import annotations

@@ -213,6 +213,7 @@ def test_server_spans_arrive_in_phoenix(phoenix_url: str) -> None:
                 "endpoint": phoenix_url,
                 "project_name": "corl-server",
             },
+            "ledger_url": "memory://",
         }
     )
     router = make_router(None)
