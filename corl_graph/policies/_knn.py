@@ -38,6 +38,36 @@ def affordable(view: PolicyView, name: str, reserve: Reserve | None = None) -> b
     return not view.budget_exhausted and need <= view.remaining_usd
 
 
+def pick_by_score(
+    score: np.ndarray, cost_weight: float, cost_norm: np.ndarray, allowed: np.ndarray | None
+) -> np.ndarray:
+    """Per row, the allowed expert maximising ``score - cost_weight * cost_norm``."""
+    score = score - cost_weight * cost_norm[None, :]
+    if allowed is not None:
+        score = np.where(allowed, score, -np.inf)
+    return np.asarray(score.argmax(1))
+
+
+def one_call_decision(
+    view: PolicyView,
+    name: str,
+    experts: Sequence[str],
+    reserve: Reserve | None,
+    choose: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> Decision:
+    """A one-call router's step: after its call, answer with the reply; before it, call the
+    expert ``choose(embedding, affordable)`` picks, or answer empty when none is affordable."""
+    if view.calls or view.budget_exhausted:
+        return last_reply(view)
+    if view.features is None:
+        raise PolicyError(f"{name} needs the query embedding in features")
+    allowed = np.array([[affordable(view, e, reserve) for e in experts]])
+    if not allowed.any():
+        return Decision(Answer(""))
+    emb = np.asarray(view.features, np.float32)[None, :]
+    return Decision(CallExpert(experts[int(choose(emb, allowed)[0])], view.query))
+
+
 def last_reply(view: PolicyView) -> Decision:
     """Answer with the last reply: its extracted answer, else its text."""
     for c in reversed(view.calls):
@@ -106,18 +136,7 @@ class KNNRouter:
         self, queries: np.ndarray, allowed: np.ndarray | None = None, *, exclude_self: bool = False
     ) -> np.ndarray:
         score = self.neighbour_accuracy(queries, exclude_self=exclude_self)
-        score = score - self.cost_weight * self.cost_norm[None, :]
-        if allowed is not None:
-            score = np.where(allowed, score, -np.inf)
-        return np.asarray(score.argmax(1))
+        return pick_by_score(score, self.cost_weight, self.cost_norm, allowed)
 
     async def decide(self, view: PolicyView) -> Decision:
-        if view.calls or view.budget_exhausted:
-            return last_reply(view)
-        if view.features is None:
-            raise PolicyError(f"{self.name} needs the query embedding in features")
-        allowed = np.array([[affordable(view, e, self.reserve) for e in self.experts]])
-        if not allowed.any():
-            return Decision(Answer(""))
-        choice = int(self.choose(np.asarray(view.features, np.float32)[None, :], allowed)[0])
-        return Decision(CallExpert(self.experts[choice], view.query))
+        return one_call_decision(view, self.name, self.experts, self.reserve, self.choose)

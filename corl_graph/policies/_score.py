@@ -18,10 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from corl_graph._exceptions import ConfigError, PolicyError
+from corl_graph._exceptions import ConfigError
 from corl_graph.policies._base import Decision, PolicyView
-from corl_graph.policies._knn import Reserve, affordable, last_reply
-from corl_graph.protocol import Answer, CallExpert
+from corl_graph.policies._knn import Reserve, one_call_decision, pick_by_score
 
 __all__ = ["KNNPredictor", "MFPredictor", "MLPPredictor", "Predictor", "ScoreRouter"]
 
@@ -113,18 +112,7 @@ class ScoreRouter:
         )  # fmt: skip
 
     def choose(self, emb: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
-        score = self.predictor.predict(emb) - self.cost_weight * self.cost_norm[None, :]
-        if allowed is not None:
-            score = np.where(allowed, score, -np.inf)
-        return np.asarray(score.argmax(1))
+        return pick_by_score(self.predictor.predict(emb), self.cost_weight, self.cost_norm, allowed)
 
     async def decide(self, view: PolicyView) -> Decision:
-        if view.calls or view.budget_exhausted:
-            return last_reply(view)
-        if view.features is None:
-            raise PolicyError(f"{self.name} needs the query embedding in features")
-        allowed = np.array([[affordable(view, e, self.reserve) for e in self.experts]])
-        if not allowed.any():
-            return Decision(Answer(""))
-        emb = np.asarray(view.features, np.float32)[None, :]
-        return Decision(CallExpert(self.experts[int(self.choose(emb, allowed)[0])], view.query))
+        return one_call_decision(view, self.name, self.experts, self.reserve, self.choose)
