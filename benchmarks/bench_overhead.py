@@ -9,7 +9,10 @@ graph does. The routed one is corl_graph's Router with the AlwaysExpert policy, 
 ``leased`` envelopes carved in memory from $50 budget slices) and
 tracing off or on (an SDK TracerProvider with a BatchSpanProcessor into an exporter that drops
 the spans). Variants are interleaved in rounds in one process so machine noise hits them alike;
-ratios are against the bare graph measured in the same process.
+ratios are against the bare graph measured in the same process. ``routed_memory_traced_calls_only``
+is the in-memory router traced with ``RouterConfig(trace_steps=False)``: the query span and the
+expert calls' CLIENT spans, no span per step. benchmarks/profile_tracing.py says where the
+traced-minus-untraced time goes.
 
     python benchmarks/bench_overhead.py [--queries 300] [--rounds 3] [--concurrency 100]
         [--only memory,sqlite]   # substrings of variant names (the bare graphs always run)
@@ -95,7 +98,7 @@ def bare_graph(*, command: bool = False) -> Any:
 
 # --- the routed graph -----------------------------------------------------------------------
 def routed(
-    ledger: Ledger, tracing: bool, hold: str = "per_attempt"
+    ledger: Ledger, tracing: bool, hold: str = "per_attempt", trace_steps: bool = True
 ) -> tuple[Callable[[], Awaitable[Any]], TracerProvider | None]:
     experts = [
         ChatModelExpert("a", FakeChatModel("It is 4"), PriceSheet(0.1, 0.4), max_output_tokens=64),
@@ -114,6 +117,7 @@ def routed(
         default_tier="high",
         ledger=ledger,
         tracer_provider=provider,
+        **({} if trace_steps else {"trace_steps": False}),
         # Passed only when not the default, so this script also runs against older versions.
         **({"budget_hold": hold} if hold != "per_attempt" else {}),  # type: ignore[arg-type]
         # leased: a slice holds 50 of this tier's $1 envelopes
@@ -202,6 +206,13 @@ async def main(
                     if provider is not None:
                         providers.append(provider)
                         flush[key] = provider
+            key = "routed_memory_traced_calls_only"
+            if name == "memory" and not (only and not any(o in key for o in only)):
+                # RouterConfig(trace_steps=False): query + CLIENT spans only (3 instead of 10)
+                variants[key], provider = routed(ledger, tracing=True, trace_steps=False)
+                assert provider is not None
+                providers.append(provider)
+                flush[key] = provider
         results: dict[str, dict[str, list[float]]] = {}
         for mode, conc in (("sequential", 1), (f"concurrent_{concurrency}", concurrency)):
             for _ in range(rounds):

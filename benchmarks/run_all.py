@@ -27,6 +27,7 @@ SUITE: dict[str, list[str]] = {
     "controller": ["bench_controller.py", "--calls", "300", "--rounds", "3"],
     "scaling": ["bench_scaling.py", "--queries", "150"],
     "tracing": ["bench_tracing.py", "--rounds", "10"],
+    "tracing_profile": ["profile_tracing.py", "--queries", "400", "--rounds", "3"],
     "ledger": ["bench_ledger.py", "--seconds", "3"],
     "load_server": [
         "load_server.py",

@@ -65,6 +65,11 @@ class RouterConfig:
     any timed-out call), and the run answers with what it has (``stop_reason="deadline"``);
     the controller's own decision is cut short the same way. See docs/reliability.md.
 
+    ``trace_steps`` (default True) gives every graph step its own span. False keeps the query
+    span and the expert calls' CLIENT spans (tokens, dollars) and puts the steps' events on
+    the query span: 3 spans instead of 10 for a two-call query, for a deployment where the
+    tracing overhead matters more than per-step timings (benchmarks/profile_tracing.py).
+
     ``budget_hold`` says how calls are held in the ledger. ``"per_attempt"`` (default): every
     attempt reserves its worst case and settles its real cost, two ledger operations each.
     ``"per_query"``: the run's first call reserves the tier's whole cap once (an *envelope*),
@@ -93,6 +98,7 @@ class RouterConfig:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     record_content: bool = False
+    trace_steps: bool = True
     max_steps: int = 8
     default_tier: str = "medium"
     default_tenant: str = "default"
@@ -168,6 +174,7 @@ class RouterConfig:
             self.tracer_provider,
             record_content=self.record_content,
             meter_provider=self.meter_provider,
+            step_spans=self.trace_steps,
         )
 
     @cached_property

@@ -74,11 +74,13 @@ class RouterTracer:
         *,
         record_content: bool = False,
         meter_provider: MeterProvider | None = None,
+        step_spans: bool = True,
     ):
         self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         self._explicit = tracer_provider is not None
         self.metrics = RouterMetrics(meter_provider)
         self.record_content = record_content
+        self.step_spans = step_spans
 
     def _span(
         self, name: str, kind: SpanKind, attributes: Mapping[str, AttributeValue]
@@ -152,7 +154,11 @@ class RouterTracer:
             yield span
 
     def step_span(self, node: str, step: int) -> AbstractContextManager[Span]:
-        """One span per graph step (node execution)."""
+        """One span per graph step (node execution). With ``step_spans=False`` there is none:
+        the step's events (``corl.decision``, ``corl.budget.denied``) go on the span that is
+        current, the query span, and expert calls are its direct children."""
+        if not self.step_spans:
+            return nullcontext(trace.get_current_span())
         return self._span(f"corl.step {node}", SpanKind.INTERNAL, {
             "corl.step.node": node, "corl.step.index": step, A.OPENINFERENCE_KIND: "CHAIN",
         })  # fmt: skip

@@ -35,6 +35,25 @@ async def test_one_trace_per_query_with_steps_and_calls_nested(
         assert all(c.parent and c.parent.span_id in step_ids for c in calls)
 
 
+async def test_without_step_spans_calls_are_children_of_the_query_and_events_stay(
+    tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
+) -> None:
+    """trace_steps=False: the query span and the CLIENT spans only, the decisions and the
+    denied call as events on the query span, the cost still counted once."""
+    router = make_router(tracer_provider, max_calls=1, trace_steps=False)
+    result = await router.arun("What is 2+2?")
+    spans = span_exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.parent is None]
+    assert not by_name(spans, "corl.step ")
+    calls = by_name(spans, "chat ")
+    assert len(spans) == 1 + len(calls) and len(calls) == 2  # one made, one denied by max_calls
+    assert all(c.parent and c.parent.span_id == root.context.span_id for c in calls)
+    events = [e.name for e in root.events]
+    assert events.count("corl.decision") == len(result.steps) and "corl.budget.denied" in events
+    total = sum(float(s.attributes.get("gen_ai.usage.cost", 0.0)) for s in spans)  # type: ignore[union-attr, arg-type]
+    assert total == pytest.approx(result.cost_usd) and result.cost_usd > 0
+
+
 async def test_client_span_carries_genai_usage_and_cost(
     tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
 ) -> None:
