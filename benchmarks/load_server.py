@@ -2,6 +2,9 @@
 
     python benchmarks/load_server.py                  # writes benchmarks/results/load_server.json
     python benchmarks/load_server.py --requests 300 --concurrency 16 --max-seconds 30
+    python benchmarks/load_server.py --workers 2       # corl-graph serve --workers 2
+    python benchmarks/load_server.py --compare-workers 1,2 --max-seconds 30
+                                                      # 1 then 2 workers, one result file
 
 `corl-graph serve` runs as a subprocess on 127.0.0.1 with replayed experts (a generated table,
 so the experts answer instantly and the server, the graph and the ledger are what is measured)
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -91,7 +95,7 @@ def prompt_of(i: int) -> str:
     return f"What is {i} + {i}?"
 
 
-def start_server(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_server(config: Path, log: Path, *, workers: int = 1) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-c",
@@ -99,9 +103,13 @@ def start_server(config: Path, log: Path) -> subprocess.Popen[bytes]:
         "serve",
         "--config",
         str(config),
+        *(["--workers", str(workers)] if workers != 1 else []),
     ]
     with log.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        # its own session, so that a test can end the workers too if the parent is killed
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -126,6 +134,8 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind by a killed parent
 
 
 @dataclass
@@ -267,19 +277,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--max-seconds", type=float, default=60.0)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "load_server.json"
-    )
-    args = parser.parse_args(argv)
+def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """One bounded run against ``corl-graph serve --workers workers`` on a fresh ledger file."""
     with tempfile.TemporaryDirectory(prefix="corl-load-") as tmp:
         folder, port = Path(tmp), free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(write_config(folder, port), folder / "server.log")
+        proc = start_server(write_config(folder, port), folder / "server.log", workers=workers)
         try:
             wait_healthy(url, proc)
             load = asyncio.run(
@@ -293,24 +296,58 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(proc)
         books = asyncio.run(audit_ledger(folder / "ledger.db"))
-    report = {
+    return {
+        "workers": workers,
+        **summary(load),
+        "ledger": compare(load, books),
+        "reservations": books["reservations"],
+        "load_avg_at_end": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument(
+        "--compare-workers",
+        help="comma-separated worker counts run back to back (e.g. 1,2); the top-level "
+        "figures are the first count's, each count's own under by_workers",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "load_server.json"
+    )
+    args = parser.parse_args(argv)
+    counts = (
+        [int(n) for n in args.compare_workers.split(",")]
+        if args.compare_workers
+        else [args.workers]
+    )
+    load_before = os.getloadavg()[0]
+    runs = [measure(args, n) for n in counts]
+    first = runs[0]
+    report: dict[str, Any] = {
         "command": "python benchmarks/load_server.py " + " ".join(argv or sys.argv[1:]),
         "requests": args.requests,
         "concurrency": args.concurrency,
         "max_seconds": args.max_seconds,
-        **summary(load),
-        "ledger": compare(load, books),
-        "reservations": books["reservations"],
+        **{k: v for k, v in first.items() if k not in ("load_avg_at_end",)},
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "load_avg_at_start": load_before,
             "load_avg_at_end": os.getloadavg()[0],
         },
     }
+    if len(runs) > 1:
+        report["by_workers"] = {str(r["workers"]): r for r in runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    return 0 if report["ledger"]["equal"] and not load.errors else 1
+    ok = all(r["ledger"]["equal"] and not r["errors"] for r in runs)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

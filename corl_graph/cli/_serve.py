@@ -1,7 +1,13 @@
 """``corl-graph serve``: the OpenAI-compatible server from a JSON or TOML config file.
 
-One process per replica; to scale out, run several replicas behind a load balancer with
-``ledger_url`` pointing at one PostgreSQL database (see docs/integrations.md).
+One process per replica by default; ``--workers N`` runs N uvicorn worker processes on one
+socket, all charging the one ledger the config names (a SQLite file or PostgreSQL; an
+in-memory ledger is refused, each worker would keep its own books). Rate limits must then
+live in Redis (``rate_limit.redis_url``): per-process buckets would let N times the
+configured rate through, so they are refused too. SIGTERM drains every worker as one process
+does (in-flight requests finish, open holds are settled); SIGHUP re-reads the keys in every
+worker. To scale past one machine, run replicas behind a load balancer with ``ledger_url``
+pointing at one PostgreSQL database (see docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -9,7 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from corl_graph._exceptions import ConfigError
@@ -28,6 +37,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", help="override the config's host")
     parser.add_argument("--port", type=int, help="override the config's port")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on one socket and one ledger (SQLite file or PostgreSQL; "
+        "rate limits, if any, in Redis); default 1",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="run every check serve runs before it listens (keys, experts, "
@@ -43,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         config = config.model_copy(update=overrides)
+    check_workers(config, args.workers)
     summary = preflight(config)  # the same checks for --check and for serving
     if args.check:
         json.dump(summary, sys.stdout, indent=2)
@@ -56,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     from corl_graph.integrations import create_app
 
+    if args.workers > 1:
+        return _run_workers(config, args.config, args.workers)
     # uvicorn waits this long for open connections on SIGTERM; the app's own drain then
     # settles whatever is still reserved.
     grace = max(1, round(config.shutdown_grace_s))  # uvicorn takes whole seconds
@@ -73,6 +92,67 @@ def run(args: argparse.Namespace) -> int:
 
 
 KEEP_ALIVE_S = 30
+_CONFIG_ENV = "CORL_GRAPH_SERVE_CONFIG"  # how --workers tells each worker its config file
+
+
+def check_workers(config: Any, workers: int) -> None:
+    """``--workers N`` needs books and limits every worker shares: one ledger outside the
+    process, and rate limits in Redis when there are any. Raises ``ConfigError``."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {workers}")
+    if workers == 1:
+        return
+    if config.ledger_url.partition("://")[0].lower() == "memory" or config.ledger_url.endswith(
+        ":memory:"
+    ):
+        raise ConfigError(
+            f"--workers {workers} needs a ledger the workers share: ledger_url "
+            f"{config.ledger_url!r} is in memory, each worker would keep its own books and "
+            "a tenant could spend its limit once per worker; use sqlite:///path.db or "
+            "postgresql://..."
+        )
+    if config.rate_limit is not None and not config.rate_limit.redis_url:
+        raise ConfigError(
+            f"--workers {workers} with rate_limit in each process would let {workers} times "
+            f"the configured {config.rate_limit.requests_per_s} requests/s through per key; "
+            "set rate_limit.redis_url (pip install 'corl-graph[redis]') so every worker "
+            "draws on one bucket, or run one worker"
+        )
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (a uvicorn factory): the config file the parent
+    checked, re-read here, with key reload on file change and on SIGHUP."""
+    from corl_graph.integrations import ServerConfig, create_app
+
+    path = os.environ[_CONFIG_ENV]
+    return create_app(ServerConfig.load(path), config_path=path)
+
+
+def _run_workers(config: Any, config_path: str, workers: int) -> int:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        # uvicorn restarts every worker on SIGHUP; here SIGHUP means "re-read the keys",
+        # which each worker does itself without dropping a connection.
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                if process.pid is not None and process.exitcode is None:
+                    os.kill(process.pid, signal.SIGHUP)
+
+    os.environ[_CONFIG_ENV] = str(Path(config_path).resolve())
+    uv_config = uvicorn.Config(
+        "corl_graph.cli._serve:worker_app",
+        factory=True,
+        host=config.host,
+        port=config.port,
+        workers=workers,
+        timeout_graceful_shutdown=max(1, round(config.shutdown_grace_s)),
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+    Supervisor(uv_config, sockets=[uv_config.bind_socket()]).run()
+    return 0
 
 
 def preflight(config: Any) -> dict[str, Any]:
