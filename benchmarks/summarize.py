@@ -116,6 +116,15 @@ def _load(d: dict[str, Any]) -> list[Row]:
             f"errors {sum(d['errors'].values()) if d['errors'] else 0}, "
             f"ledger == sum of costs: {led.get('equal')}",
         )
+    ] + [
+        (
+            "HTTP server",
+            f"{d['concurrency']} clients, serve --workers {n}",
+            f"{r['throughput_rps']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+            f"errors {sum(r['errors'].values()) if r['errors'] else 0}, "
+            f"ledger == sum of costs: {r['ledger'].get('equal')}",
+        )
+        for n, r in d.get("by_workers", {}).items()
     ]
 
 
