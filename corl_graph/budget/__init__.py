@@ -37,7 +37,7 @@ from corl_graph.budget._tiers import (
     default_tiers,
     period_key,
 )
-from corl_graph.budget._url import open_ledger
+from corl_graph.budget._url import ledger_in_process, open_ledger
 
 __all__ = [
     "ENVELOPE_EXPERT",
@@ -69,6 +69,7 @@ __all__ = [
     "check_id",
     "default_tiers",
     "export_audit",
+    "ledger_in_process",
     "make_hold",
     "open_ledger",
     "period_key",

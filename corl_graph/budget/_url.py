@@ -13,7 +13,7 @@ from corl_graph.budget._postgres import PostgresLedger
 from corl_graph.budget._sqlite import SQLiteLedger
 from corl_graph.budget._tiers import TenantBudget
 
-__all__ = ["open_ledger"]
+__all__ = ["ledger_in_process", "open_ledger"]
 
 _ACCEPTED = (
     "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, "
@@ -33,8 +33,7 @@ def open_ledger(url: str, *, default_budget: TenantBudget | None = None, **optio
     >>> open_ledger("sqlite:///:memory:")
     SQLiteLedger(':memory:')
     """
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
+    scheme, sep, rest = _split(url)
     if not sep:
         raise ConfigError(f"ledger URL {url!r} has no scheme; use one of: {_ACCEPTED}")
     if scheme == "memory":
@@ -53,6 +52,22 @@ def open_ledger(url: str, *, default_budget: TenantBudget | None = None, **optio
         conninfo = "postgresql://" + rest
         return _build(PostgresLedger, url, conninfo, default_budget=default_budget, **options)
     raise ConfigError(f"unknown ledger URL scheme {scheme!r} in {url!r}; use one of: {_ACCEPTED}")
+
+
+def ledger_in_process(url: str) -> bool:
+    """Whether the ledger ``url`` names lives inside one process (``memory://``,
+    ``sqlite:///:memory:``), so that two processes opening it would keep separate books.
+
+    >>> ledger_in_process("sqlite:///:memory:"), ledger_in_process("sqlite:///ledger.db")
+    (True, False)
+    """
+    scheme, _, rest = _split(url)
+    return scheme == "memory" or (scheme == "sqlite" and rest == "/:memory:")
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower(), sep, rest
 
 
 def _build(cls: type[Any], url: str, *args: Any, **options: Any) -> Ledger:

@@ -75,20 +75,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers > 1:
         return _run_workers(config, args.config, args.workers)
-    # uvicorn waits this long for open connections on SIGTERM; the app's own drain then
-    # settles whatever is still reserved.
-    grace = max(1, round(config.shutdown_grace_s))  # uvicorn takes whole seconds
-    # Keep idle connections longer than clients do (httpx and the openai SDK expire theirs
-    # after 5 s, uvicorn's default too): equal timeouts race, and a client that reuses a
-    # connection the server is closing gets a ReadError on a request never processed.
-    uvicorn.run(
-        create_app(config, config_path=args.config),
-        host=config.host,
-        port=config.port,
-        timeout_graceful_shutdown=grace,
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    uvicorn.run(create_app(config, config_path=args.config), **_uvicorn_options(config))
     return 0
+
+
+def _uvicorn_options(config: Any) -> dict[str, Any]:
+    """uvicorn's settings for one process or for ``--workers``."""
+    return {
+        "host": config.host,
+        "port": config.port,
+        # uvicorn waits this long for open connections on SIGTERM; the app's own drain then
+        # settles whatever is still reserved. uvicorn takes whole seconds.
+        "timeout_graceful_shutdown": max(1, round(config.shutdown_grace_s)),
+        # Keep idle connections longer than clients do (httpx and the openai SDK expire theirs
+        # after 5 s, uvicorn's default too): equal timeouts race, and a client that reuses a
+        # connection the server is closing gets a ReadError on a request never processed.
+        "timeout_keep_alive": KEEP_ALIVE_S,
+    }
 
 
 KEEP_ALIVE_S = 30
@@ -102,9 +105,9 @@ def check_workers(config: Any, workers: int) -> None:
         raise ConfigError(f"--workers must be 1 or more, got {workers}")
     if workers == 1:
         return
-    if config.ledger_url.partition("://")[0].lower() == "memory" or config.ledger_url.endswith(
-        ":memory:"
-    ):
+    from corl_graph.budget import ledger_in_process
+
+    if ledger_in_process(config.ledger_url):
         raise ConfigError(
             f"--workers {workers} needs a ledger the workers share: ledger_url "
             f"{config.ledger_url!r} is in memory, each worker would keep its own books and "
@@ -145,11 +148,8 @@ def _run_workers(config: Any, config_path: str, workers: int) -> int:
     uv_config = uvicorn.Config(
         "corl_graph.cli._serve:worker_app",
         factory=True,
-        host=config.host,
-        port=config.port,
         workers=workers,
-        timeout_graceful_shutdown=max(1, round(config.shutdown_grace_s)),
-        timeout_keep_alive=KEEP_ALIVE_S,
+        **_uvicorn_options(config),
     )
     Supervisor(uv_config, sockets=[uv_config.bind_socket()]).run()
     return 0
