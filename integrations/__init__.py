@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from corl_graph.integrations._chat_model import CORLChatModel, messages_to_query
-from corl_graph.integrations._checkpoint import open_checkpointer, router_serde
-from corl_graph.integrations._server_config import (
+from ._chat_model import CORLChatModel, messages_to_query
+from ._checkpoint import open_checkpointer, router_serde
+from ._server_config import (
     OpenAIExpertConfig,
     PolicyConfig,
     ReplayExpertConfig,
@@ -19,17 +19,17 @@ from corl_graph.integrations._server_config import (
     TenantConfig,
     TierConfig,
 )
-from corl_graph.integrations._subgraph import router_node
-from corl_graph.integrations._tracking import TrackingLedger
-from corl_graph.integrations._vllm import (
+from ._subgraph import router_node
+from ._tracking import TrackingLedger
+from ._vllm import (
     ControllerEndpointCheck,
     check_controller_endpoint,
     vllm_serve_command,
 )
 
 if TYPE_CHECKING:
-    from corl_graph.integrations._server import create_app
-    from corl_graph.integrations._server_thread import ServerThread
+    from ._server import create_app
+    from ._server_thread import ServerThread
 
 __all__ = [
     "CORLChatModel",

@@ -8,21 +8,6 @@ import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from corl_graph.integrations._common import (
-    chunk_text,
-    render_query,
-    result_metadata,
-    unanswered_error,
-)
-from corl_graph.integrations._tools import (
-    StructuredMethod,
-    ToolLike,
-    has_tool_turns,
-    normalize_tool_choice,
-    output_tool_calls,
-    structured_output,
-    to_openai_tools,
-)
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
@@ -41,6 +26,22 @@ from pydantic import ConfigDict, Field, ValidationError
 from corl_graph._exceptions import ConfigError, QueryTimeoutError
 from corl_graph.experts import ChatRequest
 from corl_graph.graph import Router, RouteResult
+
+from ._common import (
+    chunk_text,
+    render_query,
+    result_metadata,
+    unanswered_error,
+)
+from ._tools import (
+    StructuredMethod,
+    ToolLike,
+    has_tool_turns,
+    normalize_tool_choice,
+    output_tool_calls,
+    structured_output,
+    to_openai_tools,
+)
 
 __all__ = ["CORLChatModel", "messages_to_query"]
 
@@ -235,7 +236,7 @@ class CORLChatModel(BaseChatModel):
         ("json_schema") or JSON mode ("json_mode": the prompt must ask for JSON)."""
         if kwargs:
             raise ConfigError(f"with_structured_output: unknown arguments {sorted(kwargs)}")
-        return structured_output(  # type: ignore[no-any-return]
+        return structured_output(
             self, schema, method=method, include_raw=include_raw, strict=strict
         )
 

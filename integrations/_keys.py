@@ -75,7 +75,7 @@ class KeyFile:
         self.reload()
 
     def reload(self) -> None:
-        from corl_graph.integrations._server_config import ServerConfig
+        from ._server_config import ServerConfig
 
         try:
             config: Any = ServerConfig.load(self.path)

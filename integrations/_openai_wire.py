@@ -27,9 +27,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from corl_graph.integrations._chat_model import messages_to_query
-from corl_graph.integrations._common import chunk_text, result_metadata
-from corl_graph.integrations._tools import output_tool_calls
 from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,6 +34,10 @@ from corl_graph._exceptions import ConfigError
 from corl_graph.budget import check_id
 from corl_graph.experts import ChatRequest as ExpertChat
 from corl_graph.graph import RouteResult
+
+from ._chat_model import messages_to_query
+from ._common import chunk_text, result_metadata
+from ._tools import output_tool_calls
 
 __all__ = ["ApiError", "ChatRequest", "completion", "parse_request", "sse_chunks"]
 

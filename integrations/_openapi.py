@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from corl_graph.integrations._openai_wire import ChatRequest
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
+from ._openai_wire import ChatRequest
 
 __all__ = ["server_openapi"]
 

@@ -26,21 +26,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from corl_graph.integrations._common import unanswered_error
-from corl_graph.integrations._keys import KeyFile
-from corl_graph.integrations._limits import RateLimiter, RedisRateLimiter
-from corl_graph.integrations._openai_wire import (
-    ApiError,
-    ChatRequest,
-    budget_exhausted,
-    completion,
-    parse_request,
-    sse_chunks,
-)
-from corl_graph.integrations._openapi import server_openapi
-from corl_graph.integrations._server_config import ServerConfig
-from corl_graph.integrations._server_tracing import server_tracer_provider
-from corl_graph.integrations._tracking import TrackingLedger
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -56,6 +41,22 @@ from corl_graph._exceptions import (
 from corl_graph.budget import TenantBudget, TierSet
 from corl_graph.experts import ReplayExpert
 from corl_graph.graph import Router, RouterConfig, RouteResult
+
+from ._common import unanswered_error
+from ._keys import KeyFile
+from ._limits import RateLimiter, RedisRateLimiter
+from ._openai_wire import (
+    ApiError,
+    ChatRequest,
+    budget_exhausted,
+    completion,
+    parse_request,
+    sse_chunks,
+)
+from ._openapi import server_openapi
+from ._server_config import ServerConfig
+from ._server_tracing import server_tracer_provider
+from ._tracking import TrackingLedger
 
 __all__ = ["create_app"]
 

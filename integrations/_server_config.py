@@ -32,7 +32,6 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from corl_graph.integrations._server_tracing import TracingConfig
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from corl_graph._exceptions import ConfigError
@@ -40,6 +39,8 @@ from corl_graph.budget import BudgetTier, HoldMode, Ledger, TierSet, default_tie
 from corl_graph.experts import ChatModelExpert, Expert, OutcomeTable, PriceSheet, ReplayExpert
 from corl_graph.graph import RouterConfig
 from corl_graph.policies import AlwaysExpert, Cascade, ControllerOnly, LLMPolicy, Policy
+
+from ._server_tracing import TracingConfig
 
 __all__ = [
     "OpenAIExpertConfig",

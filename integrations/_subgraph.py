@@ -19,14 +19,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from corl_graph.integrations._chat_model import messages_to_query
-from corl_graph.integrations._common import result_metadata, unanswered_error
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.graph import Router, RouteResult, sync_twin
+
+from ._chat_model import messages_to_query
+from ._common import result_metadata, unanswered_error
 
 __all__ = ["router_node"]
 

@@ -6,19 +6,19 @@ controller, with expert tokens masked out of the loss, in one process or under F
 1.0
 """
 
-from corl_graph.training._checkpoint import load_training_state, save_checkpoint
-from corl_graph.training._config import Algo, CostConstraint, MixedPrecision, PPOConfig
-from corl_graph.training._fsdp import DistInfo, init_distributed
-from corl_graph.training._grpo import GraphRollout, make_grpo_trainer, split_for_grpo, train_grpo
-from corl_graph.training._hf_policy import HFPolicy
-from corl_graph.training._lagrange import (
+from ._checkpoint import load_training_state, save_checkpoint
+from ._config import Algo, CostConstraint, MixedPrecision, PPOConfig
+from ._fsdp import DistInfo, init_distributed
+from ._grpo import GraphRollout, make_grpo_trainer, split_for_grpo, train_grpo
+from ._hf_policy import HFPolicy
+from ._lagrange import (
     TierMultipliers,
     dual_ascent,
     lagrangian_reward,
     target_penalty,
 )
-from corl_graph.training._model import ActorCritic
-from corl_graph.training._ppo_losses import (
+from ._model import ActorCritic
+from ._ppo_losses import (
     KLEstimator,
     compute_gae,
     entropy_from_logits,
@@ -30,7 +30,7 @@ from corl_graph.training._ppo_losses import (
     token_rewards,
     value_loss,
 )
-from corl_graph.training._rewards import (
+from ._rewards import (
     RewardBreakdown,
     RewardConfig,
     RewardFn,
@@ -41,7 +41,7 @@ from corl_graph.training._rewards import (
     make_reward,
     reward_from_config,
 )
-from corl_graph.training._rollout import (
+from ._rollout import (
     Episode,
     QuerySpec,
     RolloutBatch,
@@ -49,24 +49,24 @@ from corl_graph.training._rollout import (
     collect,
     load_queries,
 )
-from corl_graph.training._tier_metrics import episode_metrics
-from corl_graph.training._tiny import CHATML_TEMPLATE, PROTOCOL_TOKENS, tiny_llama, tiny_tokenizer
-from corl_graph.training._traces import (
+from ._tier_metrics import episode_metrics
+from ._tiny import CHATML_TEMPLATE, PROTOCOL_TOKENS, tiny_llama, tiny_tokenizer
+from ._traces import (
     TRAINING_TENANT,
     CacheCounters,
     TracesTask,
     traces_task,
     train_sft,
 )
-from corl_graph.training._trainer import PPOTrainer
-from corl_graph.training._verifiers import (
+from ._trainer import PPOTrainer
+from ._verifiers import (
     Verifier,
     VerifierKind,
     exact_match,
     make_verifier,
     math_match,
 )
-from corl_graph.training._warmstart import (
+from ._warmstart import (
     ScriptedPolicy,
     WarmStartExample,
     boundary_script,

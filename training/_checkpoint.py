@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from corl_graph.training._fsdp import DistInfo, unwrapped_state_dict
-from corl_graph.training._model import ActorCritic
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from corl_graph._exceptions import ConfigError
+
+from ._fsdp import DistInfo, unwrapped_state_dict
+from ._model import ActorCritic
 
 __all__ = ["load_training_state", "save_checkpoint"]
 

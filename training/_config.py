@@ -6,13 +6,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from corl_graph.training._ppo_losses import KLEstimator
-from corl_graph.training._rewards import RewardConfig, RewardKind
-from corl_graph.training._verifiers import VerifierKind
-
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet, default_tiers
 from corl_graph.experts import CacheMatch, OnMiss
+
+from ._ppo_losses import KLEstimator
+from ._rewards import RewardConfig, RewardKind
+from ._verifiers import VerifierKind
 
 __all__ = ["Algo", "CostConstraint", "MixedPrecision", "PPOConfig"]
 

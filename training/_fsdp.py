@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from corl_graph.training._config import PPOConfig
 from torch import nn
 
 from corl_graph._exceptions import ConfigError
+
+from ._config import PPOConfig
 
 __all__ = ["DistInfo", "all_reduce_sum", "init_distributed", "shard", "unwrapped_state_dict"]
 
@@ -74,18 +75,17 @@ def shard(
         fully_shard,
     )
 
-    kwargs: dict[str, object] = {}
+    mp_policy = MixedPrecisionPolicy()  # fully_shard's default: parameters as they are
     if config.mixed_precision != "no":
         dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        mp_policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    offload_policy = OffloadPolicy()
     if config.cpu_offload and trainable:
         # pinned memory needs CUDA; gloo-on-CPU runs must not ask for it
-        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=info.device.type == "cuda")
-    else:
-        kwargs["offload_policy"] = OffloadPolicy()
+        offload_policy = CPUOffloadPolicy(pin_memory=info.device.type == "cuda")
     for layer in layers:
-        fully_shard(layer, **kwargs)  # type: ignore[arg-type]
-    fully_shard(model, **kwargs)  # type: ignore[arg-type]
+        fully_shard(layer, mp_policy=mp_policy, offload_policy=offload_policy)
+    fully_shard(model, mp_policy=mp_policy, offload_policy=offload_policy)
 
 
 def unwrapped_state_dict(model: nn.Module, *, rank0_only: bool) -> dict[str, torch.Tensor]:
@@ -94,7 +94,13 @@ def unwrapped_state_dict(model: nn.Module, *, rank0_only: bool) -> dict[str, tor
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
     state = get_model_state_dict(model, options=options)
-    return {k: v.detach().cpu() for k, v in state.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        # a module's state dict holds tensors only (full_state_dict gathers DTensors into them)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state dict entry {key!r} is {type(value).__name__}, not a tensor")
+        tensors[key] = value.detach().cpu()
+    return tensors
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -37,20 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from corl_graph.training._config import PPOConfig
-from corl_graph.training._hf_policy import HFPolicy
-from corl_graph.training._lagrange import TierMultipliers
-from corl_graph.training._metrics import MetricsWriter, require_tensorboard
-from corl_graph.training._rewards import RewardFn, reward_from_config
-from corl_graph.training._rollout import Episode, QuerySpec, load_queries
-from corl_graph.training._tier_metrics import (
-    constraint_metrics,
-    episode_metrics,
-    multipliers_for,
-    shaped_scores,
-    warn_unaffordable_tiers,
-)
-from corl_graph.training._traces import CacheCounters, traces_task
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -64,6 +50,21 @@ from corl_graph.experts import Expert, OutcomeTable, ReplayExpert
 from corl_graph.graph import Router, RouterConfig
 from corl_graph.protocol import render_user_prompt
 from corl_graph.trajectories import Trajectory
+
+from ._config import PPOConfig
+from ._hf_policy import HFPolicy
+from ._lagrange import TierMultipliers
+from ._metrics import MetricsWriter, require_tensorboard
+from ._rewards import RewardFn, reward_from_config
+from ._rollout import Episode, QuerySpec, load_queries
+from ._tier_metrics import (
+    constraint_metrics,
+    episode_metrics,
+    multipliers_for,
+    shaped_scores,
+    warn_unaffordable_tiers,
+)
+from ._traces import CacheCounters, traces_task
 
 __all__ = ["GraphRollout", "make_grpo_trainer", "split_for_grpo", "train_grpo"]
 
@@ -189,8 +190,9 @@ def zero_std_share(prompts: Sequence[Any], scores: Sequence[float]) -> float:
     return flat / max(len(groups), 1)
 
 
-def corl_graph_reward(prompts: list[Any], completions: list[Any], **kw: Any) -> list[float]:
+def corl_graph_reward(prompts: list[Any], completions: list[Any], **kw: Any) -> list[float | None]:
     """TRL reward function: the graph reward the rollout already computed."""
+    # TRL's reward type: None would mean "no reward for this sample"; every rollout has one
     return [float(r) for r in kw["corl_reward"]]
 
 
@@ -252,7 +254,8 @@ def make_grpo_trainer(
         require_tensorboard()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is documented here
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl.trainer.grpo_config import GRPOConfig  # trl's top level does not re-export for mypy
+    from trl.trainer.grpo_trainer import GRPOTrainer
 
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
     model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from corl_graph.training._sampling import sample_batch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.policies import Decision, PolicyView
 from corl_graph.protocol import parse_action, render_system_prompt, render_user_prompt
-from corl_graph.trajectories import Segment
+from corl_graph.trajectories import Segment, SegmentKind
+
+from ._sampling import sample_batch
 
 __all__ = ["HFPolicy"]
 
@@ -143,7 +144,7 @@ class HFPolicy:
             return ids, [Segment("prompt", full, tuple(ids))]
         delta = self._delta(messages[: 2 + last_ctrl + 1], full, prev)
         ids = self._encode(delta)
-        kind = "observation" if last_ctrl < len(texts) - 1 else "prompt"
+        kind: SegmentKind = "observation" if last_ctrl < len(texts) - 1 else "prompt"
         return [*prev, *ids], [Segment(kind, delta, tuple(ids))]
 
     def _delta(self, upto: list[dict[str, str]], full: str, prev: list[int]) -> str:
@@ -170,6 +171,8 @@ class HFPolicy:
             self._flush = loop.create_task(self._sample_pending())
         gen_ids, logprobs = await future
         text = self.tokenizer.decode(gen_ids, skip_special_tokens=True)
+        if not isinstance(text, str):  # decode returns a list only for a batch of sequences
+            raise TypeError(f"the tokenizer decoded one sequence to {type(text).__name__}")
         self._remember(self._key(view, [*(t.text for t in view.transcript), text]), ids + gen_ids)
         parsed = parse_action(text, experts=[e.name for e in view.experts])
         controller = Segment("controller", text, tuple(gen_ids), tuple(logprobs))

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from corl_graph.training._verifiers import Verifier, VerifierKind, make_verifier
-
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier
 from corl_graph.trajectories import Trajectory
+
+from ._verifiers import Verifier, VerifierKind, make_verifier
 
 __all__ = [
     "RewardBreakdown",

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from corl_graph.training._rewards import RewardBreakdown, RewardFn
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import TierSet
 from corl_graph.experts import OutcomeTable
 from corl_graph.graph import Router
 from corl_graph.trajectories import Trajectory
+
+from ._rewards import RewardBreakdown, RewardFn
 
 __all__ = ["Episode", "QuerySpec", "RolloutBatch", "build_batch", "collect", "load_queries"]
 

@@ -14,14 +14,15 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from corl_graph.training._config import PPOConfig
-from corl_graph.training._fsdp import all_reduce_sum
-from corl_graph.training._lagrange import TierMultipliers
-from corl_graph.training._rollout import Episode, QuerySpec
 
 from corl_graph.budget import TierSet
 from corl_graph.experts import Expert, ExpertRequest
 from corl_graph.trajectories import Trajectory
+
+from ._config import PPOConfig
+from ._fsdp import all_reduce_sum
+from ._lagrange import TierMultipliers
+from ._rollout import Episode, QuerySpec
 
 __all__ = [
     "constraint_metrics",

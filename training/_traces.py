@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corl_graph.training._config import PPOConfig
-from corl_graph.training._metrics import MetricsWriter
-from corl_graph.training._rewards import reward_from_config
-from corl_graph.training._rollout import QuerySpec
-
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import Ledger, TenantBudget, open_ledger
 from corl_graph.experts import CachedExpert, Expert, PriceSheet
 from corl_graph.trajectories import Label, PreparedTraces, Trajectory, load_prepared
+
+from ._config import PPOConfig
+from ._metrics import MetricsWriter
+from ._rewards import reward_from_config
+from ._rollout import QuerySpec
 
 __all__ = ["TRAINING_TENANT", "CacheCounters", "TracesTask", "traces_task", "train_sft"]
 
@@ -195,8 +195,9 @@ def train_sft(
     runs with the cached experts, fine-tune on controller tokens only, save
     ``OUTPUT_DIR/final``; one line of metrics in ``metrics.jsonl``. Returns the folder."""
     import torch
-    from corl_graph.training._warmstart import sft_warm_start, warm_start_examples
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ._warmstart import sft_warm_start, warm_start_examples
 
     task = task or traces_task(cfg)
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)

@@ -20,41 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from corl_graph.training._checkpoint import load_training_state, save_checkpoint
-from corl_graph.training._config import PPOConfig
-from corl_graph.training._fsdp import all_reduce_sum, init_distributed, shard, unwrapped_state_dict
-from corl_graph.training._hf_policy import HFPolicy
-from corl_graph.training._lagrange import TierMultipliers
-from corl_graph.training._metrics import MetricsWriter
-from corl_graph.training._model import ActorCritic
-from corl_graph.training._ppo_losses import (
-    compute_gae,
-    entropy_from_logits,
-    kl_penalty,
-    logprobs_from_logits,
-    masked_mean,
-    masked_whiten,
-    policy_loss,
-    token_rewards,
-    value_loss,
-)
-from corl_graph.training._rewards import RewardFn, reward_from_config
-from corl_graph.training._rollout import (
-    Episode,
-    QuerySpec,
-    RolloutBatch,
-    build_batch,
-    collect,
-    load_queries,
-)
-from corl_graph.training._tier_metrics import (
-    constraint_metrics,
-    episode_metrics,
-    multipliers_for,
-    shaped_scores,
-    warn_unaffordable_tiers,
-)
-from corl_graph.training._traces import CacheCounters, TracesTask, traces_task
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -65,6 +30,42 @@ from transformers import (
 from corl_graph._exceptions import ConfigError
 from corl_graph.experts import Expert, OutcomeTable, ReplayExpert
 from corl_graph.graph import Router, RouterConfig
+
+from ._checkpoint import load_training_state, save_checkpoint
+from ._config import PPOConfig
+from ._fsdp import all_reduce_sum, init_distributed, shard, unwrapped_state_dict
+from ._hf_policy import HFPolicy
+from ._lagrange import TierMultipliers
+from ._metrics import MetricsWriter
+from ._model import ActorCritic
+from ._ppo_losses import (
+    compute_gae,
+    entropy_from_logits,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from ._rewards import RewardFn, reward_from_config
+from ._rollout import (
+    Episode,
+    QuerySpec,
+    RolloutBatch,
+    build_batch,
+    collect,
+    load_queries,
+)
+from ._tier_metrics import (
+    constraint_metrics,
+    episode_metrics,
+    multipliers_for,
+    shaped_scores,
+    warn_unaffordable_tiers,
+)
+from ._traces import CacheCounters, TracesTask, traces_task
 
 __all__ = ["PPOTrainer"]
 
@@ -114,6 +115,7 @@ class PPOTrainer:
     def _reference(self, lm: PreTrainedModel) -> PreTrainedModel | None:
         if self.config.kl_coef == 0:
             return None
+        ref: PreTrainedModel
         if self.config.resume_from:  # KL is to the run's starting model, not the checkpoint
             ref = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=torch.float32)
         else:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corl_graph.training._hf_policy import HFPolicy
-from corl_graph.training._rewards import RewardFn, corl_reward, format_penalty
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from corl_graph._exceptions import ConfigError, PolicyError
@@ -34,6 +32,9 @@ from corl_graph.graph import Router, RouterConfig
 from corl_graph.policies import Decision, PolicyView
 from corl_graph.protocol import StepRecord, escape_text, parse_action, unescape_text
 from corl_graph.trajectories import Label, Segment, Trajectory
+
+from ._hf_policy import HFPolicy
+from ._rewards import RewardFn, corl_reward, format_penalty
 
 __all__ = [
     "ScriptedPolicy",
@@ -295,7 +296,8 @@ def sft_trainer(
             "was correct; add labels (--labels) or lower min_reward"
         )
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig  # trl's top level does not re-export for mypy
+    from trl.trainer.sft_trainer import SFTTrainer
 
     data = Dataset.from_list(
         [{"input_ids": e.input_ids, "assistant_masks": e.assistant_masks} for e in examples]

@@ -22,14 +22,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from corl_graph.training._ppo_losses import compute_gae, masked_mean, policy_loss, value_loss
-from corl_graph.training.neural._bc import BCConfig, clone_teachers, demonstrations
-from corl_graph.training.neural._env import Env, Net, build_env, build_meta, pca, split_ids
-from corl_graph.training.neural._teachers import (
-    assign_teachers,
-    teacher_bank,
-    teacher_rewards,
-)
 from torch import nn
 
 from corl_graph._exceptions import ConfigError
@@ -42,6 +34,16 @@ from corl_graph.policies._neural import (
     NeuralPolicy,
     action_mask,
     step_features,
+)
+
+from ._ppo_losses import compute_gae, masked_mean, policy_loss, value_loss
+from .neural._bc import BCConfig, clone_teachers, demonstrations
+from .neural._env import Env, Net, build_env, build_meta, pca, split_ids
+from .neural._teachers import (
+    TeacherMode,
+    assign_teachers,
+    teacher_bank,
+    teacher_rewards,
 )
 
 __all__ = [
@@ -132,7 +134,26 @@ def corl_score(
     overspend. The cost term separates operating points of equal accuracy and is what the
     per-tier weight ``w`` calibrates (w -> 0: the most accurate policy within the cap)."""
     within = cost <= cap + 1e-12
-    return correct * within - np.exp(log_w) * cost / cost_ref
+    return np.asarray(correct * within - np.exp(log_w) * cost / cost_ref, dtype=float)
+
+
+_BC_MODES: dict[str, TeacherMode | None] = {
+    "fixed": "fixed",
+    "per_query": "per_query",
+    "none": None,
+}
+
+
+def _bc_modes(text: str) -> list[TeacherMode | None]:
+    """``--bc-modes``: comma-separated teacher choices, ``none`` (None) for PPO from scratch.
+
+    >>> _bc_modes("fixed,none")
+    ['fixed', None]
+    """
+    unknown = [name for name in text.split(",") if name not in _BC_MODES]
+    if unknown:
+        raise ConfigError(f"unknown --bc-modes {unknown}: use fixed, per_query or none")
+    return [_BC_MODES[name] for name in text.split(",")]
 
 
 def _evaluate_old(net: Net, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -432,10 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         NeuralPPOConfig(
             iterations=args.iterations,
             seed=seed,
-            bc=None if mode == "none" else BCConfig(mode=mode),  # type: ignore[arg-type]
+            bc=None if mode is None else BCConfig(mode=mode),
         )
         for seed in range(args.seed, args.seed + args.seeds)
-        for mode in args.bc_modes.split(",")
+        for mode in _bc_modes(args.bc_modes)
     ]
     policy = select_best(table, experts, tiers, emb, configs)
     policy.save(args.out)

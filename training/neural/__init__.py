@@ -2,9 +2,9 @@
 environment and network (``_env``), fixed teacher policies run in the simulator
 (``_teachers``) and behaviour cloning from them (``_bc``)."""
 
-from corl_graph.training.neural._bc import BCConfig, bc_loss, clone_teachers, demonstrations
-from corl_graph.training.neural._env import Env, Net, build_env, build_meta, pca, split_ids
-from corl_graph.training.neural._teachers import (
+from ._bc import BCConfig, bc_loss, clone_teachers, demonstrations
+from ._env import Env, Net, build_env, build_meta, pca, split_ids
+from ._teachers import (
     TeacherBank,
     assign_teachers,
     teacher_act,

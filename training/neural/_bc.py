@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from corl_graph.training.neural._env import Env, Net
-from corl_graph.training.neural._teachers import TeacherBank, TeacherMode, teacher_act
 from torch import nn
 
 from corl_graph.policies._neural import action_mask, step_features
+
+from ._env import Env, Net
+from ._teachers import TeacherBank, TeacherMode, teacher_act
 
 __all__ = ["BCConfig", "Demos", "bc_loss", "clone_teachers", "demonstrations"]
 

@@ -24,16 +24,17 @@ class Net(nn.Module):
 
     def __init__(self, n_in: int, n_actions: int, hidden: int):
         super().__init__()
+        logits = nn.Linear(hidden, n_actions)
         self.pi = nn.Sequential(
             nn.Linear(n_in, hidden),
             nn.Tanh(),
             nn.Linear(hidden, hidden),
             nn.Tanh(),
-            nn.Linear(hidden, n_actions),
+            logits,
         )
         self.v = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         with torch.no_grad():  # a near-uniform start, as CleanRL's 0.01-gain last layer
-            self.pi[-1].weight.mul_(0.01)
+            logits.weight.mul_(0.01)
 
     def numpy_params(self) -> dict[str, np.ndarray]:
         layers = [m for m in self.pi if isinstance(m, nn.Linear)]

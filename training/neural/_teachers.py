@@ -18,11 +18,12 @@ from itertools import combinations
 from typing import Literal
 
 import numpy as np
-from corl_graph.training.neural._env import Env
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.evaluation import run_episodes
 from corl_graph.policies._neural import StepBatch, _plurality, action_mask
+
+from ._env import Env
 
 __all__ = ["TeacherBank", "assign_teachers", "teacher_act", "teacher_bank", "teacher_rewards"]
 
@@ -89,7 +90,11 @@ def teacher_rewards(bank: TeacherBank, env: Env) -> tuple[np.ndarray, np.ndarray
     rows = np.tile(np.arange(n), m)
     for tier in range(t):
         sim = env.sim(rows, np.full(m * n, tier), np.zeros(m * n))
-        run_episodes(lambda s, sim=sim: teacher_act(bank, teacher, s), sim)
+
+        def act(s: StepBatch) -> np.ndarray:
+            return teacher_act(bank, teacher, s)
+
+        run_episodes(act, sim)
         correct[tier] = sim.correct.reshape(m, n)
         cost[tier] = sim.s.spent.reshape(m, n)
     return correct, cost
