@@ -21,22 +21,6 @@ SOURCES = {
 # but every package raises its errors, so every package may import it.
 SHARED = "corl_graph._exceptions"
 
-# Known violations, each to be fixed and removed from here; the test fails on a listed entry
-# that no longer occurs, so this list can only shrink (to empty). training/ is being reworked
-# (issue 16); its imports of the neural policy's and evaluation's private modules go with it,
-# and so does the training command's import of training's private metrics module.
-PENDING_PRIVATE_IMPORTS: set[tuple[str, str]] = {
-    ("corl_graph/cli/_train.py", "corl_graph.training._metrics"),
-    ("training/neural_ppo.py", "corl_graph.policies._neural"),
-    ("training/neural_ppo.py", "corl_graph.policies._neural:_LOG_W_RANGE"),
-    ("training/neural_ppo.py", "corl_graph.evaluation._embed"),
-    ("training/neural_ppo.py", "corl_graph.evaluation._presets"),
-    ("training/neural/_teachers.py", "corl_graph.policies._neural"),
-    ("training/neural/_teachers.py", "corl_graph.policies._neural:_plurality"),
-    ("training/neural/_env.py", "corl_graph.policies._neural"),
-    ("training/neural/_bc.py", "corl_graph.policies._neural"),
-}
-
 
 def _module_of(path: Path) -> str:
     for folder, name in sorted(SOURCES.items(), key=lambda kv: -len(str(kv[0]))):
@@ -147,9 +131,7 @@ def test_no_package_imports_another_packages_private_module() -> None:
         if _is_private(target):
             found.add((rel, target))
         found |= {(rel, f"{target}:{n}") for n in names if n.startswith("_")}
-    assert sorted(found - PENDING_PRIVATE_IMPORTS) == []
-    fixed = PENDING_PRIVATE_IMPORTS - found
-    assert sorted(fixed) == [], "fixed: remove these from PENDING_PRIVATE_IMPORTS"
+    assert sorted(found) == [], "import it from the package (export it there if need be)"
 
 
 def test_the_checker_sees_a_private_import_and_a_cycle() -> None:

@@ -17,6 +17,7 @@ from ._lagrange import (
     lagrangian_reward,
     target_penalty,
 )
+from ._metrics import require_tensorboard
 from ._model import ActorCritic
 from ._ppo_losses import (
     KLEstimator,
@@ -130,6 +131,7 @@ __all__ = [
     "math_match",
     "policy_loss",
     "recorded_script",
+    "require_tensorboard",
     "reward_from_config",
     "save_checkpoint",
     "select_best",

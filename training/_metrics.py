@@ -9,7 +9,7 @@ from typing import Any
 
 from corl_graph._exceptions import ConfigError
 
-__all__ = ["MetricsWriter"]
+__all__ = ["MetricsWriter", "require_tensorboard"]
 
 
 def require_tensorboard() -> None:

@@ -28,8 +28,8 @@ from corl_graph._exceptions import ConfigError
 from corl_graph.budget import TierSet
 from corl_graph.evaluation import episode_arrays, run_episodes
 from corl_graph.experts import OutcomeTable, ReplayExpert
-from corl_graph.policies._neural import (
-    _LOG_W_RANGE,
+from corl_graph.policies import (
+    LOG_W_RANGE,
     NeuralMeta,
     NeuralPolicy,
     action_mask,
@@ -92,7 +92,7 @@ def _rollout(
     """Sample n episodes; returns (B, T) tensors of features, actions, log-probs, masks."""
     rows = rng.integers(0, len(env.emb), n)
     tier = rng.integers(0, len(env.caps), n)
-    log_w = rng.uniform(*_LOG_W_RANGE, n)
+    log_w = rng.uniform(*LOG_W_RANGE, n)
     sim = env.sim(rows, tier, log_w)
     steps = meta.n_experts + 2
     feats, acts, masks, alive = [], [], [], []
@@ -242,7 +242,7 @@ def _episodes(
     return (
         rng.integers(0, n_rows, n),
         rng.integers(0, n_tiers, n),
-        rng.uniform(*_LOG_W_RANGE, n),
+        rng.uniform(*LOG_W_RANGE, n),
     )
 
 
@@ -415,7 +415,7 @@ def _demo_setup(
     embeddings: str,
 ) -> tuple[OutcomeTable, list[ReplayExpert], TierSet, dict[str, np.ndarray]]:
     from corl_graph.data import demo_experts, demo_tiers, load_demo_table
-    from corl_graph.evaluation._embed import load_embeddings
+    from corl_graph.evaluation import load_embeddings
 
     table = load_demo_table()
     return table, demo_experts(table), demo_tiers(), load_embeddings(embeddings)
@@ -425,8 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train on a table with its preset pool and tiers (or the bundled demo table)."""
     import argparse
 
-    from corl_graph.evaluation._embed import table_embeddings
-    from corl_graph.evaluation._presets import preset_experts, preset_for
+    from corl_graph.evaluation import preset_experts, preset_for, table_embeddings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--table", help="canonical outcome table (.jsonl.gz)")

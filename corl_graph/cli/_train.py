@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_model(config.model)
         if config.tensorboard:
-            from corl_graph.training._metrics import require_tensorboard
+            from corl_graph.training import require_tensorboard
 
             require_tensorboard()
         _train(config, task, args)

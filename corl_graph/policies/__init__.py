@@ -12,7 +12,17 @@ from corl_graph.policies._cascade import (
 )
 from corl_graph.policies._knn import KNNRouter, Reserve, affordable, last_reply
 from corl_graph.policies._llm import LLMPolicy
-from corl_graph.policies._neural import NeuralMeta, NeuralPolicy, StepBatch
+from corl_graph.policies._neural import (
+    FEATURE_VERSION,
+    LOG_W_RANGE,
+    NeuralMeta,
+    NeuralPolicy,
+    StepBatch,
+    action_mask,
+    plurality,
+    project,
+    step_features,
+)
 from corl_graph.policies._score import (
     KNNPredictor,
     MFPredictor,
@@ -23,6 +33,8 @@ from corl_graph.policies._score import (
 from corl_graph.policies._threshold import ThresholdRouter
 
 __all__ = [
+    "FEATURE_VERSION",
+    "LOG_W_RANGE",
     "AlwaysExpert",
     "Cascade",
     "CascadeRouter",
@@ -46,9 +58,13 @@ __all__ = [
     "StepBatch",
     "ThresholdRouter",
     "Turn",
+    "action_mask",
     "affordable",
     "knn_estimate",
     "last_reply",
+    "plurality",
+    "project",
+    "step_features",
     "stop_features",
     "stop_scores",
 ]

@@ -28,18 +28,22 @@ from corl_graph.protocol import Aggregate, Answer, CallExpert
 
 __all__ = [
     "FEATURE_VERSION",
+    "LOG_W_RANGE",
     "NeuralMeta",
     "NeuralPolicy",
     "StepBatch",
     "action_mask",
     "mlp_logits",
+    "plurality",
     "project",
     "step_features",
 ]
 
 # Output tokens enter as log1p(tokens) / 8, which maps 0..3000 tokens onto about 0..1.
 _TOKEN_SCALE = 8.0
-_LOG_W_RANGE = (math.log(1e-3), math.log(3.0))
+# The range of log cost weights (ln w) the network sees: step_features scales ln w onto 0..1
+# over it, and the trainer samples training episodes' ln w uniformly in it.
+LOG_W_RANGE = (math.log(1e-3), math.log(3.0))
 # Agreement features of version 2: plurality count, distinct answers, the priciest agreeing
 # expert's price, and "two / three answers agree" (what an agreement cascade stops on).
 _V2_EXTRA = 5
@@ -111,8 +115,14 @@ class StepBatch:
     exhausted: np.ndarray  # (B,) bool: the ledger refused a call
 
 
-def _plurality(answer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the most common answer id (-1 if none) and its count. (B,), (B,)."""
+def plurality(answer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the most common answer id (-1 if none) and its count. (B,), (B,).
+
+    ``answer_id`` is (B, K): expert k's normalised answer's id, -1 where k has not answered.
+
+    >>> plurality(np.array([[3, 3, 5], [-1, -1, -1]]))
+    (array([ 3, -1]), array([2, 0]))
+    """
     b, k = answer_id.shape
     counts = np.zeros((b, k), dtype=np.int64)
     for j in range(k):
@@ -163,13 +173,13 @@ def step_features(s: StepBatch, n_tiers: int, version: int = 1) -> np.ndarray:
     """The network's input: (B, E + T + 1 + 6K + 5) float32, plus ``_V2_EXTRA`` columns of
     answer agreement for ``version`` 2."""
     b, k = s.called.shape
-    top, top_count = _plurality(s.answer_id)
+    top, top_count = plurality(s.answer_id)
     n_answers = (s.answer_id >= 0).sum(1)
     cap = np.maximum(s.cap, 1e-12)
     remaining = np.maximum(s.cap - s.spent, 0.0)
     tier = np.zeros((b, n_tiers), dtype=np.float32)
     tier[np.arange(b), s.tier] = 1.0
-    lo, hi = _LOG_W_RANGE
+    lo, hi = LOG_W_RANGE
     agrees = (s.answer_id >= 0) & (s.answer_id == top[:, None])
     parts = [
         s.emb,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corl_graph.policies._neural import action_mask, step_features
+from corl_graph.policies import action_mask, step_features
 
 from ._env import Env, Net
 from ._teachers import TeacherBank, TeacherMode, teacher_act

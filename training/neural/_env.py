@@ -14,7 +14,7 @@ from torch import nn
 from corl_graph.budget import TierSet
 from corl_graph.evaluation import EpisodeArrays, ReplaySim, episode_arrays
 from corl_graph.experts import OutcomeTable, ReplayExpert
-from corl_graph.policies._neural import FEATURE_VERSION, NeuralMeta, project
+from corl_graph.policies import FEATURE_VERSION, NeuralMeta, project
 
 __all__ = ["Env", "Net", "build_env", "build_meta", "pca", "split_ids"]
 

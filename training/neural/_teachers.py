@@ -21,7 +21,7 @@ import numpy as np
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.evaluation import run_episodes
-from corl_graph.policies._neural import StepBatch, _plurality, action_mask
+from corl_graph.policies import StepBatch, action_mask, plurality
 
 from ._env import Env
 
@@ -67,7 +67,7 @@ def teacher_act(bank: TeacherBank, teacher: np.ndarray, s: StepBatch) -> np.ndar
     b, k = s.called.shape
     rows = np.arange(b)
     allowed = action_mask(s)
-    _, top_count = _plurality(s.answer_id)
+    _, top_count = plurality(s.answer_id)
     n_answers = (s.answer_id >= 0).sum(1)
     order = bank.orders[teacher]  # (B, K)
     candidate = (order >= 0) & allowed[rows[:, None], 1 + order.clip(0)]
