@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -50,7 +51,7 @@ __all__ = [
     "NeuralPPOConfig",
     "calibrate_tiers",
     "corl_score",
-    "select_best",
+    "train_best_policy",
     "train_neural_policy",
 ]
 
@@ -386,7 +387,7 @@ def train_neural_policy(
     return max(candidates, key=lambda c: c[0])[2]
 
 
-def select_best(
+def train_best_policy(
     table: OutcomeTable,
     experts: Sequence[ReplayExpert],
     tiers: TierSet,
@@ -407,8 +408,25 @@ def select_best(
         if best is None or score > float(best.meta.notes["validation_score"]):
             best = policy
     if best is None:
-        raise ConfigError("select_best needs at least one config")
+        raise ConfigError("train_best_policy needs at least one config")
     return best
+
+
+def select_best(
+    table: OutcomeTable,
+    experts: Sequence[ReplayExpert],
+    tiers: TierSet,
+    embeddings: dict[str, np.ndarray],
+    configs: Sequence[NeuralPPOConfig],
+) -> NeuralPolicy:
+    """Deprecated: ``train_best_policy`` (``corl_graph.training.select_best`` is the warm
+    start's choice of recorded runs, a different thing)."""
+    warnings.warn(
+        "neural_ppo.select_best is deprecated: use train_best_policy",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return train_best_policy(table, experts, tiers, embeddings, configs)
 
 
 def _demo_setup(
@@ -457,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in range(args.seed, args.seed + args.seeds)
         for mode in _bc_modes(args.bc_modes)
     ]
-    policy = select_best(table, experts, tiers, emb, configs)
+    policy = train_best_policy(table, experts, tiers, emb, configs)
     policy.save(args.out)
     print(f"saved {args.out}.npz/.json; tier cost weights {policy.meta.tier_cost_weight}")
     return 0

@@ -28,7 +28,7 @@ def check_caps(
     query_left = tier.max_usd_per_query - query.committed_usd
     if request.amount_usd > query_left + _EPS:
         raise BudgetExceededError(
-            f"query {request.query_id!r} on tier {tier.name!r}: {request.expert} needs up to "
+            f"query {request.run_id!r} on tier {tier.name!r}: {request.expert} needs up to "
             f"${request.amount_usd:.6f}, ${max(query_left, 0.0):.6f} of "
             f"${tier.max_usd_per_query:.6f} left",
             scope="query",
@@ -37,7 +37,7 @@ def check_caps(
         )
     if tier.max_expert_calls is not None and query.calls + 1 > tier.max_expert_calls:
         raise BudgetExceededError(
-            f"query {request.query_id!r} on tier {tier.name!r}: "
+            f"query {request.run_id!r} on tier {tier.name!r}: "
             f"{tier.max_expert_calls} expert call(s) allowed, all used",
             scope="calls",
             requested_usd=request.amount_usd,
@@ -48,7 +48,7 @@ def check_caps(
         query.tokens + worst_tokens > tier.max_tokens_per_query
     ):
         raise BudgetExceededError(
-            f"query {request.query_id!r} on tier {tier.name!r}: {request.expert} may use "
+            f"query {request.run_id!r} on tier {tier.name!r}: {request.expert} may use "
             f"{worst_tokens} tokens, {tier.max_tokens_per_query - query.tokens} left",
             scope="tokens",
             requested_usd=request.amount_usd,

@@ -44,7 +44,7 @@ def envelope_request(
     """The ledger reservation that holds a whole query: its tier's dollar and token caps."""
     return ReservationRequest(
         tenant=tenant,
-        query_id=run_id,
+        run_id=run_id,
         tier=tier,
         expert=ENVELOPE_EXPERT,
         amount_usd=tier.max_usd_per_query,

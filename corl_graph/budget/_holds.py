@@ -242,7 +242,7 @@ class _EnvelopeRun(RunHold):
         if self._refused:
             return self._per_attempt
         source = self._source
-        envelope = envelope_request(request.tenant, request.query_id, request.tier, self._lease_s)
+        envelope = envelope_request(request.tenant, request.run_id, request.tier, self._lease_s)
         try:
             reservation = await _reserve(source, envelope, uuid.uuid4().hex)
         except BudgetExceededError:

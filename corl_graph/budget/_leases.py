@@ -242,7 +242,7 @@ class BudgetLeases:
         lease_id = uuid.uuid4().hex
         slice_request = ReservationRequest(
             tenant=request.tenant,
-            query_id=f"corl-lease-{lease_id}",
+            run_id=f"corl-lease-{lease_id}",
             tier=BudgetTier(_LEASE_TIER, size),
             expert=LEASE_EXPERT,
             amount_usd=size,
@@ -258,7 +258,7 @@ class BudgetLeases:
         reservation = Reservation(
             id=rid,
             tenant=request.tenant,
-            query_id=request.query_id,
+            query_id=request.run_id,
             tier=request.tier.name,
             expert=request.expert,
             amount_usd=request.amount_usd,

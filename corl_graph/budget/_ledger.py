@@ -25,9 +25,10 @@ valid ``Usage``, charging the reserved worst case when the report is impossible.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, overload, runtime_checkable
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget._checks import (
@@ -63,25 +64,108 @@ AuditEvent = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ReservationRequest:
     """What a caller asks the ledger to hold before an expert call.
 
     ``amount_usd`` is the worst case: input tokens + ``max_output_tokens`` at the expert's price.
+    ``run_id`` names one run of a query, the unit a tier's per-query caps apply to: the
+    router passes its run id (``RouterResult.run_id``, the query id and a random suffix), so
+    two runs of one query id, such as GRPO's generations, each get the whole cap. The
+    ledger's records keep it under their historical name ``query_id`` (``Reservation``,
+    ``AuditEntry``, ``query_spend``). ``query_id=`` is a deprecated alias of ``run_id``.
+
+    >>> r = ReservationRequest("acme", "q1:run-1", BudgetTier("low", 0.01), "gpt", 0.004, 9, 9)
+    >>> r.run_id
+    'q1:run-1'
     """
 
     tenant: str
-    query_id: str
+    run_id: str
     tier: BudgetTier
     expert: str
     amount_usd: float
     input_tokens: int
     max_output_tokens: int
-    lease_s: float = 300.0
+    lease_s: float
+
+    @overload
+    def __init__(
+        self,
+        tenant: str,
+        run_id: str,
+        tier: BudgetTier,
+        expert: str,
+        amount_usd: float,
+        input_tokens: int,
+        max_output_tokens: int,
+        lease_s: float = 300.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        tenant: str,
+        *,
+        query_id: str,
+        tier: BudgetTier,
+        expert: str,
+        amount_usd: float,
+        input_tokens: int,
+        max_output_tokens: int,
+        lease_s: float = 300.0,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        tenant: str,
+        run_id: str | None = None,
+        tier: BudgetTier | None = None,
+        expert: str | None = None,
+        amount_usd: float | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        lease_s: float = 300.0,
+        *,
+        query_id: str | None = None,
+    ) -> None:
+        if query_id is not None:
+            if run_id is not None:
+                raise ConfigError("ReservationRequest: pass run_id only (query_id is its old name)")
+            warnings.warn(
+                "ReservationRequest(query_id=...) is deprecated: the field is run_id",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            run_id = query_id
+        values = {
+            "run_id": run_id,
+            "tier": tier,
+            "expert": expert,
+            "amount_usd": amount_usd,
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
+        }
+        missing = [name for name, value in values.items() if value is None]
+        if missing:
+            raise TypeError(f"ReservationRequest() missing required arguments: {missing}")
+        for name, value in (("tenant", tenant), *values.items(), ("lease_s", lease_s)):
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
+    @property
+    def query_id(self) -> str:
+        """Deprecated: the old name of ``run_id``."""
+        warnings.warn(
+            "ReservationRequest.query_id is deprecated: read run_id",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.run_id
 
     def __post_init__(self) -> None:
         check_id(self.tenant, "tenant")
-        check_id(self.query_id, "query_id")
+        check_id(self.run_id, "run_id")
         check_id(self.expert, "expert")
         check_amount(self.amount_usd, "amount_usd")
         check_tokens(self.input_tokens, "input_tokens")

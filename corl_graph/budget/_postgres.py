@@ -434,7 +434,7 @@ class PostgresLedger:
                 # it (the second INSERT only updates the row; its totals were already moved).
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._id_lock(rid),))
                 budget_cur = await self._ask_budget(conn, request.tenant)
-                query_cur = await self._ask_lock_query(conn, request.tenant, request.query_id)
+                query_cur = await self._ask_lock_query(conn, request.tenant, request.run_id)
                 # Runs after the query row is locked, so a concurrent retry of this same
                 # reserve has either committed (we return it) or not started (we insert).
                 existing_cur = await self._ask_reservation(conn, rid, lock=False)

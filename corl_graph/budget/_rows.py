@@ -220,7 +220,7 @@ def new_reservation(
     reservation = Reservation(
         id=reservation_id,
         tenant=request.tenant,
-        query_id=request.query_id,
+        query_id=request.run_id,
         tier=request.tier.name,
         expert=request.expert,
         amount_usd=request.amount_usd,
@@ -344,7 +344,13 @@ def totals_from_row(values: Sequence[Any] | None) -> Totals:
         return Totals()
     settled, held, expired, calls, tokens, held_n, expired_n = values
     return Totals(
-        float(settled), float(held), float(expired), int(calls), int(tokens), held_n, expired_n
+        settled_usd=float(settled),
+        held_usd=float(held),
+        expired_usd=float(expired),
+        calls=int(calls),
+        tokens=int(tokens),
+        held_n=held_n,
+        expired_n=expired_n,
     )
 
 

@@ -355,7 +355,7 @@ class SQLiteLedger:
             try:
                 check_caps(
                     request,
-                    query=self._query_totals(request.tenant, request.query_id).summary(),
+                    query=self._query_totals(request.tenant, request.run_id).summary(),
                     tenant=self._tenant_totals(request.tenant, period).summary(),
                     budget=budget,
                 )

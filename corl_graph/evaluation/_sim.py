@@ -55,16 +55,16 @@ def episode_arrays(
     """Tabulate what each expert would do on each query."""
     n, k = len(query_ids), len(experts)
     out = EpisodeArrays(
-        list(query_ids),
-        np.full((n, k), -1, np.int64),
-        np.full(n, -1, np.int64),
-        np.zeros((n, k)),
-        np.zeros((n, k)),
-        np.zeros((n, k)),
-        np.zeros((n, k)),
-        np.zeros((n, k), bool),
-        np.zeros((n, k), bool),
-        np.zeros(n, np.int64),
+        query_ids=list(query_ids),
+        answer_id=np.full((n, k), -1, np.int64),
+        reference_id=np.full(n, -1, np.int64),
+        correct=np.zeros((n, k)),
+        cost=np.zeros((n, k)),
+        worst=np.zeros((n, k)),
+        out_tokens=np.zeros((n, k)),
+        replied=np.zeros((n, k), bool),
+        textless=np.zeros((n, k), bool),
+        query_bytes=np.zeros(n, np.int64),
     )
     for i, qid in enumerate(query_ids):
         info = table.queries[qid]

@@ -151,11 +151,14 @@ def _data(
     a, b = episode_arrays(table, experts, train), episode_arrays(table, experts, ids)
     names = [e.name for e in experts]
     return _Data(
-        a, b, judged(a), judged(b),
-        np.stack([emb[q] for q in train]).astype(np.float32),
-        np.stack([emb[q] for q in ids]).astype(np.float32),
-        names.index(controller) if controller in names else -1,
-    )  # fmt: skip
+        train=a,
+        test=b,
+        j_train=judged(a),
+        j_test=judged(b),
+        e_train=np.stack([emb[q] for q in train]).astype(np.float32),
+        e_test=np.stack([emb[q] for q in ids]).astype(np.float32),
+        controller=names.index(controller) if controller in names else -1,
+    )
 
 
 def _one_call_row(

@@ -239,13 +239,13 @@ class CachedExpert(Expert):
         try:
             held = await self.ledger.reserve(
                 ReservationRequest(
-                    self.tenant,
-                    f"train:{request.query_id}",
-                    _TRAINING_TIER,
-                    self.name,
-                    worst,
-                    tokens,
-                    self.live.max_output_tokens,
+                    tenant=self.tenant,
+                    run_id=f"train:{request.query_id}",
+                    tier=_TRAINING_TIER,
+                    expert=self.name,
+                    amount_usd=worst,
+                    input_tokens=tokens,
+                    max_output_tokens=self.live.max_output_tokens,
                 )
             )
         except BudgetExceededError as exc:
@@ -266,14 +266,14 @@ class CachedExpert(Expert):
         self.live_usd += cost
         self.cache.add(
             CachedReply(
-                self.name,
-                request.subquery,
-                request.query_id,
-                reply.text,
-                reply.answer,
-                reply.input_tokens,
-                reply.output_tokens,
-                cost,
+                expert=self.name,
+                subquery=request.subquery,
+                query_id=request.query_id,
+                text=reply.text,
+                answer=reply.answer,
+                input_tokens=reply.input_tokens,
+                output_tokens=reply.output_tokens,
+                cost_usd=cost,
             )
         )
         return replace(reply, cost_usd=cost)

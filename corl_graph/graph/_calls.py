@@ -211,7 +211,7 @@ def _request(
     """One attempt's reservation: its worst case, held for the expert's timeout and a margin."""
     return ReservationRequest(
         tenant=tenant,
-        query_id=run_id,
+        run_id=run_id,
         tier=tier,
         expert=expert.name,
         amount_usd=worst,

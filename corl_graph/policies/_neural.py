@@ -114,6 +114,12 @@ class StepBatch:
     est: np.ndarray  # (B, K) estimated worst-case price of a call
     exhausted: np.ndarray  # (B,) bool: the ledger refused a call
 
+    @property
+    def remaining_usd(self) -> np.ndarray:
+        """(B,) what each episode may still spend under its cap (>= 0), as
+        ``BudgetTier.remaining_usd`` for one query."""
+        return np.asarray(np.maximum(self.cap - self.spent, 0.0), dtype=float)
+
 
 def plurality(answer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the most common answer id (-1 if none) and its count. (B,), (B,).
@@ -136,7 +142,7 @@ def plurality(answer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def action_mask(s: StepBatch) -> np.ndarray:
     """Which actions are allowed: (B, K + 2) bool. Calls must look affordable and be new;
     a vote needs two answers; answering needs a reply, unless nothing else is possible."""
-    remaining = np.maximum(s.cap - s.spent, 0.0)
+    remaining = s.remaining_usd
     can_call = ~s.called & (s.est <= remaining[:, None]) & ~s.exhausted[:, None]
     n_answers = (s.answer_id >= 0).sum(1)
     has_reply = s.replied.any(1)
@@ -176,7 +182,7 @@ def step_features(s: StepBatch, n_tiers: int, version: int = 1) -> np.ndarray:
     top, top_count = plurality(s.answer_id)
     n_answers = (s.answer_id >= 0).sum(1)
     cap = np.maximum(s.cap, 1e-12)
-    remaining = np.maximum(s.cap - s.spent, 0.0)
+    remaining = s.remaining_usd
     tier = np.zeros((b, n_tiers), dtype=np.float32)
     tier[np.arange(b), s.tier] = 1.0
     lo, hi = LOG_W_RANGE

@@ -109,17 +109,17 @@ class _Acc:
 
     def row(self, key: tuple[str, ...], scope: int) -> ReportRow:
         return ReportRow(
-            key,
-            self.queries,
-            scope,
-            self.with_calls,
-            self.calls,
-            self.denied,
-            self.failed,
-            self.exhausted,
-            self.input_tokens,
-            self.output_tokens,
-            self.cost,
+            key=key,
+            queries=self.queries,
+            scope_queries=scope,
+            queries_with_calls=self.with_calls,
+            expert_calls=self.calls,
+            denied_calls=self.denied,
+            failed_calls=self.failed,
+            budget_exhausted=self.exhausted,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=self.cost,
         )
 
 

@@ -175,14 +175,14 @@ def build_cache(trajectories: Iterable[Trajectory]) -> tuple[ReplayCache, int, i
                 cached += 1
                 cache.add(
                     CachedReply(
-                        c.expert,
-                        c.subquery,
-                        t.query_id,
-                        c.text,
-                        c.answer,
-                        c.input_tokens,
-                        c.output_tokens,
-                        c.cost_usd,
+                        expert=c.expert,
+                        subquery=c.subquery,
+                        query_id=t.query_id,
+                        text=c.text,
+                        answer=c.answer,
+                        input_tokens=c.input_tokens,
+                        output_tokens=c.output_tokens,
+                        cost_usd=c.cost_usd,
                     )
                 )
     return cache, seen, cached

@@ -25,7 +25,7 @@ NAN, INF = math.nan, math.inf
 def req(amount: float = 1.0, query: str = "q1", **fields: Any) -> ReservationRequest:
     values: dict[str, Any] = {
         "tenant": "acme",
-        "query_id": query,
+        "run_id": query,
         "tier": TIER_1,
         "expert": "gpt",
         "amount_usd": amount,
@@ -62,10 +62,10 @@ async def one_dollar(make_ledger: MakeLedger) -> Any:
         ("input_tokens", -1),
         ("max_output_tokens", 10**12),
         ("input_tokens", 1.5),
-        ("query_id", ""),
-        ("query_id", "x" * (MAX_ID_CHARS + 1)),
-        ("query_id", "q\udc80"),
-        ("query_id", "a\nb"),
+        ("run_id", ""),
+        ("run_id", "x" * (MAX_ID_CHARS + 1)),
+        ("run_id", "q\udc80"),
+        ("run_id", "a\nb"),
         ("tenant", "\ud800"),
         ("expert", "e\x00"),
     ],

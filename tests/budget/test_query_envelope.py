@@ -102,7 +102,7 @@ async def test_an_envelope_whose_holder_died_stays_charged_at_the_whole_cap(
     run = PerQueryHold(ledger, lease_s=1.0).for_run()
     call = ReservationRequest(
         tenant="t",
-        query_id="r1",
+        run_id="r1",
         tier=TIER,
         expert="a",
         amount_usd=0.001,
