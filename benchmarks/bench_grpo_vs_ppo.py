@@ -132,19 +132,14 @@ def run_one(size: str, algo: str) -> dict[str, Any]:
             trainer.update(batch)
             seconds = time.perf_counter() - t0
     else:
-        from dataclasses import replace
-
-        from corl_graph.training import make_grpo_trainer
+        from corl_graph.training import GRPOConfig, make_grpo_trainer
 
         del trainer
+        # the same shared fields as the PPO run (progress=False: no tqdm), groups of 2
+        shared = {k: v for k, v in config.to_dict().items() if k in GRPOConfig.field_names()}
+        grpo_config = GRPOConfig.from_dict({**shared, "algo": "grpo", "num_generations": 2})
         grpo = make_grpo_trainer(
-            replace(config, algo="grpo"),
-            num_generations=2,
-            lm=lm,
-            tokenizer=tok,
-            experts=experts,
-            queries=queries,
-            disable_tqdm=True,
+            grpo_config, lm=lm, tokenizer=tok, experts=experts, queries=queries
         )
 
         def replay(prompts: list[Any], _: Any) -> dict[str, list[Any]]:

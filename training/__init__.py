@@ -7,7 +7,18 @@ controller, with expert tokens masked out of the loss, in one process or under F
 """
 
 from ._checkpoint import load_training_state, save_checkpoint
-from ._config import Algo, CostConstraint, MixedPrecision, PPOConfig
+from ._config import (
+    Algo,
+    CostConstraint,
+    GRPOConfig,
+    MixedPrecision,
+    PPOConfig,
+    RLConfig,
+    SFTConfig,
+    TrainConfig,
+    config_class,
+    config_from_dict,
+)
 from ._fsdp import DistInfo, init_distributed
 from ._grpo import GraphRollout, make_grpo_trainer, split_for_grpo, train_grpo
 from ._hf_policy import HFPolicy
@@ -37,6 +48,7 @@ from ._rewards import (
     RewardFn,
     RewardKind,
     corl_reward,
+    cost_weighted_reward,
     format_penalty,
     graded_reward,
     make_reward,
@@ -58,6 +70,7 @@ from ._traces import (
     TracesTask,
     traces_task,
     train_sft,
+    training_task,
 )
 from ._trainer import PPOTrainer
 from ._verifiers import (
@@ -88,6 +101,7 @@ __all__ = [
     "CostConstraint",
     "DistInfo",
     "Episode",
+    "GRPOConfig",
     "GraphRollout",
     "HFPolicy",
     "KLEstimator",
@@ -95,14 +109,17 @@ __all__ = [
     "PPOConfig",
     "PPOTrainer",
     "QuerySpec",
+    "RLConfig",
     "RewardBreakdown",
     "RewardConfig",
     "RewardFn",
     "RewardKind",
     "RolloutBatch",
+    "SFTConfig",
     "ScriptedPolicy",
     "TierMultipliers",
     "TracesTask",
+    "TrainConfig",
     "Verifier",
     "VerifierKind",
     "WarmStartExample",
@@ -110,7 +127,10 @@ __all__ = [
     "build_batch",
     "collect",
     "compute_gae",
+    "config_class",
+    "config_from_dict",
     "corl_reward",
+    "cost_weighted_reward",
     "dual_ascent",
     "entropy_from_logits",
     "episode_metrics",
@@ -145,6 +165,7 @@ __all__ = [
     "traces_task",
     "train_grpo",
     "train_sft",
+    "training_task",
     "value_loss",
     "warm_start_examples",
 ]

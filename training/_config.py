@@ -1,10 +1,23 @@
-"""PPOConfig: the one typed configuration of the PPO trainer, validated at construction."""
+"""Training configs: one per algorithm on a shared base, each validated once at construction,
+with errors that name the field to change and how::
+
+    TrainConfig          the controller, the output, the task (table or traces), tiers, reward
+    ├── RLConfig         rollouts and their schedule, clip, KL, spend targets, FSDP, saving
+    │   ├── PPOConfig    the value model and GAE (corl-graph train --algo ppo)
+    │   └── GRPOConfig   groups of num_generations runs, TRL's own options (--algo grpo)
+    └── SFTConfig        the warm start on prepared traces (--algo sft)
+
+``config_class(algo)`` gives the class of an algorithm, ``config_from_dict`` builds one from
+JSON-ready fields (what ``to_dict`` writes beside every checkpoint, or a ``--config`` file).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet, default_tiers
@@ -14,7 +27,18 @@ from ._ppo_losses import KLEstimator
 from ._rewards import RewardConfig, RewardKind
 from ._verifiers import VerifierKind
 
-__all__ = ["Algo", "CostConstraint", "MixedPrecision", "PPOConfig"]
+__all__ = [
+    "Algo",
+    "CostConstraint",
+    "GRPOConfig",
+    "MixedPrecision",
+    "PPOConfig",
+    "RLConfig",
+    "SFTConfig",
+    "TrainConfig",
+    "config_class",
+    "config_from_dict",
+]
 
 # grpo: TRL GRPOTrainer over graph rollouts (training/_grpo.py); sft: the warm start on
 # prepared traces (training/_traces.py), whose output --algo ppo|grpo continues from.
@@ -24,40 +48,44 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 # E[cost | tier] <= tier.target_usd, one multiplier per tier (training/_lagrange.py).
 CostConstraint = Literal["none", "lagrange"]
 
+_C = TypeVar("_C", bound="TrainConfig")
+
 
 def _default_tiers() -> tuple[BudgetTier, ...]:
     return tuple(default_tiers().values())
 
 
-@dataclass(frozen=True)
-class PPOConfig:
-    """Everything one PPO run needs. Errors raised here say which field to change and how.
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+        raise ConfigError(f"{name} must be {options}, got {value!r}")
 
-    Batch sizes are global (over all ranks): each iteration rolls out ``episodes_per_iter``
-    graph runs, then makes ``ppo_epochs`` passes over them in minibatches of
-    ``minibatch_size`` sequences.
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every trainer needs: the controller (``model``), where to write (``output_dir``),
+    the task, the tiers, the reward and the logging. Not trained on by itself: use
+    ``PPOConfig``, ``GRPOConfig`` or ``SFTConfig``.
 
     The task is an outcome table (``table`` + ``experts``, replayed) or a folder of prepared
     traces (``traces``: cached experts, the query set and its labels; ``experts`` then
     optionally picks some of the cached ones). ``on_miss`` says what a sub-query missing
     from the cache becomes: a failed call ("unavailable") or a live call charged to tenant
     "training" on ``ledger_url`` within ``training_budget_usd`` ("live").
-    ``algo="sft"`` is the warm start on the traces: ``sft_epochs`` passes over the best
-    recorded run per (query, tier) whose reward reaches ``sft_min_reward``, plus the
-    boundary runs (``sft_boundary``), in batches of ``minibatch_size``.
+    ``minibatch_size`` sequences make one optimizer step (global, over all ranks).
 
-    >>> PPOConfig(model="ckpt", output_dir="out", table="t.jsonl.gz", experts=("a",)).algo
-    'ppo'
-    >>> PPOConfig(model="ckpt", output_dir="out", traces="prepared/", algo="sft").on_miss
+    >>> SFTConfig(model="ckpt", output_dir="out", traces="prepared/").on_miss
     'unavailable'
     """
+
+    kind: ClassVar[Algo]  # the algorithm of this class; the field ``algo`` must say the same
 
     model: str
     output_dir: str
     table: str | None = None
     experts: tuple[str, ...] = ()
     tiers: tuple[BudgetTier, ...] = field(default_factory=_default_tiers)
-    algo: Algo = "ppo"
+    algo: Algo = "ppo"  # each subclass's own (kept so that saved and --config files load)
     split: Literal["train", "test"] = "train"
     max_queries: int | None = None
     query_field: Literal["prompt", "question"] = "prompt"
@@ -68,42 +96,159 @@ class PPOConfig:
     live_experts: str | None = None  # server config with the real experts (read by the CLI)
     training_budget_usd: float | None = None
     ledger_url: str = "memory://"
-    # warm start (algo="sft")
-    sft_epochs: float = 1.0
-    sft_min_reward: float = 1.0
-    sft_boundary: bool = True
-    # schedule
-    iterations: int = 100
-    episodes_per_iter: int = 32
+    # optimisation
     minibatch_size: int = 16
-    ppo_epochs: int = 2
     learning_rate: float = 1e-5
-    value_learning_rate: float | None = None
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
     seed: int = 0
-    # PPO
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip: float = 0.2
-    value_clip: float | None = 0.2
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    kl_coef: float = 0.02
-    kl_estimator: KLEstimator = "k1"
-    whiten_advantages: bool = True
-    # rollouts
-    max_steps: int = 4
+    # the controller's turns
     max_new_tokens: int = 48
-    temperature: float = 1.0
     max_seq_len: int = 2048
     # reward
     reward: RewardKind = "corl"
     reward_alpha: float = 0.3
     format_penalty: float = 0.1
     verifier: VerifierKind = "exact"
-    # spend targets as constraints (PPO-Lagrangian): the shaped reward is
-    # reward - lambda_tier * cost / target_tier, lambda by dual ascent after every iteration
+    # output
+    metrics_file: str | None = None
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if type(self) in (TrainConfig, RLConfig):
+            raise ConfigError(
+                f"{type(self).__name__} is a shared base: use PPOConfig, GRPOConfig or SFTConfig"
+            )
+        self._check()
+
+    def _check(self) -> None:
+        """Every rule of the fields; subclasses extend it (and call it first)."""
+        name = type(self).__name__
+        if self.algo != self.kind:
+            _choice("algo", self.algo, ("ppo", "grpo", "sft"))
+            raise ConfigError(
+                f"{name} is the config of algo={self.kind!r}; for algo={self.algo!r} use "
+                f"{config_class(self.algo).__name__}(...) with its own fields (e.g. "
+                "GRPOConfig.num_generations, SFTConfig.sft_epochs)"
+            )
+        self._check_task()
+        if not self.tiers:
+            raise ConfigError(f"{name}.tiers is empty: give at least one BudgetTier")
+        TierSet(self.tiers)  # raises ConfigError on duplicate names
+        for key in ("minibatch_size", "max_new_tokens", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{name}.learning_rate must be > 0, got {self.learning_rate}")
+        self.reward_config  # noqa: B018  (RewardConfig validates the reward fields)
+
+    def _check_task(self) -> None:
+        if (self.table is None) == (self.traces is None):
+            raise ConfigError(
+                "give exactly one task: exactly one of table= (--table, an outcome table, "
+                "with experts=) and traces= (--traces, a folder written by corl-graph traces "
+                "prepare)"
+            )
+        if self.table is not None and not self.experts:
+            raise ConfigError(
+                f"{type(self).__name__}.experts is empty: name at least one model of the "
+                "table (--table needs --experts A,B)"
+            )
+        _choice("on_miss", self.on_miss, ("unavailable", "live"))
+        _choice("cache_match", self.cache_match, ("query", "subquery"))
+        if self.traces is None and (
+            self.on_miss != "unavailable"
+            or self.cache_match != "query"
+            or self.live_experts is not None
+            or self.training_budget_usd is not None
+        ):
+            raise ConfigError(
+                "on_miss, cache_match, live_experts and training_budget_usd apply to cached "
+                "experts: set traces= (they apply to --traces only)"
+            )
+        if self.on_miss == "live":
+            if self.training_budget_usd is None or not self.training_budget_usd >= 0:
+                raise ConfigError(
+                    "on_miss='live' needs training_budget_usd >= 0 (--training-budget-usd: the "
+                    "most live calls may spend, enforced by the ledger under tenant 'training')"
+                )
+        elif self.training_budget_usd is not None or self.ledger_url != "memory://":
+            raise ConfigError(
+                "training_budget_usd and ledger_url (--training-budget-usd, --ledger) apply "
+                "to --on-miss live only: set on_miss='live' or leave them out"
+            )
+
+    @property
+    def reward_config(self) -> RewardConfig:
+        """The reward fields as the shared ``RewardConfig`` (``reward_from_config`` takes it)."""
+        return RewardConfig(self.reward, self.reward_alpha, self.format_penalty, self.verifier)
+
+    @property
+    def tier_set(self) -> TierSet:
+        return TierSet(self.tiers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with ``algo`` (saved beside every checkpoint; ``config_from_dict``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """The config of ``data``'s fields (``to_dict``'s, or a ``--config`` file's); a field
+        of another algorithm's config is an error that names the config it belongs to."""
+        d = dict(data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            owners = {
+                k: [c.__name__ for c in _CONFIGS.values() if k in c.field_names()] for k in unknown
+            }
+            hints = "; ".join(
+                f"{k} is a field of {' and '.join(o)}" if o else f"{k} is no config's field"
+                for k, o in owners.items()
+            )
+            raise ConfigError(f"{cls.__name__} has no field {', '.join(unknown)} ({hints})")
+        if "tiers" in d:
+            d["tiers"] = tuple(
+                t if isinstance(t, BudgetTier) else BudgetTier(**t) for t in d["tiers"]
+            )
+        if "experts" in d:
+            d["experts"] = tuple(d["experts"])
+        if "trl_options" in d:
+            d["trl_options"] = dict(d["trl_options"])
+        return cls(**d)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The names of this config's fields."""
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
+class RLConfig(TrainConfig):
+    """The fields PPO and GRPO share: rollouts through the graph and their schedule.
+
+    Batch sizes are global (over all ranks): each iteration rolls out ``episodes_per_iter``
+    graph runs, then makes ``ppo_epochs`` passes over them in minibatches of
+    ``minibatch_size`` sequences. ``clip`` and ``kl_coef`` are PPO's clip range and KL
+    coefficient (GRPO's epsilon and beta). ``cost_constraint="lagrange"`` maximises the
+    reward subject to each tier's spend target (PPO-Lagrangian: the shaped reward is
+    reward - lambda_tier * cost / target_tier, lambda by dual ascent after every iteration).
+
+    >>> PPOConfig(model="m", output_dir="o", table="t", experts=("a",)).episodes_per_iter
+    32
+    """
+
+    # schedule
+    iterations: int = 100
+    episodes_per_iter: int = 32
+    ppo_epochs: int = 2
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip: float = 0.2
+    kl_coef: float = 0.02
+    # rollouts
+    max_steps: int = 4
+    temperature: float = 1.0
+    # spend targets as constraints (PPO-Lagrangian)
     cost_constraint: CostConstraint = "none"
     lagrange_lr: float = 0.05
     lagrange_init: float = 0.0
@@ -119,72 +264,42 @@ class PPOConfig:
     # output
     save_every: int = 0
     resume_from: str | None = None
-    metrics_file: str | None = None
-    tensorboard: bool = False
-    progress: bool = True
 
-    def __post_init__(self) -> None:
-        self._check_positive()
-        self._check_task()
-        if not self.tiers:
-            raise ConfigError("PPOConfig.tiers is empty: give at least one BudgetTier")
-        TierSet(self.tiers)  # raises ConfigError on duplicate names
-        if self.algo not in ("ppo", "grpo", "sft"):
-            raise ConfigError(f"algo must be 'ppo', 'grpo' or 'sft', got {self.algo!r}")
+    def _check(self) -> None:
+        super()._check()
+        name = type(self).__name__
+        for key in ("iterations", "episodes_per_iter", "ppo_epochs", "max_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("temperature", "clip", "max_grad_norm"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{name}.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("kl_coef", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{name}.{key} must be >= 0, got {getattr(self, key)}")
+        if self.save_every < 0:
+            raise ConfigError("save_every must be >= 0 (0 = only at the end)")
         if self.episodes_per_iter % self.minibatch_size:
             raise ConfigError(
                 f"episodes_per_iter ({self.episodes_per_iter}) must be a multiple of "
                 f"minibatch_size ({self.minibatch_size}); e.g. set minibatch_size to "
                 f"{math.gcd(self.episodes_per_iter, self.minibatch_size)}"
             )
-        for name, lo, hi in (("gamma", 0, 1), ("lam", 0, 1), ("reward_alpha", 0, 1)):
-            if not lo <= getattr(self, name) <= hi:
-                raise ConfigError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        _choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
         if self.cpu_offload and self.fsdp is False:
             raise ConfigError("cpu_offload needs FSDP: set fsdp=True (or leave it None)")
         if self.mixed_precision != "no" and self.fsdp is False:
             raise ConfigError("mixed_precision needs FSDP: set fsdp=True (or leave it None)")
         self._check_constraint()
-        self.reward_config  # noqa: B018  (RewardConfig validates the reward fields)
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ConfigError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
-
-    def _check_task(self) -> None:
-        if (self.table is None) == (self.traces is None):
-            raise ConfigError(
-                "give exactly one task: table= (an outcome table, with experts=) or traces= "
-                "(a folder written by corl-graph traces prepare)"
-            )
-        if self.table is not None and not self.experts:
-            raise ConfigError("PPOConfig.experts is empty: name at least one model of the table")
-        if self.algo == "sft" and self.traces is None:
-            raise ConfigError("algo='sft' (warm start) trains on prepared traces: set traces=")
-        if self.on_miss not in ("unavailable", "live"):
-            raise ConfigError(f"on_miss must be 'unavailable' or 'live', got {self.on_miss!r}")
-        if self.cache_match not in ("query", "subquery"):
-            raise ConfigError(
-                f"cache_match must be 'query' or 'subquery', got {self.cache_match!r}"
-            )
-        if self.on_miss == "live":
-            if self.traces is None:
-                raise ConfigError("on_miss='live' applies to cached experts: set traces=")
-            if self.training_budget_usd is None or self.training_budget_usd < 0:
-                raise ConfigError(
-                    "on_miss='live' needs training_budget_usd >= 0 (the most live calls may "
-                    "spend, enforced by the ledger under tenant 'training')"
-                )
-        if not self.sft_epochs > 0:
-            raise ConfigError(f"sft_epochs must be > 0, got {self.sft_epochs}")
 
     def _check_constraint(self) -> None:
-        if self.cost_constraint not in ("none", "lagrange"):
-            raise ConfigError(
-                f"cost_constraint must be 'none' or 'lagrange', got {self.cost_constraint!r}"
-            )
-        for name in ("lagrange_lr", "lagrange_max"):
-            value = getattr(self, name)
+        _choice("cost_constraint", self.cost_constraint, ("none", "lagrange"))
+        for key in ("lagrange_lr", "lagrange_max"):
+            value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"PPOConfig.{name} must be a finite number > 0, got {value}")
+                raise ConfigError(
+                    f"{type(self).__name__}.{key} must be a finite number > 0, got {value}"
+                )
         if not 0 <= self.lagrange_init <= self.lagrange_max:
             raise ConfigError(
                 f"lagrange_init must be in [0, lagrange_max={self.lagrange_max}], "
@@ -199,43 +314,149 @@ class PPOConfig:
                     "(corl-graph train --tiers NAME=CAP:TARGET,...)"
                 )
 
-    def _check_positive(self) -> None:
-        for name in (
-            "iterations",
-            "episodes_per_iter",
-            "minibatch_size",
-            "ppo_epochs",
-            "max_steps",
-            "max_new_tokens",
-            "max_seq_len",
+
+@dataclass(frozen=True)
+class PPOConfig(RLConfig):
+    """PPO with a value model and GAE (``PPOTrainer``): the shared fields plus the critic's.
+
+    ``algo`` is always "ppo"; GRPO and the warm start have their own configs,
+    ``GRPOConfig`` and ``SFTConfig``.
+
+    >>> PPOConfig(model="ckpt", output_dir="out", table="t.jsonl.gz", experts=("a",)).algo
+    'ppo'
+    """
+
+    kind: ClassVar[Algo] = "ppo"
+    value_learning_rate: float | None = None
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float | None = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    kl_estimator: KLEstimator = "k1"
+    whiten_advantages: bool = True
+
+    def _check(self) -> None:
+        super()._check()
+        for key, lo, hi in (("gamma", 0, 1), ("lam", 0, 1)):
+            if not lo <= getattr(self, key) <= hi:
+                raise ConfigError(f"{key} must be in [{lo}, {hi}], got {getattr(self, key)}")
+        for key in ("ent_coef", "vf_coef"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"PPOConfig.{key} must be >= 0, got {getattr(self, key)}")
+        _choice("kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+
+
+# TRL GRPOConfig arguments that make_grpo_trainer sets from GRPOConfig's fields: the field
+# to set instead of passing them in trl_options.
+GRPO_DERIVED_OPTIONS: Mapping[str, str] = {
+    "output_dir": "output_dir",
+    "per_device_train_batch_size": "minibatch_size",
+    "gradient_accumulation_steps": "episodes_per_iter",
+    "num_generations": "num_generations",
+    "steps_per_generation": "episodes_per_iter",
+    "num_iterations": "ppo_epochs",
+    "max_steps": "iterations",
+    "learning_rate": "learning_rate",
+    "beta": "kl_coef",
+    "epsilon": "clip",
+    "temperature": "temperature",
+    "max_completion_length": "max_seq_len",
+    "max_grad_norm": "max_grad_norm",
+    "weight_decay": "weight_decay",
+    "seed": "seed",
+    "report_to": "tensorboard",
+    "save_strategy": "save_every",
+    "save_steps": "save_every",
+    "bf16": "mixed_precision",
+    "fp16": "mixed_precision",
+    "activation_checkpointing": "gradient_checkpointing",
+    "disable_tqdm": "progress",
+    "fsdp": "fsdp",
+    "fsdp_config": "cpu_offload",
+}
+
+
+@dataclass(frozen=True)
+class GRPOConfig(RLConfig):
+    """GRPO through TRL (``make_grpo_trainer``, ``train_grpo``): ``num_generations`` runs of
+    each (query, tier) form a group whose mean reward is the baseline (no value model).
+    ``trl_options`` are further arguments of TRL's ``GRPOConfig`` (e.g. ``logging_steps``);
+    those this config sets from its own fields are refused with the field to set instead.
+
+    >>> GRPOConfig(model="m", output_dir="o", table="t", experts=("a",)).num_generations
+    4
+    """
+
+    kind: ClassVar[Algo] = "grpo"
+    algo: Algo = "grpo"
+    num_generations: int = 4
+    trl_options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def _check(self) -> None:
+        super()._check()
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"GRPOConfig.num_generations must be >= 2 (the group's mean is the baseline), "
+                f"got {self.num_generations}"
+            )
+        if self.episodes_per_iter % self.num_generations or (
+            self.minibatch_size % self.num_generations
         ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "temperature", "clip", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("kl_coef", "ent_coef", "vf_coef", "format_penalty", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.save_every < 0:
-            raise ConfigError("save_every must be >= 0 (0 = only at the end)")
+            raise ConfigError(
+                f"episodes_per_iter ({self.episodes_per_iter}) and minibatch_size "
+                f"({self.minibatch_size}) must be multiples of num_generations "
+                f"({self.num_generations}) so that every GRPO group is complete in a step"
+            )
+        derived = sorted(set(self.trl_options) & set(GRPO_DERIVED_OPTIONS))
+        if derived:
+            fixes = ", ".join(f"{k} -> GRPOConfig.{GRPO_DERIVED_OPTIONS[k]}" for k in derived)
+            raise ConfigError(f"trl_options sets what GRPOConfig's fields set: {fixes}")
 
-    @property
-    def reward_config(self) -> RewardConfig:
-        """The reward fields as the shared ``RewardConfig`` (``reward_from_config`` takes it)."""
-        return RewardConfig(self.reward, self.reward_alpha, self.format_penalty, self.verifier)
 
-    @property
-    def tier_set(self) -> TierSet:
-        return TierSet(self.tiers)
+@dataclass(frozen=True)
+class SFTConfig(TrainConfig):
+    """The warm start on prepared traces (``train_sft``): ``sft_epochs`` passes over the best
+    recorded run per (query, tier) whose reward reaches ``sft_min_reward``, plus the
+    boundary runs (``sft_boundary``: always-cheapest / always-strongest), in batches of
+    ``minibatch_size``. Its ``OUTPUT_DIR/final`` is the next PPO or GRPO run's ``model``.
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (saved beside every checkpoint)."""
-        return asdict(self)
+    >>> SFTConfig(model="ckpt", output_dir="out", traces="prepared/").sft_epochs
+    1.0
+    """
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
-        d = dict(data)
-        d["tiers"] = tuple(BudgetTier(**t) for t in d.get("tiers", ()))
-        d["experts"] = tuple(d.get("experts", ()))
-        return cls(**d)
+    kind: ClassVar[Algo] = "sft"
+    algo: Algo = "sft"
+    sft_epochs: float = 1.0
+    sft_min_reward: float = 1.0
+    sft_boundary: bool = True
+
+    def _check(self) -> None:
+        if self.traces is None:
+            raise ConfigError(
+                "algo='sft' (SFTConfig, the warm start) trains on prepared traces: set "
+                "traces= (--traces), not table="
+            )
+        super()._check()
+        if not self.sft_epochs > 0:
+            raise ConfigError(f"sft_epochs must be > 0, got {self.sft_epochs}")
+
+
+_CONFIGS: dict[str, type[TrainConfig]] = {"ppo": PPOConfig, "grpo": GRPOConfig, "sft": SFTConfig}
+
+
+def config_class(algo: str) -> type[TrainConfig]:
+    """The config class of ``algo``.
+
+    >>> config_class("grpo").__name__
+    'GRPOConfig'
+    """
+    try:
+        return _CONFIGS[algo]
+    except KeyError:
+        raise ConfigError(f"algo must be 'ppo', 'grpo' or 'sft', got {algo!r}") from None
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """The config of ``data["algo"]`` (default "ppo") built from the other fields."""
+    return config_class(str(data.get("algo", "ppo"))).from_dict(data)

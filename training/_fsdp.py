@@ -16,7 +16,7 @@ from torch import nn
 
 from corl_graph._exceptions import ConfigError
 
-from ._config import PPOConfig
+from ._config import RLConfig
 
 __all__ = ["DistInfo", "all_reduce_sum", "init_distributed", "shard", "unwrapped_state_dict"]
 
@@ -35,7 +35,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(config: PPOConfig) -> DistInfo:
+def init_distributed(config: RLConfig) -> DistInfo:
     """Join the process group torchrun set up (if any) and decide whether to shard."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
@@ -61,7 +61,7 @@ def init_distributed(config: PPOConfig) -> DistInfo:
 def shard(
     model: nn.Module,
     layers: list[nn.Module],
-    config: PPOConfig,
+    config: RLConfig,
     info: DistInfo,
     *,
     trainable: bool = True,

@@ -22,8 +22,9 @@ per-tier metrics (``reward/<tier>``, ``cost_usd/<tier>``, ``target_usd/<tier>``,
 share of groups without reward variance (``grpo/zero_std_groups``: no learning signal)
 go to ``metrics.jsonl`` with TRL's own lines.
 
-Rewards, experts, tiers and checkpoints are PPO's: ``config`` is a ``PPOConfig`` with
-``algo="grpo"``; ``final/`` is a ``save_pretrained`` folder that transformers and vLLM load.
+Rewards, experts, tiers and checkpoints are PPO's: ``config`` is a ``GRPOConfig`` (the
+fields PPO and GRPO share, plus ``num_generations`` and TRL's own ``trl_options``);
+``final/`` is a ``save_pretrained`` folder that transformers and vLLM load.
 """
 
 from __future__ import annotations
@@ -46,17 +47,17 @@ from transformers import (
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import InMemoryLedger, TenantBudget, TierSet
-from corl_graph.experts import Expert, OutcomeTable, ReplayExpert
+from corl_graph.experts import Expert
 from corl_graph.graph import Router, RouterConfig
 from corl_graph.protocol import render_user_prompt
 from corl_graph.trajectories import Trajectory
 
-from ._config import PPOConfig
+from ._config import GRPOConfig
 from ._hf_policy import HFPolicy
 from ._lagrange import TierMultipliers
 from ._metrics import MetricsWriter, require_tensorboard
 from ._rewards import RewardFn, reward_from_config
-from ._rollout import Episode, QuerySpec, load_queries
+from ._rollout import Episode, QuerySpec
 from ._tier_metrics import (
     constraint_metrics,
     episode_metrics,
@@ -64,7 +65,7 @@ from ._tier_metrics import (
     shaped_scores,
     warn_unaffordable_tiers,
 )
-from ._traces import CacheCounters, traces_task
+from ._traces import CacheCounters, training_task
 
 __all__ = ["GraphRollout", "make_grpo_trainer", "split_for_grpo", "train_grpo"]
 
@@ -196,22 +197,7 @@ def corl_graph_reward(prompts: list[Any], completions: list[Any], **kw: Any) -> 
     return [float(r) for r in kw["corl_reward"]]
 
 
-def _task(
-    cfg: PPOConfig, experts: Sequence[Expert] | None, queries: Sequence[QuerySpec] | None
-) -> tuple[list[Expert], list[QuerySpec]]:
-    if cfg.traces is not None and (experts is None or queries is None):
-        task = traces_task(cfg)
-        experts, queries = experts or task.experts, queries or task.queries
-    elif experts is None or queries is None:
-        table = OutcomeTable.load(str(cfg.table))
-        experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
-        queries = queries or load_queries(
-            table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
-        )
-    return list(experts), list(queries)
-
-
-def _distributed_settings(cfg: PPOConfig) -> dict[str, Any]:
+def _distributed_settings(cfg: GRPOConfig) -> dict[str, Any]:
     """FSDP2 through accelerate under torchrun, as PPO shards (``fsdp`` None: on with more
     than one process); ``fsdp=False`` with several processes is accelerate's DDP. Accelerate
     (1.15) shards on GPUs only: on CPUs it ignores the FSDP plugin and runs DDP (each process
@@ -228,38 +214,37 @@ def _distributed_settings(cfg: PPOConfig) -> dict[str, Any]:
 
 
 def make_grpo_trainer(
-    config: PPOConfig,
+    config: GRPOConfig,
     *,
-    num_generations: int = 4,
     lm: PreTrainedModel | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     experts: Sequence[Expert] | None = None,
     queries: Sequence[QuerySpec] | None = None,
     reward_fn: RewardFn | None = None,
-    **grpo_kwargs: Any,
 ) -> Any:
-    """A ``trl.GRPOTrainer`` for ``config`` (a ``PPOConfig``; PPO-only fields such as the
-    value clip are unused). One iteration = one generation round of ``episodes_per_iter``
-    runs (prompts x ``num_generations``) and ``ppo_epochs`` optimizer updates over it
-    (gradients accumulated over minibatches of ``minibatch_size`` runs); ``iterations``
-    rounds in all. ``kl_coef`` is GRPO's beta, ``clip`` its epsilon."""
+    """A ``trl.GRPOTrainer`` for ``config``. One iteration = one generation round of
+    ``episodes_per_iter`` runs (prompts x ``num_generations``) and ``ppo_epochs`` optimizer
+    updates over it (gradients accumulated over minibatches of ``minibatch_size`` runs);
+    ``iterations`` rounds in all. ``kl_coef`` is GRPO's beta, ``clip`` its epsilon;
+    ``trl_options`` go to TRL's ``GRPOConfig`` as they are."""
     cfg = config
-    if cfg.episodes_per_iter % num_generations or cfg.minibatch_size % num_generations:
+    if not isinstance(cfg, GRPOConfig):
         raise ConfigError(
-            f"episodes_per_iter ({cfg.episodes_per_iter}) and minibatch_size "
-            f"({cfg.minibatch_size}) must be multiples of num_generations ({num_generations}) "
-            "so that every GRPO group is complete in a step"
+            f"make_grpo_trainer takes a GRPOConfig, got {type(cfg).__name__}: build "
+            "GRPOConfig(...) with the same fields (num_generations is one of them)"
         )
     if cfg.tensorboard:
         require_tensorboard()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is documented here
     from datasets import Dataset
-    from trl.trainer.grpo_config import GRPOConfig  # trl's top level does not re-export for mypy
+
+    # trl's top level does not re-export these for mypy
+    from trl.trainer.grpo_config import GRPOConfig as TRLGRPOConfig
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
     model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    ex, qs = _task(cfg, experts, queries)
+    ex, qs, _ = training_task(cfg, experts, queries)
     warn_unaffordable_tiers(ex, cfg.tier_set, qs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.minibatch_size % world:
@@ -287,7 +272,7 @@ def make_grpo_trainer(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.minibatch_size // world,
         gradient_accumulation_steps=accumulate,
-        num_generations=num_generations,
+        num_generations=cfg.num_generations,
         steps_per_generation=accumulate,
         num_iterations=cfg.ppo_epochs,
         max_steps=cfg.iterations * cfg.ppo_epochs,
@@ -312,11 +297,11 @@ def make_grpo_trainer(
         disable_tqdm=not cfg.progress,
     )
     settings.update(_distributed_settings(cfg))
-    settings.update(grpo_kwargs)
+    settings.update(cfg.trl_options)
     return GRPOTrainer(
         model=model,
         reward_funcs=corl_graph_reward,
-        args=GRPOConfig(**settings),
+        args=TRLGRPOConfig(**settings),
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         rollout_func=rollout,
@@ -327,7 +312,7 @@ def make_grpo_trainer(
 LAGRANGE_FILE = "lagrange.json"  # the multipliers, beside TRL's checkpoint files
 
 
-def _multipliers(cfg: PPOConfig) -> TierMultipliers | None:
+def _multipliers(cfg: GRPOConfig) -> TierMultipliers | None:
     """Fresh multipliers, or those of ``resume_from`` (a checkpoint folder of this run)."""
     multipliers = multipliers_for(cfg)
     saved = Path(cfg.resume_from or "") / LAGRANGE_FILE
@@ -336,7 +321,7 @@ def _multipliers(cfg: PPOConfig) -> TierMultipliers | None:
     return multipliers
 
 
-def _metrics_callback(cfg: PPOConfig, experts: Sequence[Expert], rollout: GraphRollout) -> Any:
+def _metrics_callback(cfg: GRPOConfig, experts: Sequence[Expert], rollout: GraphRollout) -> Any:
     """TRL's log lines, the last round's per-tier metrics and the cached experts' counters
     to ``metrics.jsonl`` as PPO's; the multipliers saved with every checkpoint."""
     from transformers import TrainerCallback
@@ -371,7 +356,7 @@ def save_multipliers(rollout: GraphRollout, folder: str | Path) -> None:
         path.write_text(json.dumps(rollout.multipliers.state_dict()))
 
 
-def train_grpo(config: PPOConfig, **kwargs: Any) -> tuple[Any, Path]:
+def train_grpo(config: GRPOConfig, **kwargs: Any) -> tuple[Any, Path]:
     """Build, train, and save ``OUTPUT_DIR/final`` (a ``save_pretrained`` folder with the
     tokenizer); returns the trainer and that folder."""
     trainer = make_grpo_trainer(config, **kwargs)

@@ -1,10 +1,14 @@
-"""Rewards as plain functions of (correctness, cost, budget): CORL's gate, Router-R1's grade.
+"""Rewards as plain functions of (correctness, cost, budget): CORL's gate, Router-R1's grade,
+and the neural router's cost-weighted gate.
 
 ``RewardFn`` turns a finished trajectory into a ``RewardBreakdown``; ``make_reward`` builds
 one from a verifier and the choices; ``reward_from_config`` from a ``RewardConfig`` (every
-trainer's config has one: ``PPOConfig.reward_config``), the one factory PPO, GRPO, the warm
-start and the neural router's RL share. Spend targets are not a reward of their own: the
-trainers shape this reward with ``TierMultipliers`` (training/_lagrange.py).
+trainer's config has one: ``reward_config``), the one factory PPO, GRPO and the warm start
+share. The neural router's RL scores whole batches of simulated episodes, not trajectories:
+its reward is ``cost_weighted_reward`` here, CORL's gate minus a calibrated cost term, which
+its PPO, its behaviour cloning and its choice of teachers all call. Spend targets are not a
+reward of their own: the trainers shape this reward with ``TierMultipliers``
+(training/_lagrange.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier
@@ -25,6 +31,7 @@ __all__ = [
     "RewardFn",
     "RewardKind",
     "corl_reward",
+    "cost_weighted_reward",
     "format_penalty",
     "graded_reward",
     "make_reward",
@@ -41,6 +48,32 @@ def corl_reward(correct: float, cost_usd: float, budget_usd: float) -> float:
     (1.0, 0.0)
     """
     return float(correct) if cost_usd <= budget_usd else 0.0
+
+
+def cost_weighted_reward(
+    correct: np.ndarray,
+    cost_usd: np.ndarray,
+    budget_usd: np.ndarray | float,
+    *,
+    weight: np.ndarray | float,
+    cost_ref_usd: float,
+) -> np.ndarray:
+    """The neural router's reward, per episode: ``corl_reward`` (``correct * 1[cost <= B]``)
+    minus ``weight * cost / cost_ref_usd``, elementwise over arrays of episodes.
+
+    The ledger (and the simulator's mask) never lets cost pass the cap, so the gate is 1 in
+    practice; it stays so that a simulator bug would cost reward instead of teaching an
+    overspend. The cost term separates operating points of equal accuracy and is what the
+    per-tier weight calibrates (weight -> 0: the most accurate policy within the cap).
+
+    >>> r = cost_weighted_reward(
+    ...     np.array([1.0, 1.0]), np.array([0.001, 0.02]), 0.01, weight=0.5, cost_ref_usd=0.001
+    ... )
+    >>> r.tolist()  # within the cap: 1 - 0.5 * 1; over it: 0 - 0.5 * 20
+    [0.5, -10.0]
+    """
+    within = cost_usd <= np.asarray(budget_usd) + 1e-12
+    return np.asarray(correct * within - np.asarray(weight) * cost_usd / cost_ref_usd, float)
 
 
 def graded_reward(

@@ -19,7 +19,7 @@ from corl_graph.budget import TierSet
 from corl_graph.experts import Expert, ExpertRequest
 from corl_graph.trajectories import Trajectory
 
-from ._config import PPOConfig
+from ._config import RLConfig
 from ._fsdp import all_reduce_sum
 from ._lagrange import TierMultipliers
 from ._rollout import Episode, QuerySpec
@@ -44,7 +44,7 @@ _FIELDS = (
 )
 
 
-def multipliers_for(config: PPOConfig) -> TierMultipliers | None:
+def multipliers_for(config: RLConfig) -> TierMultipliers | None:
     """The run's per-tier Lagrange multipliers (None without ``cost_constraint="lagrange"``)."""
     if config.cost_constraint != "lagrange":
         return None

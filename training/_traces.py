@@ -25,15 +25,22 @@ from typing import Any
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import Ledger, TenantBudget, open_ledger
-from corl_graph.experts import CachedExpert, Expert, PriceSheet
+from corl_graph.experts import CachedExpert, Expert, OutcomeTable, PriceSheet, ReplayExpert
 from corl_graph.trajectories import Label, PreparedTraces, Trajectory, load_prepared
 
-from ._config import PPOConfig
+from ._config import SFTConfig, TrainConfig
 from ._metrics import MetricsWriter
 from ._rewards import reward_from_config
-from ._rollout import QuerySpec
+from ._rollout import QuerySpec, load_queries
 
-__all__ = ["TRAINING_TENANT", "CacheCounters", "TracesTask", "traces_task", "train_sft"]
+__all__ = [
+    "TRAINING_TENANT",
+    "CacheCounters",
+    "TracesTask",
+    "traces_task",
+    "train_sft",
+    "training_task",
+]
 
 TRAINING_TENANT = "training"
 # A user's score at or above this marks a recorded answer as right (a pseudo-reference).
@@ -77,7 +84,7 @@ def _reference(
 def _expert(
     name: str,
     prepared: PreparedTraces,
-    cfg: PPOConfig,
+    cfg: TrainConfig,
     live: Expert | None,
     ledger: Ledger | None,
 ) -> CachedExpert:
@@ -103,7 +110,7 @@ def _expert(
 
 
 def traces_task(
-    cfg: PPOConfig,
+    cfg: TrainConfig,
     *,
     live: Mapping[str, Expert] | None = None,
     ledger: Ledger | None = None,
@@ -114,7 +121,7 @@ def traces_task(
     tenant's budget is set on ``ledger`` (default ``open_ledger(cfg.ledger_url)``); an
     in-memory ledger is per process, so each of ``world_size`` ranks gets its share."""
     if cfg.traces is None:
-        raise ConfigError("traces_task needs PPOConfig.traces (a prepared folder)")
+        raise ConfigError("traces_task needs the config's traces= (a prepared folder)")
     if not Path(cfg.traces).is_dir():
         raise ConfigError(
             f"prepared traces folder {cfg.traces!r} does not exist; build it with "
@@ -152,7 +159,7 @@ def traces_task(
         queries.append(QuerySpec(qid, str(row["query"]), ref))
     if cfg.max_queries is not None:
         queries = queries[: cfg.max_queries]
-    if not queries and cfg.algo != "sft":
+    if not queries and not isinstance(cfg, SFTConfig):
         raise ConfigError(
             f"no query of {cfg.traces!r} has a reference or a positively scored run: give "
             "labels to corl-graph traces prepare --labels FILE"
@@ -184,8 +191,31 @@ class CacheCounters:
         return out
 
 
+def training_task(
+    cfg: TrainConfig,
+    experts: Sequence[Expert] | None = None,
+    queries: Sequence[QuerySpec] | None = None,
+    *,
+    world_size: int = 1,
+) -> tuple[list[Expert], list[QuerySpec], TracesTask | None]:
+    """The experts and queries every trainer runs on: those given, the rest from the
+    config's traces (``traces_task``; the caller closes the returned task) or outcome table
+    (replayed experts, the ``split``'s queries)."""
+    task = None
+    if cfg.traces is not None and (experts is None or queries is None):
+        task = traces_task(cfg, world_size=world_size)
+        experts, queries = experts or task.experts, queries or task.queries
+    elif experts is None or queries is None:
+        table = OutcomeTable.load(str(cfg.table))
+        experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
+        queries = queries or load_queries(
+            table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
+        )
+    return list(experts), list(queries), task
+
+
 def train_sft(
-    cfg: PPOConfig,
+    cfg: SFTConfig,
     *,
     task: TracesTask | None = None,
     lm: Any = None,

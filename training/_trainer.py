@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from corl_graph._exceptions import ConfigError
-from corl_graph.experts import Expert, OutcomeTable, ReplayExpert
+from corl_graph.experts import Expert
 from corl_graph.graph import Router, RouterConfig
 
 from ._checkpoint import load_training_state, save_checkpoint
@@ -56,7 +56,6 @@ from ._rollout import (
     RolloutBatch,
     build_batch,
     collect,
-    load_queries,
 )
 from ._tier_metrics import (
     constraint_metrics,
@@ -65,7 +64,7 @@ from ._tier_metrics import (
     shaped_scores,
     warn_unaffordable_tiers,
 )
-from ._traces import CacheCounters, TracesTask, traces_task
+from ._traces import CacheCounters, training_task
 
 __all__ = ["PPOTrainer"]
 
@@ -145,18 +144,10 @@ class PPOTrainer:
         reward_fn: RewardFn | None,
     ) -> None:
         cfg = self.config
-        self._traces: TracesTask | None = None
-        if cfg.traces is not None and (experts is None or queries is None):
-            task = traces_task(cfg, world_size=self.info.world_size)
-            self._traces = task  # its training-budget ledger is closed when train() ends
-            experts, queries = experts or task.experts, queries or task.queries
-        elif experts is None or queries is None:
-            table = OutcomeTable.load(str(cfg.table))
-            experts = experts or [ReplayExpert(table, m) for m in cfg.experts]
-            queries = queries or load_queries(
-                table, cfg.split, field=cfg.query_field, limit=cfg.max_queries
-            )
-        self.queries = list(queries)
+        # the traces task's training-budget ledger is closed when train() ends
+        experts, self.queries, self._traces = training_task(
+            cfg, experts, queries, world_size=self.info.world_size
+        )
         warn_unaffordable_tiers(experts, cfg.tier_set, self.queries)
         self.cache_counters = CacheCounters(experts)  # hits / misses / live spend, if cached
         self.policy = HFPolicy(

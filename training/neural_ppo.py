@@ -38,6 +38,7 @@ from corl_graph.policies import (
 )
 
 from ._ppo_losses import compute_gae, masked_mean, policy_loss, value_loss
+from ._rewards import cost_weighted_reward
 from .neural._bc import BCConfig, clone_teachers, demonstrations
 from .neural._env import Env, Net, build_env, build_meta, pca, split_ids
 from .neural._teachers import (
@@ -113,7 +114,9 @@ def _rollout(
         alive.append(torch.from_numpy(live.astype(np.float32)))
         sim.step(a)
     cost = sim.s.spent
-    score = corl_score(sim.correct, cost, sim.s.cap, log_w, meta.cost_ref_usd)
+    score = cost_weighted_reward(
+        sim.correct, cost, sim.s.cap, weight=np.exp(log_w), cost_ref_usd=meta.cost_ref_usd
+    )
     return {
         "x": torch.stack(feats, 1),
         "a": torch.stack(acts, 1),
@@ -128,14 +131,9 @@ def _rollout(
 def corl_score(
     correct: np.ndarray, cost: np.ndarray, cap: np.ndarray, log_w: np.ndarray, cost_ref: float
 ) -> np.ndarray:
-    """CORL's reward ``correct * 1[cost <= cap]`` minus ``w * cost / cost_ref``.
-
-    The ledger (and the simulator's mask) never lets cost pass the cap, so the indicator is
-    1 in practice; it stays so that a simulator bug would cost reward instead of teaching an
-    overspend. The cost term separates operating points of equal accuracy and is what the
-    per-tier weight ``w`` calibrates (w -> 0: the most accurate policy within the cap)."""
-    within = cost <= cap + 1e-12
-    return np.asarray(correct * within - np.exp(log_w) * cost / cost_ref, dtype=float)
+    """``cost_weighted_reward`` with the weight as ``log_w`` (kept for its callers): CORL's
+    ``correct * 1[cost <= cap]`` minus ``w * cost / cost_ref``."""
+    return cost_weighted_reward(correct, cost, cap, weight=np.exp(log_w), cost_ref_usd=cost_ref)
 
 
 _BC_MODES: dict[str, TeacherMode | None] = {

@@ -37,7 +37,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="ppo (value model, the default), grpo (TRL) or sft (warm start on --traces)",
     )
     p.add_argument(
-        "--num-generations", type=int, default=None, help="grpo: runs per (query, tier) group"
+        "--num-generations",
+        type=int,
+        default=None,
+        help="grpo: runs per (query, tier) group (default 4)",
     )
     p.add_argument("--model", required=True, help="save_pretrained folder of the controller")
     p.add_argument("--table", help="outcome table, e.g. zeroeval_gsm8k.jsonl.gz")
@@ -49,7 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--tiers",
         help=f"NAME=CAP[:TARGET],... cheapest first: the per-query cap in USD and, for "
         f"--cost-constraint lagrange, the mean spend per query to aim at (default: the "
-        f"--live-experts config's tiers, else {DEFAULT_TIERS})",
+        f"--live-experts config's tiers, else {_default_tiers()})",
     )
     p.add_argument(
         "--cost-constraint",
@@ -90,7 +93,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="add the always-cheapest / always-strongest boundary runs (default on)",
     )
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--config", help="JSON file of PPOConfig fields (flags override it)")
+    p.add_argument(
+        "--config",
+        help="JSON file of training config fields (flags override it; fields of another "
+        "--algo's config are skipped, so one file serves sft then ppo)",
+    )
     for flag, typ in (
         ("iterations", int),
         ("episodes-per-iter", int),
@@ -130,7 +137,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-DEFAULT_TIERS = "low=0.002,medium=0.01,high=0.05"
+def _default_tiers() -> str:
+    """The training configs' default tiers (the budget package's), as a --tiers string."""
+    from corl_graph.budget import default_tiers
+
+    return ",".join(f"{t.name}={t.max_usd_per_query}" for t in default_tiers().values())
 
 
 def parse_tiers(text: str) -> list[dict[str, Any]]:
@@ -175,27 +186,15 @@ def _check_model(model: str) -> None:
         )
 
 
-def _check_task(args: argparse.Namespace) -> None:
-    if bool(args.table) == bool(args.traces):
-        raise ConfigError(
-            "give exactly one of --table (an outcome table, with --experts) and --traces "
-            "(a folder written by corl-graph traces prepare)"
-        )
-    if args.table and not args.experts:
-        raise ConfigError("--table needs --experts A,B,... (models of the table)")
-    traces_only = ("on_miss", "live_experts", "training_budget_usd", "ledger_url", "cache_match")
-    if args.table and any(getattr(args, k) is not None for k in traces_only):
-        raise ConfigError(
-            "--on-miss, --live-experts, --training-budget-usd, --ledger and "
-            "--cache-match apply to --traces only"
-        )
-    if args.on_miss == "live" and not args.live_experts:
+def _check_flags(args: argparse.Namespace) -> None:
+    """What only the command line knows: the serve config it reads for live experts. Every
+    rule of the fields themselves is the training config's (PPOConfig, GRPOConfig,
+    SFTConfig), checked when it is built."""
+    if args.traces and args.on_miss == "live" and not args.live_experts:
         raise ConfigError(
             "--on-miss live needs --live-experts CONFIG (a serve config with the real experts) "
             "and --training-budget-usd X"
         )
-    if args.on_miss != "live" and (args.training_budget_usd is not None or args.ledger_url):
-        raise ConfigError("--training-budget-usd and --ledger apply to --on-miss live only")
 
 
 # Fields of a --config file that decide the task: a flag left out takes the file's value
@@ -236,11 +235,15 @@ def _with_config_file(args: argparse.Namespace) -> tuple[argparse.Namespace, dic
 
 
 def build_config(args: argparse.Namespace, *, tiers: str | None = None) -> Any:
-    """PPOConfig from the flags over the --config file; tiers: flag, file, ``tiers`` (the
-    serve config's), then DEFAULT_TIERS."""
+    """The --algo's training config from the flags over the --config file; tiers: flag,
+    ``tiers`` (the serve config's), file, then the config's default."""
     merged, file_fields = _with_config_file(args)
-    _check_task(merged)
+    _check_flags(merged)
     return _config(args, merged, file_fields, tiers)
+
+
+# argparse destinations that are not config fields
+_NOT_FIELDS = {"command", "config", "func"}
 
 
 def _config(
@@ -249,24 +252,36 @@ def _config(
     file_fields: dict[str, Any],
     tiers: str | None,
 ) -> Any:
-    from corl_graph.training import PPOConfig
+    """The config of --algo (flag, then file, then "ppo") from its own fields only: a flag
+    of another algorithm is an error naming the --algo it belongs to; a file field of
+    another algorithm's config is skipped."""
+    from corl_graph.training import GRPOConfig, PPOConfig, SFTConfig, config_class
 
-    fields: dict[str, Any] = dict(file_fields)
-    if args.tiers or tiers or not file_fields.get("tiers"):
-        fields["tiers"] = parse_tiers(args.tiers or tiers or DEFAULT_TIERS)
-    fields.update(
-        model=args.model,
-        output_dir=args.output_dir,
-        experts=[e.strip() for e in (merged.experts or "").split(",") if e.strip()],
-        algo=args.algo or file_fields.get("algo") or "ppo",
-    )
-    skip = {"command", "config", "experts", "tiers", "model", "output_dir", "algo"}
-    skip.add("num_generations")  # a GRPO option, not a PPOConfig field
+    algo = args.algo or file_fields.get("algo") or "ppo"
+    cls = config_class(algo)
+    known = PPOConfig.field_names() | GRPOConfig.field_names() | SFTConfig.field_names()
+    own = cls.field_names()
+    fields: dict[str, Any] = {k: v for k, v in file_fields.items() if k in own or k not in known}
+    if args.tiers or tiers:
+        fields["tiers"] = parse_tiers(args.tiers or tiers or "")
+    fields.update(model=args.model, output_dir=args.output_dir, algo=algo)
+    experts = [e.strip() for e in (merged.experts or "").split(",") if e.strip()]
+    if experts or "experts" in fields:
+        fields["experts"] = experts
+    skip = _NOT_FIELDS | {"experts", "tiers", "model", "output_dir", "algo"}
     for key, value in vars(merged).items():
-        if key not in skip and value is not None:
+        if key in skip or value is None:
+            continue
+        if key in own:
             fields[key] = value
+        elif key not in file_fields:  # a flag (the file's task fields are merged in too)
+            owners = [a for a in ("ppo", "grpo", "sft") if key in config_class(a).field_names()]
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} applies to --algo {' or '.join(owners)} only (this run is --algo {algo})"
+            )
     try:
-        return PPOConfig.from_dict(fields)
+        return cls.from_dict(fields)
     except TypeError as exc:
         raise ConfigError(f"bad training config: {exc}") from exc
 
@@ -292,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     live: dict[str, Any] = {}
     config_tiers = None
     merged, file_fields = _with_config_file(args)
-    _check_task(merged)  # a wrong combination fails before the serve config is read
+    _check_flags(merged)  # before the serve config is read
     if merged.live_experts:
         live, config_tiers = _live_experts(merged.live_experts)
     config = _config(args, merged, file_fields, config_tiers)
@@ -324,15 +339,15 @@ def _train(config: Any, task: Any, args: argparse.Namespace) -> None:
     injected: dict[str, Any] = (
         {"experts": task.experts, "queries": task.queries} if task is not None else {}
     )
-    if config.algo == "sft":
+    if config.kind == "sft":
         from corl_graph.training import train_sft
 
         final = train_sft(config, task=task)
         print(f"done: SFT warm start, checkpoint {final} (continue with --model {final})")
-    elif config.algo == "grpo":
+    elif config.kind == "grpo":
         from corl_graph.training import train_grpo
 
-        trainer, final = train_grpo(config, num_generations=args.num_generations or 4, **injected)
+        trainer, final = train_grpo(config, **injected)
         world = trainer.accelerator.num_processes
         how = ""
         if world > 1:  # accelerate shards with FSDP2 on GPUs only; on CPUs it runs DDP

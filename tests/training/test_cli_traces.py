@@ -33,10 +33,12 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
 )
 
+# The flags of every config (the warm start's too), then those of the RL runs only: a flag
+# of another algorithm's config is an error (test_a_flag_of_another_algorithm_is_refused).
+SHARED = ["--tiers", TIERS_FLAG, "--minibatch-size", "4", "--max-new-tokens", "6", "--no-progress"]
 SMALL = [
-    "--tiers", TIERS_FLAG, "--iterations", "1", "--episodes-per-iter", "4",
-    "--minibatch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "6",
-    "--max-steps", "2", "--no-progress",
+    *SHARED, "--iterations", "1", "--episodes-per-iter", "4", "--ppo-epochs", "1",
+    "--max-steps", "2",
 ]  # fmt: skip
 
 
@@ -56,7 +58,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _train(*args: str) -> int:
-    return main(["train", *args, *SMALL])
+    return main(["train", *args, *(SHARED if "sft" in args else SMALL)])
 
 
 def test_sft_warm_start_then_ppo_continues_from_it(

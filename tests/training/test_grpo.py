@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from corl_graph.training import (
-    PPOConfig,
+    GRPOConfig,
     QuerySpec,
     RewardBreakdown,
     split_for_grpo,
@@ -46,14 +46,13 @@ def test_split_puts_the_first_segment_in_the_prompt_and_masks_observations() -> 
         split_for_grpo(Trajectory("q", "low", "t", "q1"))
 
 
-def _config(out: Path, **kw: object) -> PPOConfig:
+def _config(out: Path, **kw: object) -> GRPOConfig:
     base: dict[str, object] = dict(
         model="unused",
         output_dir=str(out),
         table="unused",
         experts=("cheap", "strong"),
         tiers=tuple(TIERS.values()),
-        algo="grpo",
         iterations=1,
         episodes_per_iter=4,
         minibatch_size=4,
@@ -65,7 +64,7 @@ def _config(out: Path, **kw: object) -> PPOConfig:
         kl_coef=0.0,
     )
     base.update(kw)
-    return PPOConfig(**base)  # type: ignore[arg-type]
+    return GRPOConfig(**base)  # type: ignore[arg-type]
 
 
 def test_one_grpo_step_through_the_graph(tmp_path: Path) -> None:
@@ -81,8 +80,7 @@ def test_one_grpo_step_through_the_graph(tmp_path: Path) -> None:
         return RewardBreakdown(score, 0.0, t.cost_usd, 0.0, True)
 
     trainer, final = train_grpo(
-        _config(tmp_path / "run"),
-        num_generations=2,
+        _config(tmp_path / "run", num_generations=2),
         lm=lm,
         tokenizer=tok,
         experts=toy_experts(table),
@@ -91,7 +89,7 @@ def test_one_grpo_step_through_the_graph(tmp_path: Path) -> None:
     )
     assert trainer.state.global_step == 1
     assert trainer.rollout_func.calls == 1
-    # PPOConfig.mixed_precision="no": float32 like PPO, not TRL's default bf16 autocast
+    # GRPOConfig.mixed_precision="no": float32 like PPO, not TRL's default bf16 autocast
     assert not trainer.args.bf16 and not trainer.args.fp16
     logged = trainer.state.log_history[0]
     assert logged["reward_std"] > 0 and "completions/mean_length" in logged
@@ -101,12 +99,8 @@ def test_one_grpo_step_through_the_graph(tmp_path: Path) -> None:
 
 
 def test_groups_must_fit_in_a_step(tmp_path: Path) -> None:
-    from corl_graph.training import make_grpo_trainer
-
-    with pytest.raises(ConfigError, match="num_generations"):
-        make_grpo_trainer(
-            _config(tmp_path, episodes_per_iter=6, minibatch_size=2), num_generations=4
-        )
+    with pytest.raises(ConfigError, match="multiples of num_generations"):
+        _config(tmp_path, episodes_per_iter=6, minibatch_size=2, num_generations=4)
 
 
 def test_grpo_lagrange_logs_per_tier_metrics_and_saves_multipliers(tmp_path: Path) -> None:
@@ -120,8 +114,13 @@ def test_grpo_lagrange_logs_per_tier_metrics_and_saves_multipliers(tmp_path: Pat
         for t in TIERS.values()
     )
     trainer, final = train_grpo(
-        _config(tmp_path / "run", tiers=tiers, iterations=2, cost_constraint="lagrange"),
-        num_generations=2,
+        _config(
+            tmp_path / "run",
+            tiers=tiers,
+            iterations=2,
+            cost_constraint="lagrange",
+            num_generations=2,
+        ),
         lm=lm,
         tokenizer=tok,
         experts=toy_experts(table),

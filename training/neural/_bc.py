@@ -19,6 +19,7 @@ from torch import nn
 
 from corl_graph.policies import action_mask, step_features
 
+from .._rewards import cost_weighted_reward
 from ._env import Env, Net
 from ._teachers import TeacherBank, TeacherMode, teacher_act
 
@@ -72,7 +73,9 @@ def demonstrations(
         acts.append(a[live])
         owner.append(live)
         sim.step(a)
-    score = sim.correct - np.exp(log_w) * sim.s.spent / cost_ref
+    score = cost_weighted_reward(
+        sim.correct, sim.s.spent, sim.s.cap, weight=np.exp(log_w), cost_ref_usd=cost_ref
+    )
     idx = np.concatenate(owner)
     return Demos(
         torch.from_numpy(np.concatenate(xs)),

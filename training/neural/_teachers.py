@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations
 from typing import Literal
 
@@ -23,6 +24,7 @@ from corl_graph._exceptions import ConfigError
 from corl_graph.evaluation import run_episodes
 from corl_graph.policies import StepBatch, action_mask, plurality
 
+from .._rewards import cost_weighted_reward
 from ._env import Env
 
 __all__ = ["TeacherBank", "assign_teachers", "teacher_act", "teacher_bank", "teacher_rewards"]
@@ -111,15 +113,18 @@ def assign_teachers(
 ) -> np.ndarray:
     """The teacher each episode imitates: (B,) index into the bank.
 
-    ``fixed``: the teacher with the best mean reward ``correct - w * cost / cost_ref`` over
-    the training queries at the episode's tier and cost weight (one cascade per operating
-    point, which generalises). ``per_query``: the best teacher on the episode's own query,
-    ties going to the fixed choice (hindsight labels: the oracle, allowed on train only)."""
+    ``fixed``: the teacher with the best mean reward (``cost_weighted_reward``: correct
+    minus ``w * cost / cost_ref``; teachers run under the simulator's cap, so its gate is 1)
+    over the training queries at the episode's tier and cost weight (one cascade per
+    operating point, which generalises). ``per_query``: the best teacher on the episode's
+    own query, ties going to the fixed choice (hindsight labels: the oracle, allowed on
+    train only)."""
     w = np.exp(log_w)[:, None]  # (B, 1)
-    mean_score = correct.mean(2)[tier] - w * cost.mean(2)[tier] / cost_ref  # (B, M)
+    reward = partial(cost_weighted_reward, budget_usd=np.inf, weight=w, cost_ref_usd=cost_ref)
+    mean_score = reward(correct.mean(2)[tier], cost.mean(2)[tier])  # (B, M)
     if mode == "fixed":
         return np.asarray(mean_score.argmax(1))
     if mode != "per_query":
         raise ConfigError(f"teacher mode must be 'fixed' or 'per_query', got {mode!r}")
-    own = correct[tier, :, rows] - w * cost[tier, :, rows] / cost_ref  # (B, M)
+    own = reward(correct[tier, :, rows], cost[tier, :, rows])  # (B, M)
     return np.asarray((own + 1e-3 * mean_score).argmax(1))
