@@ -36,14 +36,13 @@ def add_parser(sub: Any) -> None:
 def demo_policies() -> list[tuple[Policy, tuple[str, ...] | None]]:
     """What the demo compares, and on which tiers (None = all): the routing policy, and the
     controller alone, whose one small call fits every cap, so it runs on the low tier only."""
-    # The neural router trained by corl_graph.training.neural_ppo on the bundled table's
-    # train split (behaviour cloning from cascade teachers; the PPO fine-tune did not beat it
-    # on held-out train queries, so selection kept the cloned weights, see
-    # docs/evaluation.md); it reads the shipped query embeddings (numbers only).
-    from corl_graph.evaluation import load_bundled_policy
+    # The learned cascade router fitted by `corl-graph fit` on the bundled table's train
+    # split with this pool and these tiers (corl_graph/evaluation/_bundled.py); it reads the
+    # shipped query embeddings (numbers only).
+    from corl_graph.evaluation import load_bundled_router
 
     return [
-        (load_bundled_policy(name="neural"), None),
+        (load_bundled_router(name="neural"), None),
         (
             Cascade(
                 [m for m in DEMO_MODELS if m != DEMO_CONTROLLER],

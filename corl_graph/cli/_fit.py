@@ -66,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"pool: {len(setup.experts)} models; candidates after pruning: {len(spec.experts)}")
     for tier, point in spec.tiers.items():
         names = ">".join(spec.experts[i] for i in point.cascade)
-        kind = "single model (fallback)" if point.fallback else f"stop at p >= {point.theta:.2f}"
+        if point.fallback:
+            kind = "single model (fallback)"
+        elif point.route_weight is not None:
+            kind = f"one call to the best estimate - {point.route_weight:.3g} x cost"
+        else:
+            kind = f"stop at p >= {point.theta:.2f}" + (", vote" if point.vote else "")
         cap = setup.tiers[tier].max_usd_per_query
         print(
             f"{tier:<8} cap ${cap:.2e}: {names} [{kind}] train acc {point.train_accuracy:.3f} "

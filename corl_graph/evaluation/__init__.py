@@ -18,7 +18,11 @@ from corl_graph.evaluation._baselines import (
     fit_threshold,
     matched_random,
 )
-from corl_graph.evaluation._bundled import load_bundled_embeddings, load_bundled_policy
+from corl_graph.evaluation._bundled import (
+    load_bundled_embeddings,
+    load_bundled_policy,
+    load_bundled_router,
+)
 from corl_graph.evaluation._controllers import ControllerSpec, endpoint_controller
 from corl_graph.evaluation._embed import (
     load_embeddings,
@@ -63,6 +67,7 @@ __all__ = [
     "judge",
     "load_bundled_embeddings",
     "load_bundled_policy",
+    "load_bundled_router",
     "load_embeddings",
     "matched_random",
     "parse_tiers",

@@ -59,10 +59,17 @@ class RouterFitConfig:
     tolerance: float = 0.002
     ridge: float = 1.0
     seed: int = 0
+    # routing replaces the single model only when its cross-validated gain exceeds
+    # noise_z standard errors of that gain (over the folds)
+    noise_z: float = 1.0
+    # cascades of three or more experts are also tried answering with the replies' vote
+    vote: bool = True
 
     def __post_init__(self) -> None:
         if self.folds < 2 or self.max_candidates < 1 or not 1 <= self.max_len <= 4:
             raise ConfigError("RouterFitConfig: folds >= 2, max_candidates >= 1, max_len 1..4")
+        if not self.noise_z >= 0:
+            raise ConfigError(f"RouterFitConfig: noise_z must be >= 0, got {self.noise_z}")
 
 
 def judged(a: EpisodeArrays) -> np.ndarray:
@@ -101,13 +108,15 @@ def simulate_cascade(
     cost: np.ndarray,
     worst: np.ndarray,
     reserve: np.ndarray,
+    answer_id: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run one operating point on N queries: (N,) correctness, cost and calls.
 
     ``scores`` (N, m-1): the stop score after each call but the last. A call is made only
     when the router's reservation estimate fits what is left of the cap, and reaches the
     expert only when the ledger's worst case does too (else the run ends with what it has),
-    as in the graph."""
+    as in the graph. The answer is the last reply's; with ``answer_id`` (N, K) given (a
+    voting point), the replies' majority answer when at least two agree (``vote_position``)."""
     n = judged_.shape[0]
     correct = np.zeros(n)
     spent = np.zeros(n)
@@ -124,7 +133,28 @@ def simulate_cascade(
         live = go
         if j < len(cascade) - 1:
             live = live & (scores[:, j] < theta)
+    if answer_id is not None and len(cascade) > 2:
+        pos = vote_position(answer_id[:, list(cascade)], calls)
+        voted = pos >= 0
+        picked = np.asarray(cascade)[np.maximum(pos, 0)]
+        correct = np.where(voted, judged_[np.arange(n), picked], correct)
     return correct, spent, calls
+
+
+def vote_position(answer_id: np.ndarray, calls: np.ndarray) -> np.ndarray:
+    """Which of the first ``calls`` replies a voting point answers with: the answer given by
+    the most replies when at least two agree (ties: the one given latest), as the position of
+    its latest reply; -1 when no two replies agree (the last reply answers). (N, m) answer
+    ids (-1: none), (N,) replies made -> (N,)."""
+    n, m = answer_id.shape
+    made = np.arange(m)[None, :] < calls[:, None]
+    valid = made & (answer_id >= 0)
+    same = (answer_id[:, :, None] == answer_id[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    count = same.sum(2)  # (N, m): replies sharing each reply's answer
+    # the latest position among those with the largest count
+    key = count * (m + 1) + np.arange(m)[None, :]
+    best = key.argmax(1)
+    return np.where(count[np.arange(n), best] >= 2, best, -1)
 
 
 def _route_outcome(
@@ -174,7 +204,7 @@ def choose_k(emb: np.ndarray, y: np.ndarray, fold: np.ndarray) -> tuple[int, np.
 class _Cloud:
     """Every operating point's per-fold sums at one cap: (P, F) accuracy sums, cost sums."""
 
-    points: list[tuple[tuple[int, ...], float, float | None]]
+    points: list[tuple[tuple[int, ...], float, float | None, bool]]
     acc: np.ndarray
     cost: np.ndarray
     single: np.ndarray  # (P,) bool: a one-expert point
@@ -200,9 +230,14 @@ def _select(
 
 
 def _choose(
-    cloud: _Cloud, counts: np.ndarray, target: float | None, tol: float
+    cloud: _Cloud, counts: np.ndarray, target: float | None, tol: float, z: float
 ) -> tuple[int, bool, float]:
-    """(point, fell back, cross-validated gain of routing over the single model)."""
+    """(point, fell back, cross-validated gain of routing over the single model).
+
+    The choice of each kind is made on all folds but one and scored on the one left out.
+    Routing is kept when its mean held-out accuracy gain exceeds ``z`` standard errors of
+    the per-fold gains (validation noise), or when it loses at most ``tol`` accuracy and
+    costs less on the held-out folds (as accurate, cheaper); else the single model is."""
     folds = len(counts)
     everything = np.ones(folds, bool)
     single = _select(cloud, counts, everything, target, tol, True)
@@ -213,16 +248,21 @@ def _choose(
         return int(single), True, math.nan  # type: ignore[arg-type]
     if single is None:
         return route, False, math.nan
-    gain = 0.0
+    diffs = np.zeros(folds)
+    saved = 0.0  # held-out spend of the single-model choice minus routing's
     for f in range(folds):
         use = np.arange(folds) != f
         r = _select(cloud, counts, use, target, tol, False)
         s = _select(cloud, counts, use, target, tol, True)
         r_acc = cloud.acc[r, f] if r is not None else 0.0
         s_acc = cloud.acc[s, f] if s is not None else 0.0
-        gain += float(r_acc - s_acc)
-    gain /= counts.sum()
-    return (route, False, gain) if gain > 0 else (single, True, gain)
+        diffs[f] = (r_acc - s_acc) / max(counts[f], 1.0)
+        if r is not None and s is not None:
+            saved += float(cloud.cost[s, f] - cloud.cost[r, f])
+    gain = float((diffs * counts).sum() / counts.sum())
+    margin = z * float(diffs.std(ddof=1)) / math.sqrt(folds)
+    keep = gain > max(margin, 0.0) or (gain >= -tol and saved > 0)
+    return (route, False, gain) if keep else (single, True, gain)
 
 
 def fit_router(
@@ -256,6 +296,7 @@ def fit_router(
     t_mean, t_std = logt.mean(0), logt.std(0)
     tz_all = (logt - t_mean) / np.maximum(t_std, 1e-3)
     has = a.answer_id >= 0
+    votable = cfg.vote and bool(has.any())
     k = len(cands)
     cascades = [c for m in range(1, cfg.max_len + 1) for c in combinations(range(k), m)]
     caps = sorted({tiers[t].max_usd_per_query for t in tiers})
@@ -275,17 +316,16 @@ def fit_router(
                 w = fit_logistic(x[tr], y[tr], cfg.ridge)
                 scores[te, j - 1] = stop_scores(x[te], w)
         thetas = cfg.thetas if len(c) > 1 else (1.01,)
-        for cap in caps:
-            for theta in thetas:
-                ok, spent, _ = simulate_cascade(
-                    c, scores, theta, cap, judged_=j_all, cost=a.cost, worst=a.worst,
-                    reserve=reserve,
-                )  # fmt: skip
-                cloud = clouds[cap]
-                cloud.points.append((c, theta, None))
-                sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
-                sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
-                sums[cap][2].append(len(c) == 1)
+        votes = (False, True) if votable and len(c) > 2 else (False,)
+        for cap, theta, vote in ((x, t, v) for x in caps for t in thetas for v in votes):
+            ok, spent, _ = simulate_cascade(
+                c, scores, theta, cap, judged_=j_all, cost=a.cost, worst=a.worst,
+                reserve=reserve, answer_id=a.answer_id if vote else None,
+            )  # fmt: skip
+            clouds[cap].points.append((c, theta, None, vote))
+            sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
+            sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
+            sums[cap][2].append(len(c) == 1)
         if on_progress is not None:
             on_progress(step + 1, len(cascades))
     everyone = tuple(range(k))
@@ -295,7 +335,7 @@ def fit_router(
             ok, spent = _route_outcome(
                 p_oof, weight, cost_norm, allowed, j_all, a.cost, a.worst, cap
             )
-            clouds[cap].points.append((everyone, math.nan, weight))
+            clouds[cap].points.append((everyone, math.nan, weight, False))
             sums[cap][0].append(np.bincount(fold, ok, cfg.folds))
             sums[cap][1].append(np.bincount(fold, spent, cfg.folds))
             sums[cap][2].append(False)
@@ -308,12 +348,13 @@ def fit_router(
 
     def point(cap: float, target: float | None, label: str) -> tuple[OperatingPoint, float]:
         cloud = clouds[cap]
-        i, fell_back, gain = _choose(cloud, counts, target, cfg.tolerance)
-        c, theta, w = cloud.points[i]
+        i, fell_back, gain = _choose(cloud, counts, target, cfg.tolerance, cfg.noise_z)
+        c, theta, w, vote = cloud.points[i]
         op = OperatingPoint(
             cascade=tuple(int(x) for x in c),
             theta=float(theta),
             route_weight=w,
+            vote=vote,
             fallback=fell_back,
             train_accuracy=float(cloud.acc[i].sum() / n),
             train_cost_usd=float(cloud.cost[i].sum() / n),
@@ -333,8 +374,8 @@ def fit_router(
     sweep: list[OperatingPoint] = []
     for target in np.geomspace(max(lo, hi * 1e-6), hi, cfg.sweep_points):
         op, _ = point(top, float(target), f"t={target:.2e}")
-        if all((op.cascade, op.theta, op.route_weight) != (s.cascade, s.theta, s.route_weight)
-               for s in sweep):  # fmt: skip
+        if all((op.cascade, op.theta, op.route_weight, op.vote)
+               != (s.cascade, s.theta, s.route_weight, s.vote) for s in sweep):  # fmt: skip
             sweep.append(op)
     arrays: dict[str, np.ndarray] = {"index": emb, "correct": j_all, "cost_norm": cost_norm}
     for prefix, pred in (("mlp/", fit_mlp(emb, j_all, seed=cfg.seed)),
@@ -417,5 +458,5 @@ def router_outcomes(
         scores[:, j - 1] = stop_scores(x, router.scorer(point, j))
     return simulate_cascade(
         point.cascade, scores, point.theta, cap, judged_=judged(a), cost=a.cost,
-        worst=a.worst, reserve=reserve,
+        worst=a.worst, reserve=reserve, answer_id=a.answer_id if point.vote else None,
     )  # fmt: skip

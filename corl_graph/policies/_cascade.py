@@ -63,6 +63,9 @@ class OperatingPoint:
     # Set: a one-call route instead of a cascade: call the expert of ``cascade`` with the best
     # estimate - route_weight x its mean cost / the priciest candidate's, then answer.
     route_weight: float | None = None
+    # Answer with the replies' majority answer when at least two agree (ties: the answer
+    # given latest), else with the last reply; False: always the last reply.
+    vote: bool = False
 
     @property
     def key(self) -> str:
@@ -292,12 +295,12 @@ class CascadeRouter:
             done += 1
         live = done < len(names) and not view.budget_exhausted
         if done and live and self._stop(view, point, names, replies, done):
-            return _answer_last(view)
+            return _answer_vote(view) if point.vote else _answer_last(view)
         if done < len(names) and not view.budget_exhausted:
             nxt = point.cascade[done]
             if self.spec.reserve_usd[nxt] <= view.remaining_usd + 1e-12:
                 return Decision(CallExpert(names[done], view.query))
-        return _answer_last(view)
+        return _answer_vote(view) if point.vote else _answer_last(view)
 
     def _route(self, view: PolicyView, point: OperatingPoint) -> Decision:
         if view.calls or view.budget_exhausted:
@@ -352,6 +355,23 @@ def _answer_last(view: PolicyView) -> Decision:
     return Decision(Answer(""))
 
 
+def _answer_vote(view: PolicyView) -> Decision:
+    """The answer most replies gave when at least two agree (ties: the one given latest),
+    else the last reply's (``OperatingPoint.vote``; ``vote_position`` in the simulation)."""
+    ok = [c for c in view.calls if c.status == "ok" and c.answer is not None]
+    counts: dict[str, int] = {}
+    for c in ok:
+        key = normalize_answer(c.answer or "")
+        counts[key] = counts.get(key, 0) + 1
+    best = max(counts.values(), default=0)
+    if best < 2:
+        return _answer_last(view)
+    for c in reversed(ok):
+        if counts[normalize_answer(c.answer or "")] == best:
+            return Decision(Answer(c.answer or ""))
+    return _answer_last(view)  # unreachable: some reply holds the best count
+
+
 def _point(raw: Mapping[str, Any]) -> OperatingPoint:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"an operating point must be an object, got {raw!r}")
@@ -363,4 +383,5 @@ def _point(raw: Mapping[str, Any]) -> OperatingPoint:
         train_cost_usd=float(raw.get("train_cost_usd", math.nan)),
         label=str(raw.get("label", "")),
         route_weight=None if raw.get("route_weight") is None else float(raw["route_weight"]),
+        vote=bool(raw.get("vote", False)),
     )

@@ -44,10 +44,11 @@ def test_readme_main_job_runs_offline_with_zero_cap_violations() -> None:
 async def test_demo_reports_per_tier_and_routing_beats_the_controller_alone() -> None:
     reports = await run_demo(limit=60)
     by = {(r.policy.split("(")[0], r.tier): r for r in reports}
-    low = by[("cascade", "low")]
+    low = by[("neural", "low")]
     assert low.cap_violations == 0 and low.mean_cost_usd <= low.cap_usd
     assert low.accuracy >= by[("controller-only", "low")].accuracy + 0.10
-    assert by[("cascade", "high")].accuracy >= low.accuracy
+    assert by[("neural", "high")].accuracy >= low.accuracy
+    assert by[("neural", "high")].cap_violations == 0
 
 
 def test_cli_json_output_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,3 +58,17 @@ def test_cli_json_output_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["demo", "--limit", "not-a-number"])
     assert main([]) == 2
+
+
+def test_the_shipped_router_fits_the_demo_pool_and_tiers() -> None:
+    from corl_graph.data import DEMO_CONTROLLER, DEMO_MODELS, demo_tiers
+    from corl_graph.evaluation import load_bundled_router
+
+    router = load_bundled_router()
+    spec = router.spec
+    assert set(spec.experts) <= set(DEMO_MODELS) and spec.controller == DEMO_CONTROLLER
+    tiers = demo_tiers()
+    assert dict(spec.tier_caps_usd) == {t: tiers[t].max_usd_per_query for t in tiers}
+    assert spec.notes["max_output_tokens"] == 512 and set(spec.notes["pool"]) == set(DEMO_MODELS)
+    # derived numbers only: the kNN index is the shipped embeddings of the train queries
+    assert router.arrays["index"].shape == (spec.notes["train_queries"], spec.embed_dim)
