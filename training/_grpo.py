@@ -65,7 +65,7 @@ from ._tier_metrics import (
     shaped_scores,
     warn_unaffordable_tiers,
 )
-from ._traces import CacheCounters, training_task
+from ._traces import CacheCounters, TracesTask, training_task
 
 __all__ = ["GraphRollout", "make_grpo_trainer", "split_for_grpo", "train_grpo"]
 
@@ -244,7 +244,7 @@ def make_grpo_trainer(
 
     tok = tokenizer or AutoTokenizer.from_pretrained(cfg.model)
     model = lm or AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    ex, qs, _ = training_task(cfg, experts, queries)
+    ex, qs, task = training_task(cfg, experts, queries)
     warn_unaffordable_tiers(ex, cfg.tier_set, qs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.minibatch_size % world:
@@ -305,7 +305,7 @@ def make_grpo_trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         rollout_func=rollout,
-        callbacks=[_metrics_callback(cfg, ex, rollout)],
+        callbacks=[_metrics_callback(cfg, ex, rollout, task)],
     )
 
 
@@ -321,9 +321,13 @@ def _multipliers(cfg: GRPOConfig) -> TierMultipliers | None:
     return multipliers
 
 
-def _metrics_callback(cfg: GRPOConfig, experts: Sequence[Expert], rollout: GraphRollout) -> Any:
+def _metrics_callback(
+    cfg: GRPOConfig, experts: Sequence[Expert], rollout: GraphRollout, task: TracesTask | None
+) -> Any:
     """TRL's log lines, the last round's per-tier metrics and the cached experts' counters
-    to ``metrics.jsonl`` as PPO's; the multipliers saved with every checkpoint."""
+    to ``metrics.jsonl`` as PPO's; the multipliers saved with every checkpoint; the traces
+    task's training-budget ledger (if this trainer opened one) closed when training ends,
+    as PPO closes it."""
     from transformers import TrainerCallback
 
     writer = MetricsWriter(cfg.metrics_file or Path(cfg.output_dir) / "metrics.jsonl")
@@ -345,6 +349,8 @@ def _metrics_callback(cfg: GRPOConfig, experts: Sequence[Expert], rollout: Graph
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             writer.close()
+            if task is not None:
+                task.close()
 
     return _Metrics()
 

@@ -269,17 +269,16 @@ def _config(
     if experts or "experts" in fields:
         fields["experts"] = experts
     skip = _NOT_FIELDS | {"experts", "tiers", "model", "output_dir", "algo"}
-    for key, value in vars(merged).items():
-        if key in skip or value is None:
-            continue
-        if key in own:
-            fields[key] = value
-        elif key not in file_fields:  # a flag (the file's task fields are merged in too)
+    for key, value in vars(args).items():  # the flags given, not the file's fields
+        if key not in skip and value is not None and key not in own:
             owners = [a for a in ("ppo", "grpo", "sft") if key in config_class(a).field_names()]
             flag = "--" + key.replace("_", "-")
             raise ConfigError(
                 f"{flag} applies to --algo {' or '.join(owners)} only (this run is --algo {algo})"
             )
+    for key, value in vars(merged).items():  # flags over the file's task fields
+        if key not in skip and value is not None and key in own:
+            fields[key] = value
     try:
         return cls.from_dict(fields)
     except TypeError as exc:

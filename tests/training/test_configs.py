@@ -135,6 +135,8 @@ def test_a_config_file_serves_several_algorithms(tmp_path: Path) -> None:
     grpo = build_config(_args("--config", str(file), "--algo", "grpo"))
     ppo = build_config(_args("--config", str(file)))
     assert (sft.sft_epochs, grpo.num_generations, ppo.gamma) == (2.0, 2, 0.9)
+    with pytest.raises(ConfigError, match="--num-generations applies to --algo grpo only"):
+        build_config(_args("--config", str(file), "--num-generations", "2"))  # a flag is not
     file.write_text(json.dumps({**fields, "num_generation": 2}))
     with pytest.raises(ConfigError, match="num_generation is no config's field"):
         build_config(_args("--config", str(file)))
