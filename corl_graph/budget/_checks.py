@@ -18,6 +18,10 @@ MAX_TOKENS = 10**9
 
 def check_amount(value: float, what: str) -> float:
     """``value`` if it is a finite number >= 0 (dollars, seconds), else ``ConfigError``."""
+    # Fast path for the common case (every ledger operation checks several values); NaN and
+    # infinity fail the comparison and take the checks below.
+    if type(value) is float and 0.0 <= value < math.inf:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{what} must be a number, got {value!r}")
     if not math.isfinite(value) or value < 0:
@@ -27,6 +31,8 @@ def check_amount(value: float, what: str) -> float:
 
 def check_tokens(value: int, what: str) -> int:
     """``value`` if it is a whole number in [0, MAX_TOKENS], else ``ConfigError``."""
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # fast path (bool is not int here)
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{what} must be a whole number of tokens, got {value!r}")
     if not 0 <= value <= MAX_TOKENS:

@@ -203,18 +203,28 @@ class _LedgerRun(RunHold):
 
     def __init__(self, target: _Target) -> None:
         self.target = target
+        # A target that never suspends is awaited directly (see _guarded): decided once here,
+        # not on every attempt of every call.
+        self._direct = bool(getattr(target, "cancel_safe", False))
 
     async def reserve(
         self, request: ReservationRequest, *, reservation_id: str | None = None
     ) -> Reservation:
-        return await _reserve(self.target, request, reservation_id or uuid.uuid4().hex)
+        rid = reservation_id or uuid.uuid4().hex
+        if self._direct:
+            return await self.target.reserve(request, reservation_id=rid)
+        return await _reserve(self.target, request, rid)
 
     async def settle(self, reservation_id: str, usage: Usage) -> Reservation:
         target = self.target
+        if self._direct:
+            return await target.settle(reservation_id, usage)
         return await _guarded(target, lambda: target.settle(reservation_id, usage))
 
     async def release(self, reservation_id: str) -> Reservation:
         target = self.target
+        if self._direct:
+            return await target.release(reservation_id)
         return await _guarded(target, lambda: target.release(reservation_id))
 
     async def close(self) -> None:

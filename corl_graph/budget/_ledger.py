@@ -138,19 +138,34 @@ class ReservationRequest:
                 stacklevel=2,
             )
             run_id = query_id
-        values = {
-            "run_id": run_id,
-            "tier": tier,
-            "expert": expert,
-            "amount_usd": amount_usd,
-            "input_tokens": input_tokens,
-            "max_output_tokens": max_output_tokens,
-        }
-        missing = [name for name, value in values.items() if value is None]
-        if missing:
+        if (
+            run_id is None
+            or tier is None
+            or expert is None
+            or amount_usd is None
+            or input_tokens is None
+            or max_output_tokens is None
+        ):
+            values = {
+                "run_id": run_id,
+                "tier": tier,
+                "expert": expert,
+                "amount_usd": amount_usd,
+                "input_tokens": input_tokens,
+                "max_output_tokens": max_output_tokens,
+            }
+            missing = [name for name, value in values.items() if value is None]
             raise TypeError(f"ReservationRequest() missing required arguments: {missing}")
-        for name, value in (("tenant", tenant), *values.items(), ("lease_s", lease_s)):
-            object.__setattr__(self, name, value)
+        # One of these is built per attempt of every expert call: set the fields directly.
+        put = object.__setattr__
+        put(self, "tenant", tenant)
+        put(self, "run_id", run_id)
+        put(self, "tier", tier)
+        put(self, "expert", expert)
+        put(self, "amount_usd", amount_usd)
+        put(self, "input_tokens", input_tokens)
+        put(self, "max_output_tokens", max_output_tokens)
+        put(self, "lease_s", lease_s)
         self.__post_init__()
 
     @property

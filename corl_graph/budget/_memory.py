@@ -96,6 +96,7 @@ class InMemoryLedger:
         self._clock = clock
         self._lock = threading.Lock()
         self._tenants: dict[str, TenantBudget] = {}
+        self._defaulted: dict[str, TenantBudget] = {}  # default_budget, per tenant it served
         self._reservations: dict[str, Reservation] = {}
         self._tokens: dict[str, int] = {}  # worst case while held, real once settled
         # Per-query caps belong to one tenant: (tenant, query id), so two tenants that pick the
@@ -113,18 +114,24 @@ class InMemoryLedger:
         budget = self._tenants.get(tenant)
         if budget is not None:
             return budget
+        budget = self._defaulted.get(tenant)
+        if budget is not None:
+            return budget
         if self._default is None:
             raise UnknownTenantError(
                 f"tenant {tenant!r} has no budget; call ledger.set_tenant(TenantBudget({tenant!r},"
                 " limit_usd=..., period=...)) or give the ledger a default_budget"
             )
-        return replace(self._default, tenant=tenant)
+        # Built once per tenant, not on every reserve (dataclasses.replace re-validates).
+        budget = self._defaulted[tenant] = replace(self._default, tenant=tenant)
+        return budget
 
     def _tallies(self, r: Reservation) -> tuple[_Tally, _Tally]:
-        return (
-            self._query_tally(r.tenant, r.query_id),
-            self._by_tenant.setdefault((r.tenant, r.period), _Tally()),
-        )
+        key = (r.tenant, r.period)
+        tenant = self._by_tenant.get(key)
+        if tenant is None:
+            tenant = self._by_tenant[key] = _Tally()
+        return self._query_tally(r.tenant, r.query_id), tenant
 
     def _query_tally(self, tenant: str, query_id: str) -> _Tally:
         tally = self._by_query.get((tenant, query_id))
@@ -176,7 +183,7 @@ class InMemoryLedger:
             r = self._get(reservation_id)
             if r.status in ("settled", "released"):
                 return r
-            settled = replace(r, status="settled")
+            settled = r.with_status("settled")
             self._reservations[r.id] = settled
             real_tokens = usage.input_tokens + usage.output_tokens
             for tally in self._tallies(r):
@@ -193,7 +200,7 @@ class InMemoryLedger:
             r = self._get(reservation_id)
             if r.status in ("settled", "released"):
                 return r
-            released = replace(r, status="released")
+            released = r.with_status("released")
             self._reservations[r.id] = released
             for tally in self._tallies(r):
                 tally.move(r.amount_usd, src=r.status, dst=None)
@@ -223,7 +230,7 @@ class InMemoryLedger:
         with self._lock:
             for r in list(self._reservations.values()):
                 if r.status == "held" and r.expires_at <= now:
-                    gone = replace(r, status="expired")
+                    gone = r.with_status("expired")
                     self._reservations[r.id] = gone
                     for tally in self._tallies(r):
                         tally.move(r.amount_usd, src="held", dst="expired")

@@ -169,6 +169,24 @@ class RouterConfig:
         return tuple(e.descriptor for e in self.experts)
 
     @cached_property
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(self.tiers)
+
+    @cached_property
+    def offered(self) -> Mapping[str, tuple[ExpertDescriptor, ...]]:
+        """Per tier name, the descriptors of the experts the tier may reach."""
+        return {
+            name: tuple(d for d in self.descriptors if tier.allows(d.name))
+            for name, tier in self.tiers.items()
+        }
+
+    def offered_to(self, tier: BudgetTier) -> tuple[ExpertDescriptor, ...]:
+        """The descriptors of the experts ``tier`` may reach (one of ``tiers``: built once)."""
+        if self.tiers.get(tier.name) is tier:
+            return self.offered[tier.name]
+        return tuple(d for d in self.descriptors if tier.allows(d.name))
+
+    @cached_property
     def tracer(self) -> RouterTracer:
         return RouterTracer(
             self.tracer_provider,

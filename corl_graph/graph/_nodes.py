@@ -73,10 +73,10 @@ def build_view(state: RouterState, tier: BudgetTier, router: RouterConfig) -> Po
         query=state["query"],
         query_id=state.get("query_id", ""),
         tier=tier,
-        tier_names=tuple(router.tiers),
+        tier_names=router.tier_names,
         # only the experts the tier may reach: the others are not offered, and a call to one
         # is an unknown expert (a format error), whatever the controller was talked into
-        experts=tuple(d for d in router.descriptors if tier.allows(d.name)),
+        experts=router.offered_to(tier),
         transcript=tuple(state.get("transcript", ())),
         steps=tuple(state.get("steps", ())),
         calls=tuple(state.get("calls", ())),

@@ -13,12 +13,16 @@ operator (not end users), which keeps the attribute cardinality sane.
 from __future__ import annotations
 
 from opentelemetry import metrics
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from corl_graph.protocol import ExpertCall
 from corl_graph.tracing import _attributes as A
 
 __all__ = ["RouterMetrics"]
+
+# The SDK exports no public name for the proxy the global provider is until an application
+# sets one; it is matched by class name so that a private import is not needed.
+_PROXY_METER_PROVIDER = "_ProxyMeterProvider"
 
 _SCOPE = "corl_graph"
 
@@ -71,6 +75,7 @@ class RouterMetrics:
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None):
+        self._explicit = meter_provider is not None
         meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
         self._tokens = meter.create_histogram(
             A.METRIC_TOKEN_USAGE,
@@ -91,6 +96,19 @@ class RouterMetrics:
             A.METRIC_CALLS, unit="{call}", description="Expert calls by outcome"
         )
 
+    @property
+    def enabled(self) -> bool:
+        """False while no meter provider is set, neither given nor installed globally (the
+        instruments are no-op proxies then). Checked per call: an application may install its
+        provider after the router was built, and the proxies then forward to it."""
+        if self._explicit:
+            return True
+        provider = metrics.get_meter_provider()
+        return not (
+            isinstance(provider, NoOpMeterProvider)
+            or type(provider).__name__ == _PROXY_METER_PROVIDER
+        )
+
     def record_call(
         self,
         call: ExpertCall,
@@ -102,6 +120,8 @@ class RouterMetrics:
         tenant: str,
     ) -> None:
         """Record one finished (or refused) expert call."""
+        if not self.enabled:
+            return  # no meter provider anywhere: the attribute sets would be built for nothing
         base: dict[str, str] = {
             A.GEN_AI_OPERATION: "chat",
             A.GEN_AI_PROVIDER: provider,

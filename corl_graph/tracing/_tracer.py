@@ -165,6 +165,8 @@ class RouterTracer:
 
     def record_decision(self, span: Span, step: StepRecord, *, expert: str | None = None) -> None:
         """The controller's decision as a ``corl.decision`` event on the step span."""
+        if not span.is_recording():
+            return  # nothing would keep the event: skip building it
         attributes: dict[str, AttributeValue] = {
             "corl.action": step.action,
             "corl.step.index": step.index,
@@ -256,6 +258,8 @@ class RouterTracer:
 
     def record_denied(self, span: Span, call: ExpertCall) -> None:
         """A call the budget refused, as a ``corl.budget.denied`` event on the step span."""
+        if not span.is_recording():
+            return
         span.add_event("corl.budget.denied", {
             A.EXPERT: call.expert, "corl.reason": redact(call.error or "budget exhausted"),
         })  # fmt: skip
@@ -273,6 +277,8 @@ class RouterTracer:
         answer: str | None = None,
     ) -> None:
         """Totals of a finished query, on its query span."""
+        if not span.is_recording():
+            return
         span.set_attributes(
             {
                 A.COST_TOTAL: cost_usd,
