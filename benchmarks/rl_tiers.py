@@ -14,12 +14,19 @@ Three tiers, each with a hard cap (enforced by the ledger) and a mean-spend targ
 medium between the free own model and the cheap expert, high near the mid expert.
 
 Per seed:
-1. warm start (supervised, tier-agnostic): uniformly random well-formed first actions
-   (a call to one of the four models with a short sub-query), then ``<aggregate/>``;
+1. warm start (supervised, tier-aware; one shared by all seeds unless
+   ``--no-shared-warm-start``): training's ``warm_start_examples`` with one teacher per
+   tier (``tier_teacher``: the most accurate mix of at most two pool models whose expected
+   spend on TRAIN meets the tier's target), one teacher run per (train query, tier): a call
+   with the short sub-query ``solve the query`` to the drawn model, then ``<aggregate/>``;
+   then ``sft_warm_start`` (TRL's SFTTrainer, loss on controller tokens only);
 2. evaluation through the real graph (``route_queries``, replayed experts, in-memory
-   ledger) on the TEST split, every tier, sampling at the training temperature;
+   ledger) on the TEST split, every tier, sampling at the training temperature (1.0: a
+   tier that mixes two models does so by sampling);
 3. PPO-Lagrangian: reward = correct - format penalty, shaped by ``lambda_tier * cost /
-   target_tier``, one multiplier per tier by dual ascent after every iteration;
+   target_tier``, one multiplier per tier by dual ascent after every iteration, each
+   starting at its teacher's dual price (``--lagrange-init teacher``: the multiplier at
+   which the teacher's mix is a stationary point of the shaped reward);
 4. the same evaluation after RL.
 
 Writes benchmarks/results/rl_tiers.json (``rows``: seed, phase, tier, split, accuracy,
@@ -28,8 +35,10 @@ accuracy - max(0, mean_cost_usd / target_usd - 1)), the training history per see
 targets' verdicts, and one learning-curve PNG per tier (rl_tiers_<tier>.png). Not a timed
 test; the one long run of the benchmarks (run_all.py names it):
 
-    nice -n 10 python benchmarks/rl_tiers.py                 # 3 seeds, < 40 min on 2 cores
-    python benchmarks/rl_tiers.py --seeds 0 --iterations 4 --eval-queries 40   # smoke
+    nice -n 10 python benchmarks/rl_tiers.py                 # 3 seeds
+    python benchmarks/rl_tiers.py --seeds 0 --iterations 2 --episodes 12 --minibatch 12 \
+        --eval-queries 60                                     # smoke
+    python benchmarks/rl_tiers.py --warm-from /tmp/corl_rl_tiers/warm-0   # reuse a warm start
 """
 
 from __future__ import annotations
@@ -47,19 +56,28 @@ from typing import Any
 
 import torch
 from corl_graph.training import (
+    ExpertStats,
     HFPolicy,
     PPOConfig,
     PPOTrainer,
+    RewardConfig,
+    TierMultipliers,
+    TierTeacher,
     load_queries,
+    reward_from_config,
+    sft_warm_start,
     target_penalty,
+    tier_teacher,
     tiny_llama,
     tiny_tokenizer,
+    warm_start_examples,
 )
 
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.evaluation import route_queries, summarize
 from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
-from corl_graph.protocol import render_system_prompt, render_user_prompt
+from corl_graph.protocol import render_system_prompt
+from corl_graph.trajectories import Label
 
 TABLE = str(
     Path(__file__).resolve().parents[2] / "shared" / "data" / "outcomes" / "zeroeval_gsm8k.jsonl.gz"
@@ -77,6 +95,10 @@ TIERS = (
     BudgetTier("medium", 2e-3, target_usd_per_query=4.5e-5),
     BudgetTier("high", 5e-3, target_usd_per_query=1e-4),
 )
+# The teacher's sub-query: short (the replayed experts answer the query itself), in the
+# tokenizer's corpus, so a call fits the generation budget with room to spare.
+SUBQUERY = "solve the query"
+MAX_NEW_TOKENS = 16
 OUT = Path(__file__).parent / "results"
 WORK = Path("/tmp/corl_rl_tiers")
 
@@ -118,55 +140,24 @@ def load_question(prompt: str) -> str:
     return m.group(1).strip() if m else prompt
 
 
-def warm_start(lm, tok, experts, queries, steps: int, seed: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """Supervised warm start on well-formed, tier-agnostic turns: a call to a uniformly drawn
-    model with a short sub-query, then ``<aggregate/>`` once it replied."""
-    rng = random.Random(seed)
-    system = render_system_prompt([e.descriptor for e in experts])
-    names = [e.name for e in experts]
-    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
-    losses = []
-    lm.train()
-    for _ in range(steps):
-        batch_ids, batch_labels = [], []
-        for _ in range(16):
-            q = rng.choice(queries)
-            tier = rng.choice(TIERS)
-            msgs = [
-                {"role": "system", "content": system},
-                {
-                    "role": "user",
-                    "content": render_user_prompt(q.text, tier.name, tier.max_usd_per_query),
-                },
-            ]
-            first = rng.choice(names)
-            call = f'<call expert="{first}">solve</call>'
-            if rng.random() < 0.5:
-                target = call
-            else:
-                msgs += [
-                    {"role": "assistant", "content": call},
-                    {
-                        "role": "user",
-                        "content": f'<expert name="{first}">{rng.randint(0, 999)}</expert>',
-                    },
-                ]
-                target = "<aggregate/>"
-            prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-            t_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            batch_ids.append(p_ids + t_ids)
-            batch_labels.append([-100] * len(p_ids) + t_ids)
-        L = max(len(x) for x in batch_ids)
-        ids = torch.tensor([x + [tok.pad_token_id] * (L - len(x)) for x in batch_ids])
-        labels = torch.tensor([y + [-100] * (L - len(y)) for y in batch_labels])
-        attn = (torch.arange(L)[None] < torch.tensor([len(x) for x in batch_ids])[:, None]).long()
-        loss = lm(input_ids=ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()))
-    return losses
+def train_stats(table: OutcomeTable) -> dict[str, ExpertStats]:
+    """Each pool model's mean cost per call and accuracy on the TRAIN split (own model free)."""
+    ids = [q for q, info in table.queries.items() if info.split == "train"]
+    out = {}
+    for m in POOL:
+        outcomes = [table.outcome(q, m) for q in ids]
+        out[m] = ExpertStats(
+            mean_cost_usd=statistics.fmean(o.cost_usd for o in outcomes),
+            accuracy=statistics.fmean(float(o.correct) for o in outcomes),
+        )
+    return out
+
+
+def teachers(table: OutcomeTable) -> dict[str, TierTeacher]:
+    """Per tier, the most accurate tier-only mixture of pool models whose expected spend on
+    TRAIN meets the tier's target (``tier_teacher``)."""
+    stats = train_stats(table)
+    return {t.name: tier_teacher(stats, t.target_usd) for t in TIERS}
 
 
 def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -175,7 +166,7 @@ def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[
     rows = []
     for i, tier in enumerate(TIERS):
         policy = HFPolicy(
-            lm, tok, name=phase, max_new_tokens=16, temperature=1.0, seed=seed * 100 + i
+            lm, tok, name=phase, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=seed * 100 + i
         )
         outcomes = asyncio.run(
             route_queries(
@@ -213,7 +204,7 @@ def setup(table: OutcomeTable) -> tuple[list[ReplayExpert], list[Any], list[str]
     experts = [ReplayExpert(table, m, max_output_tokens=n) for m, n in POOL.items()]
     queries = load_queries(table, "train")
     test_ids = sorted(q for q, info in table.queries.items() if info.split == "test")
-    corpus = [render_system_prompt([e.descriptor for e in experts])] * 20 + [
+    corpus = [render_system_prompt([e.descriptor for e in experts]), SUBQUERY] * 20 + [
         q.text for q in queries
     ]
     tok = tiny_tokenizer(
@@ -223,7 +214,8 @@ def setup(table: OutcomeTable) -> tuple[list[ReplayExpert], list[Any], list[str]
 
 
 def warm_model(args: argparse.Namespace, table: OutcomeTable, seed: int) -> dict[str, Any]:
-    """The supervised warm start, saved to WORK/warm-<seed>."""
+    """The tier-aware supervised warm start (training's ``warm_start_examples`` with
+    per-tier teachers, then ``sft_warm_start``), saved to WORK/warm-<seed>."""
     t0 = time.time()
     torch.manual_seed(seed)
     experts, queries, _, tok = setup(table)
@@ -235,11 +227,58 @@ def warm_model(args: argparse.Namespace, table: OutcomeTable, seed: int) -> dict
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    losses = warm_start(lm, tok, experts, queries, args.warm_steps, seed)
+    by_tier = teachers(table)
+    examples = warm_start_examples(
+        lm,
+        tok,
+        trajectories=(),
+        labels={q.query_id: Label(q.query_id, reference=q.reference) for q in queries},
+        experts=experts,
+        tiers=TierSet(TIERS),
+        reward_fn=reward_from_config(RewardConfig()),
+        boundary=False,
+        max_new_tokens=MAX_NEW_TOKENS,
+        teachers=by_tier,
+        queries={q.query_id: q.text for q in queries},
+        teacher_subquery=SUBQUERY,
+        seed=seed,
+    )
     model_dir = WORK / f"warm-{seed}"
-    lm.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    return {"dir": str(model_dir), "loss": [losses[0], losses[-1]], "seconds": time.time() - t0}
+    t_sft = time.time()
+    trainer = sft_warm_start(
+        lm,
+        tok,
+        examples,
+        model_dir,
+        epochs=args.warm_epochs,
+        learning_rate=args.warm_lr,
+        batch_size=args.warm_batch,
+        max_length=1024,
+        seed=seed,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        disable_tqdm=True,
+    )
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    info = {
+        "dir": str(model_dir),
+        "examples": len(examples),
+        "steps": trainer.state.global_step,
+        "loss": [losses[0], losses[-1]] if losses else None,
+        "teachers": {
+            name: {
+                "shares": dict(t.shares),
+                "expected_cost_usd": t.expected_cost_usd,
+                "expected_accuracy": t.expected_accuracy,
+                "multiplier": t.multiplier,
+            }
+            for name, t in by_tier.items()
+        },
+        "seconds_sft": time.time() - t_sft,
+        "seconds": time.time() - t0,
+    }
+    (model_dir / "warm_start.json").write_text(json.dumps(info, indent=1))
+    return info
 
 
 def run_seed(
@@ -270,19 +309,25 @@ def run_seed(
         learning_rate=args.lr,
         kl_coef=0.0,
         ent_coef=args.ent_coef,
-        max_new_tokens=16,
+        max_new_tokens=MAX_NEW_TOKENS,
         max_steps=2,
         max_seq_len=1024,
         reward="corl",
         cost_constraint="lagrange",
         lagrange_lr=args.lagrange_lr,
-        lagrange_init=args.lagrange_init,
+        lagrange_init=0.0 if args.lagrange_init == "teacher" else float(args.lagrange_init),
         lagrange_max=2.0,
         controller_expert=OWN,
         seed=seed,
         progress=False,
     )
     trainer = PPOTrainer(config, lm=lm, tokenizer=tok, experts=experts, queries=queries)
+    if args.lagrange_init == "teacher":  # start at the teacher's stationary point
+        trainer.multipliers = TierMultipliers(
+            {n: min(t.multiplier, config.lagrange_max) for n, t in teachers(table).items()},
+            lr=config.lagrange_lr,
+            max_lambda=config.lagrange_max,
+        )
     history = []
     while trainer.iteration < config.iterations:
         m = trainer.step()
@@ -403,22 +448,28 @@ def plot(results: list[dict[str, Any]], out_dir: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--iterations", type=int, default=150)
     ap.add_argument("--episodes", type=int, default=36)
     ap.add_argument("--minibatch", type=int, default=12)
     ap.add_argument("--ppo-epochs", type=int, default=1)
-    ap.add_argument("--warm-steps", type=int, default=250)
+    ap.add_argument("--warm-epochs", type=float, default=2.0)
+    ap.add_argument("--warm-lr", type=float, default=3e-3)
+    ap.add_argument("--warm-batch", type=int, default=16)
     ap.add_argument(
         "--shared-warm-start",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="one warm start (first seed) for every RL seed (default; halves the run time)",
     )
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ent-coef", type=float, default=0.0)
     ap.add_argument("--lagrange-lr", type=float, default=0.02)
-    ap.add_argument("--lagrange-init", type=float, default=0.1)
-    ap.add_argument("--eval-queries", type=int, default=150, help="0: the whole test split")
+    ap.add_argument(
+        "--lagrange-init",
+        default="teacher",
+        help="a number, or 'teacher': each tier's dual price of its warm-start teacher (on TRAIN)",
+    )
+    ap.add_argument("--eval-queries", type=int, default=0, help="0: the whole test split")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warm-from", help="a warm-start folder of an earlier run (skips it)")
     ap.add_argument(
@@ -440,7 +491,12 @@ def main() -> None:
         return
     warm = None
     if args.warm_from:  # a warm start of an earlier (or concurrent) run of this script
-        warm = {"dir": args.warm_from, "loss": None, "seconds": None, "reused": True}
+        saved = Path(args.warm_from) / "warm_start.json"
+        warm = {
+            **(json.loads(saved.read_text()) if saved.is_file() else {}),
+            "dir": args.warm_from,
+            "reused": True,
+        }
     elif args.shared_warm_start:
         warm = warm_model(args, table, seeds[0])
     for seed in seeds:

@@ -62,6 +62,7 @@ from ._rollout import (
     collect,
     load_queries,
 )
+from ._teacher import ExpertStats, TierTeacher, teacher_script, tier_teacher
 from ._tier_metrics import episode_metrics
 from ._tiny import CHATML_TEMPLATE, PROTOCOL_TOKENS, tiny_llama, tiny_tokenizer
 from ._traces import (
@@ -101,6 +102,7 @@ __all__ = [
     "CostConstraint",
     "DistInfo",
     "Episode",
+    "ExpertStats",
     "GRPOConfig",
     "GraphRollout",
     "HFPolicy",
@@ -118,6 +120,7 @@ __all__ = [
     "SFTConfig",
     "ScriptedPolicy",
     "TierMultipliers",
+    "TierTeacher",
     "TracesTask",
     "TrainConfig",
     "Verifier",
@@ -159,6 +162,8 @@ __all__ = [
     "sft_warm_start",
     "split_for_grpo",
     "target_penalty",
+    "teacher_script",
+    "tier_teacher",
     "tiny_llama",
     "tiny_tokenizer",
     "token_rewards",

@@ -35,6 +35,7 @@ from corl_graph.trajectories import Label, Segment, Trajectory
 
 from ._hf_policy import HFPolicy
 from ._rewards import RewardFn, corl_reward, format_penalty
+from ._teacher import TierTeacher, teacher_script
 
 __all__ = [
     "ScriptedPolicy",
@@ -237,28 +238,44 @@ def warm_start_examples(
     boundary: bool = True,
     min_reward: float = 1.0,
     max_new_tokens: int | None = None,
+    teachers: Mapping[str, TierTeacher] | None = None,
+    queries: Mapping[str, str] | None = None,
+    teacher_subquery: str = "solve the query",
+    seed: int = 0,
 ) -> list[WarmStartExample]:
     """Re-enact the best recorded run per (query, tier) and, with ``boundary``, the
     always-cheapest run in the lowest tier and the always-strongest in the highest, for
     every query with a reference; keep those whose re-enacted reward reaches ``min_reward``.
     ``experts`` are normally ``CachedExpert``s over the prepared replay cache. With
     ``max_new_tokens`` (the generation budget of the run that follows), every controller
-    turn is made to fit it (``ScriptedPolicy.fit``)."""
+    turn is made to fit it (``ScriptedPolicy.fit``).
+
+    With ``teachers`` (tier -> ``TierTeacher``, e.g. ``tier_teacher`` chosen on training
+    data to meet each tier's spend target), every labelled query (of the trajectories and of
+    ``queries``, id -> text) also gets one run per teacher's tier: a call with the short
+    ``teacher_subquery`` to an expert drawn with the teacher's shares (``seed``), then
+    ``<aggregate/>``. Teacher runs are kept whatever their reward: they demonstrate how
+    often the tier pays for which expert, and keeping only the correct ones would skew the
+    shares towards the stronger expert."""
     if not experts:
         raise ConfigError("warm start needs the experts (CachedExpert over the replay cache)")
     jobs: list[tuple[str, str, str, Script, str]] = [
         (t.query_id, t.query, t.tier, recorded_script(t), "recorded")
         for t in select_best(trajectories, labels, tiers, reward_fn, min_reward=min_reward)
     ]
+    texts = {**{t.query_id: t.query for t in trajectories}, **(queries or {})}
+    labelled = {
+        qid: text
+        for qid, text in texts.items()
+        if labels.get(qid) is not None and labels[qid].reference is not None
+    }
     if boundary:
         by_price = sorted(experts, key=lambda e: (e.price.output_usd_per_mtok, e.name))
         names = list(tiers)
-        queries = {t.query_id: t.query for t in trajectories}
-        for qid, text in queries.items():
-            if labels.get(qid) is None or labels[qid].reference is None:
-                continue
+        for qid, text in labelled.items():
             for tier, e in ((names[0], by_price[0]), (names[-1], by_price[-1])):
                 jobs.append((qid, text, tier, boundary_script(e.name), f"boundary:{e.name}"))
+    jobs += _teacher_jobs(teachers or {}, labelled, tiers, experts, teacher_subquery, seed)
     out: list[WarmStartExample] = []
     # One batch per source keeps (query, tier) script keys unique within a router.
     for src in sorted({j[4] for j in jobs}):
@@ -269,9 +286,35 @@ def warm_start_examples(
         for (qid, _, tier, _, source), run in zip(batch, runs, strict=True):
             label = labels.get(qid)
             r = _score(run, label, tiers, reward_fn)
-            if r is not None and r >= min_reward and run.token_ids:
+            keep = source.startswith("teacher:") or (r is not None and r >= min_reward)
+            if r is not None and keep and run.token_ids:
                 out.append(WarmStartExample(run.token_ids, run.loss_mask, qid, tier, source, r))
     return out
+
+
+def _teacher_jobs(
+    teachers: Mapping[str, TierTeacher],
+    queries: Mapping[str, str],
+    tiers: TierSet,
+    experts: Sequence[Expert],
+    subquery: str,
+    seed: int,
+) -> list[tuple[str, str, str, Script, str]]:
+    import random
+
+    known = {e.name for e in experts}
+    for tier, teacher in teachers.items():
+        if tier not in tiers:
+            raise ConfigError(f"teacher for unknown tier {tier!r}; tiers: {list(tiers)}")
+        if missing := sorted(set(teacher.shares) - known):
+            raise ConfigError(f"tier {tier!r}'s teacher calls unknown experts {missing}")
+    rng = random.Random(seed)
+    jobs = []
+    for qid, text in sorted(queries.items()):
+        for tier, teacher in teachers.items():
+            expert = teacher.draw(rng)
+            jobs.append((qid, text, tier, teacher_script(expert, subquery), f"teacher:{expert}"))
+    return jobs
 
 
 def sft_trainer(

@@ -1,0 +1,150 @@
+"""The documented warm start yields a tiny controller that speaks the protocol: per-tier
+teachers chosen on train (``tier_teacher``), ``warm_start_examples`` + ``sft_warm_start``,
+then the real graph on held-out queries, sampling at temperature 1 as training does."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from pathlib import Path
+
+import pytest
+from corl_graph.training import (
+    ExpertStats,
+    HFPolicy,
+    RewardConfig,
+    reward_from_config,
+    sft_warm_start,
+    tier_teacher,
+    tiny_llama,
+    tiny_tokenizer,
+    warm_start_examples,
+)
+
+from corl_graph.budget import BudgetTier, TierSet
+from corl_graph.evaluation import route_queries, summarize
+from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
+from corl_graph.protocol import render_system_prompt
+from corl_graph.trajectories import Label
+
+FAST, SLOW = "fast", "slow"
+SUBQUERY = "solve the query"
+
+
+def _table(n: int = 64, n_train: int = 48) -> OutcomeTable:
+    """``fast``: cheap, right on half the queries; ``slow``: 20x the price, always right."""
+    rows = []
+    for i in range(n):
+        ref = str(i + 2)
+        for model, correct, cost in ((FAST, i % 2, 1e-5), (SLOW, 1, 2e-4)):
+            rows.append(
+                dict(
+                    query_id=f"q{i}",
+                    split="train" if i < n_train else "test",
+                    task="toy",
+                    prompt=f"What is {i} plus 2?",
+                    reference=ref,
+                    model=model,
+                    correct=float(correct),
+                    answer=ref if correct else "0",
+                    response=None,
+                    input_tokens=10,
+                    output_tokens=4,
+                    cost_usd=cost,
+                )
+            )
+    prices = {FAST: PriceSheet(0.5, 0.5), SLOW: PriceSheet(10.0, 10.0)}
+    return OutcomeTable.from_rows(rows, prices=prices, name="toy_format")
+
+
+def test_tier_teacher_mixes_two_experts_at_the_target() -> None:
+    stats = {"own": ExpertStats(0.0, 0.5), "cheap": ExpertStats(4e-5, 0.8)}
+    stats["dear"] = ExpertStats(1e-3, 0.9)
+    low = tier_teacher(stats, 1e-5)  # own 75%, cheap 25%: 0.5 + 0.25 * 0.3
+    assert low.shares == pytest.approx({"own": 0.75, "cheap": 0.25})
+    assert low.expected_cost_usd == pytest.approx(1e-5)
+    assert low.expected_accuracy == pytest.approx(0.575)
+    assert low.multiplier == pytest.approx(0.3 / 4)  # accuracy per target of spend
+    rich = tier_teacher(stats, 2e-3)  # everything fits: the best expert, constraint slack
+    assert rich.shares == {"dear": 1.0} and rich.multiplier == 0.0
+    free = tier_teacher({"own": ExpertStats(0.0, 0.5)}, 1e-5)
+    assert free.shares == {"own": 1.0}
+
+
+def test_tier_teacher_names_an_unreachable_target() -> None:
+    from corl_graph._exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=r"below every expert's mean cost.*'cheap' at \$4e-05"):
+        tier_teacher({"cheap": ExpertStats(4e-5, 0.8)}, 1e-5)
+
+
+@pytest.mark.slow
+def test_warm_started_tiny_model_writes_well_formed_actions(tmp_path: Path) -> None:
+    table = _table()
+    experts = [ReplayExpert(table, m, max_output_tokens=8) for m in (FAST, SLOW)]
+    tiers = TierSet(
+        (
+            BudgetTier("low", 1e-3, target_usd_per_query=1.2e-5),
+            BudgetTier("high", 1e-3, target_usd_per_query=2.5e-4),
+        )
+    )
+    train = table.split("train")
+    stats = {
+        m: ExpertStats(
+            statistics.fmean(table.outcome(q.query_id, m).cost_usd for q in train),
+            statistics.fmean(table.outcome(q.query_id, m).correct for q in train),
+        )
+        for m in (FAST, SLOW)
+    }
+    teachers = {n: tier_teacher(stats, tiers[n].target_usd) for n in tiers}
+    corpus = [render_system_prompt([e.descriptor for e in experts]), SUBQUERY] * 4
+    corpus += [q.prompt or "" for q in train]
+    tok = tiny_tokenizer(corpus, vocab_size=400, tiers=list(tiers), extra_tokens=[FAST, SLOW])
+    import torch
+
+    torch.manual_seed(0)
+    lm = tiny_llama(len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    examples = warm_start_examples(
+        lm,
+        tok,
+        trajectories=(),
+        labels={q.query_id: Label(q.query_id, reference=q.reference) for q in train},
+        experts=experts,
+        tiers=tiers,
+        reward_fn=reward_from_config(RewardConfig()),
+        boundary=False,
+        max_new_tokens=16,
+        teachers=teachers,
+        queries={q.query_id: q.prompt or "" for q in train},
+        teacher_subquery=SUBQUERY,
+    )
+    assert len(examples) == 2 * len(train)
+    assert {e.source for e in examples if e.tier == "high"} == {f"teacher:{SLOW}"}
+    sft_warm_start(
+        lm,
+        tok,
+        examples,
+        tmp_path / "warm",
+        epochs=16,
+        learning_rate=3e-3,
+        batch_size=8,
+        warmup_steps=10,
+        lr_scheduler_type="cosine",
+        disable_tqdm=True,
+    )
+    test_ids = [q.query_id for q in table.split("test")]
+    errors, runs = 0, 0
+    for tier in tiers:
+        outcomes = []
+        for seed in range(4):  # four samples of every held-out query, at temperature 1
+            policy = HFPolicy(lm, tok, max_new_tokens=16, temperature=1.0, seed=seed)
+            outcomes += asyncio.run(
+                route_queries(table, experts, policy, tiers, tier, query_ids=test_ids)
+            )
+        m = summarize(outcomes, policy="warm", tier=tier, cap_usd=tiers[tier].max_usd_per_query)
+        assert m.format_error_rate == pytest.approx(
+            sum(o.format_errors > 0 for o in outcomes) / len(outcomes)
+        )
+        errors += sum(o.format_errors > 0 for o in outcomes)
+        runs += len(outcomes)
+    assert errors / runs < 0.02, f"{errors} of {runs} runs had a malformed turn"
