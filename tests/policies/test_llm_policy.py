@@ -91,8 +91,8 @@ async def test_both_transports_capture_the_action_token_ids_and_logprobs(transpo
     assert generated.token_ids == tuple(TOKENS) and generated.logprobs == (-0.5,) * 3
     (request,) = seen
     assert request["logprobs"] is True and request["return_tokens_as_token_ids"] is True
-    assert request["temperature"] == 0.7 and request["messages"][1]["content"].startswith(
-        "<budget:low>"
+    assert request["temperature"] == 0.7 and request["messages"][1]["content"].endswith(
+        "<budget:low> remaining=$0.010000"
     )
 
 
