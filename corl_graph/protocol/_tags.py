@@ -105,7 +105,7 @@ def render_user_prompt(query: str, tier: str, remaining_usd: float) -> str:
     (identical expert choices in every tier after 400 steps; docs/training.md).
 
     >>> render_user_prompt("2 < 3?", "low", 0.001)
-    '<query>2 &lt; 3?</query>\n<budget:low> remaining=$0.001000'
+    '<query>2 &lt; 3?</query>\\n<budget:low> remaining=$0.001000'
     """
     budget = f"{budget_token(tier)} remaining=${remaining_usd:.6f}"
     return f"<query>{escape_text(query)}</query>\n{budget}"
