@@ -173,17 +173,18 @@ class RouterConfig:
         return tuple(self.tiers)
 
     @cached_property
-    def offered(self) -> Mapping[str, tuple[ExpertDescriptor, ...]]:
-        """Per tier name, the descriptors of the experts the tier may reach."""
+    def _offered(self) -> dict[str, tuple[BudgetTier, tuple[ExpertDescriptor, ...]]]:
+        """Per tier name, the tier and the descriptors of the experts it may reach."""
         return {
-            name: tuple(d for d in self.descriptors if tier.allows(d.name))
+            name: (tier, tuple(d for d in self.descriptors if tier.allows(d.name)))
             for name, tier in self.tiers.items()
         }
 
     def offered_to(self, tier: BudgetTier) -> tuple[ExpertDescriptor, ...]:
-        """The descriptors of the experts ``tier`` may reach (one of ``tiers``: built once)."""
-        if self.tiers.get(tier.name) is tier:
-            return self.offered[tier.name]
+        """The descriptors of the experts ``tier`` may reach (built once for ``tiers``)."""
+        known = self._offered.get(tier.name)
+        if known is not None and known[0] is tier:
+            return known[1]
         return tuple(d for d in self.descriptors if tier.allows(d.name))
 
     @cached_property

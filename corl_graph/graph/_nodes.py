@@ -44,6 +44,7 @@ from corl_graph.tracing import redact
 __all__ = ["aggregate", "answer", "call_expert", "next_node", "think", "think_and_route"]
 
 NextNode = Literal["think", "call_expert", "aggregate", "answer"]
+_ACTIONS = (Think, CallExpert, Aggregate, Answer)
 
 
 def _run_settings(
@@ -205,10 +206,10 @@ def _validate(decision: Decision, view: PolicyView) -> tuple[Action | None, str 
     action = decision.action
     if action is None:
         return None, decision.format_error or "policy gave no action"
-    if not isinstance(action, Think | CallExpert | Aggregate | Answer):
+    if not isinstance(action, _ACTIONS):
         return None, f"unknown action {action!r}"
     if isinstance(action, CallExpert):
-        if action.expert not in {e.name for e in view.experts}:
+        if not any(e.name == action.expert for e in view.experts):
             known = ", ".join(e.name for e in view.experts)
             return None, f"unknown expert {action.expert!r}; known: {known}"
         if view.budget_exhausted:
