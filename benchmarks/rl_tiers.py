@@ -448,7 +448,7 @@ def plot(results: list[dict[str, Any]], out_dir: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--iterations", type=int, default=150)
+    ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--episodes", type=int, default=36)
     ap.add_argument("--minibatch", type=int, default=12)
     ap.add_argument("--ppo-epochs", type=int, default=1)
