@@ -42,7 +42,15 @@ SHARED = ROOT.parent.parent / "shared" / "data" / "outcomes"
 TABLES = ("routerbench_arc", "routerbench_mbpp", "zeroeval_gsm8k")
 
 
-def bench(table: OutcomeTable, emb: dict, pool: str, seeds: list[int], sim_only: bool) -> None:
+def bench(
+    table: OutcomeTable,
+    emb: dict,
+    pool: str,
+    seeds: list[int],
+    sim_only: bool,
+    results: Path = ROOT / "results",
+    save_router: bool = True,
+) -> None:
     setup = resolve_pool(table, preset=pool == "preset")
     suffix = "" if pool == "full" else f"_{pool}"
     per_seed = []
@@ -65,8 +73,8 @@ def bench(table: OutcomeTable, emb: dict, pool: str, seeds: list[int], sim_only:
             config=RouterFitConfig(seed=seed), on_progress=on_progress,
         )  # fmt: skip
         fit_s = time.perf_counter() - t0
-        if seed == seeds[0]:
-            router.save(ROOT / "results" / "policies" / f"{table.name}{suffix}")
+        if seed == seeds[0] and save_router:
+            router.save(results / "policies" / f"{table.name}{suffix}")
         res = asyncio.run(
             run_benchmark(
                 table,
@@ -100,7 +108,7 @@ def bench(table: OutcomeTable, emb: dict, pool: str, seeds: list[int], sim_only:
         spread["gap_closed"] = {"mean": statistics.fmean(gaps), "std": statistics.pstdev(gaps),
                                 "n": len(gaps)}  # fmt: skip
     main_res.fitted["spread"] = spread
-    out = ROOT / "results" / f"replay_{table.name}{suffix}.json"
+    out = results / f"replay_{table.name}{suffix}.json"
     main_res.save(out)
     write_plot(main_res, out.with_suffix(".png"))
     print(f"\n## {table.name} ({pool} pool, {len(setup.experts)} models)")

@@ -9,7 +9,9 @@ other) with sizes chosen to fit the budget, then ``summarize.py`` turns the JSON
 the table between the ``<!-- bench:table -->`` markers of the README. The replay quality
 benchmark (bench_replay.py, ~10 min) and the PPO learning check (~9 min) are not performance
 figures and are run on their own, as is the one long run, rl_tiers.py (PPO-Lagrangian with
-per-tier spend targets, 3 seeds, evaluated on the test split; see docs/training.md).
+per-tier spend targets, 3 seeds, evaluated on the test split; see docs/training.md). So are the
+router's train-only outer CV (router_train_cv.py, about 1-1.5 minutes per table) and the
+derived "unseen" tables (bench_unseen.py); see docs/evaluation.md.
 """
 
 from __future__ import annotations
