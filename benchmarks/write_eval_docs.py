@@ -139,7 +139,11 @@ def _train_cv() -> list[str]:
 
 
 def render() -> str:
-    names = sorted(p.stem.removeprefix("replay_") for p in (ROOT / "results").glob("replay_*.json"))
+    found = [
+        *(ROOT / "results").glob("replay_*.json"),
+        *(ROOT / "results" / "unseen").glob("replay_*.json"),
+    ]
+    names = sorted(p.stem.removeprefix("replay_") for p in found)
     lines = [BEGIN, ""]
     targets: list[str] = []
     for name in names:
