@@ -20,11 +20,11 @@ from corl_graph.training import (
     tiny_tokenizer,
 )
 from corl_graph.training._tier_metrics import constraint_metrics, shaped_scores
-from training_tasks import TinyTask
+from training_tasks import FAST, SLOW, TinyTask, fast_slow_table
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet
-from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
+from corl_graph.experts import ReplayExpert
 from corl_graph.protocol import render_system_prompt, render_user_prompt
 
 TIERS = (
@@ -122,33 +122,6 @@ def test_shaped_scores_and_constraint_step_on_hand_computed_numbers(tiny_task: T
 
 
 # ---------------------------------------------------------------- the 2-tier toy
-FAST, SLOW = "fast", "slow"
-
-
-def _toy_table(n: int = 16) -> OutcomeTable:
-    """``fast``: cheap, right on half the queries; ``slow``: 20x the price, always right."""
-    rows = []
-    for i in range(n):
-        ref = str(i + 2)
-        for model, correct, cost in ((FAST, i % 2, 1e-5), (SLOW, 1, 2e-4)):
-            rows.append(
-                dict(
-                    query_id=f"q{i}",
-                    split="train",
-                    task="toy",
-                    prompt=f"What is {i} plus 2?",
-                    reference=ref,
-                    model=model,
-                    correct=float(correct),
-                    answer=ref if correct else "0",
-                    response=None,
-                    input_tokens=10,
-                    output_tokens=4,
-                    cost_usd=cost,
-                )
-            )
-    prices = {FAST: PriceSheet(0.5, 0.5), SLOW: PriceSheet(10.0, 10.0)}
-    return OutcomeTable.from_rows(rows, prices=prices, name="toy2")
 
 
 def _format_warm_start(lm, tok, experts, queries, tiers, steps: int) -> None:  # type: ignore[no-untyped-def]
@@ -201,7 +174,7 @@ def _format_warm_start(lm, tok, experts, queries, tiers, steps: int) -> None:  #
     "the fast expert); set CORL_LEARNING_TESTS=1 to run it",
 )
 def test_two_tiers_learn_two_different_expert_choices(tmp_path: Path) -> None:
-    table = _toy_table()
+    table = fast_slow_table(16)
     experts = [ReplayExpert(table, m, max_output_tokens=8) for m in (FAST, SLOW)]
     queries = [QuerySpec(q.query_id, q.prompt or "", q.reference) for q in table.split("train")]
     tiers = (

@@ -20,41 +20,15 @@ from corl_graph.training import (
     tiny_tokenizer,
     warm_start_examples,
 )
+from training_tasks import FAST, SLOW, fast_slow_table
 
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.evaluation import route_queries, summarize
-from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
+from corl_graph.experts import ReplayExpert
 from corl_graph.protocol import render_system_prompt
 from corl_graph.trajectories import Label
 
-FAST, SLOW = "fast", "slow"
 SUBQUERY = "solve the query"
-
-
-def _table(n: int = 64, n_train: int = 48) -> OutcomeTable:
-    """``fast``: cheap, right on half the queries; ``slow``: 20x the price, always right."""
-    rows = []
-    for i in range(n):
-        ref = str(i + 2)
-        for model, correct, cost in ((FAST, i % 2, 1e-5), (SLOW, 1, 2e-4)):
-            rows.append(
-                dict(
-                    query_id=f"q{i}",
-                    split="train" if i < n_train else "test",
-                    task="toy",
-                    prompt=f"What is {i} plus 2?",
-                    reference=ref,
-                    model=model,
-                    correct=float(correct),
-                    answer=ref if correct else "0",
-                    response=None,
-                    input_tokens=10,
-                    output_tokens=4,
-                    cost_usd=cost,
-                )
-            )
-    prices = {FAST: PriceSheet(0.5, 0.5), SLOW: PriceSheet(10.0, 10.0)}
-    return OutcomeTable.from_rows(rows, prices=prices, name="toy_format")
 
 
 def test_tier_teacher_mixes_two_experts_at_the_target() -> None:
@@ -80,7 +54,7 @@ def test_tier_teacher_names_an_unreachable_target() -> None:
 
 @pytest.mark.slow
 def test_warm_started_tiny_model_writes_well_formed_actions(tmp_path: Path) -> None:
-    table = _table()
+    table = fast_slow_table(64, n_train=48, name="toy_format")
     experts = [ReplayExpert(table, m, max_output_tokens=8) for m in (FAST, SLOW)]
     tiers = TierSet(
         (
