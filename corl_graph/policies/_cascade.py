@@ -66,6 +66,10 @@ class OperatingPoint:
     # Answer with the replies' majority answer when at least two agree (ties: the answer
     # given latest), else with the last reply; False: always the last reply.
     vote: bool = False
+    # With ``vote``: a weighted vote instead: the answer whose replies' summed correctness
+    # estimates (the predictor's, per expert) are largest (ties: the one given latest), so a
+    # lone reply from a trusted expert can outvote two from weak ones.
+    weighted: bool = False
 
     @property
     def key(self) -> str:
@@ -295,12 +299,21 @@ class CascadeRouter:
             done += 1
         live = done < len(names) and not view.budget_exhausted
         if done and live and self._stop(view, point, names, replies, done):
-            return _answer_vote(view) if point.vote else _answer_last(view)
+            return self._answer(view, point)
         if done < len(names) and not view.budget_exhausted:
             nxt = point.cascade[done]
             if self.spec.reserve_usd[nxt] <= view.remaining_usd + 1e-12:
                 return Decision(CallExpert(names[done], view.query))
-        return _answer_vote(view) if point.vote else _answer_last(view)
+        return self._answer(view, point)
+
+    def _answer(self, view: PolicyView, point: OperatingPoint) -> Decision:
+        if not point.vote:
+            return _answer_last(view)
+        if not point.weighted:
+            return _answer_vote(view)
+        p_hat = self.estimate(self._embedding(view))[0]
+        weight = {self.spec.experts[i]: float(p_hat[i]) for i in point.cascade}
+        return _answer_weighted(view, weight)
 
     def _route(self, view: PolicyView, point: OperatingPoint) -> Decision:
         if view.calls or view.budget_exhausted:
@@ -372,6 +385,24 @@ def _answer_vote(view: PolicyView) -> Decision:
     return _answer_last(view)  # unreachable: some reply holds the best count
 
 
+def _answer_weighted(view: PolicyView, weight: Mapping[str, float]) -> Decision:
+    """The answer whose replies' summed ``weight`` (per expert) is largest (ties: the one
+    given latest); without any answer, the last reply's (``weighted_vote_position`` in the
+    simulation)."""
+    ok = [c for c in view.calls if c.status == "ok" and c.answer is not None]
+    if not ok:
+        return _answer_last(view)
+    total: dict[str, float] = {}
+    for c in ok:
+        key = normalize_answer(c.answer or "")
+        total[key] = total.get(key, 0.0) + weight.get(c.expert, 0.0)
+    best = max(total.values())
+    for c in reversed(ok):
+        if total[normalize_answer(c.answer or "")] >= best - 1e-9:
+            return Decision(Answer(c.answer or ""))
+    return _answer_last(view)  # unreachable: some reply holds the best total
+
+
 def _point(raw: Mapping[str, Any]) -> OperatingPoint:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"an operating point must be an object, got {raw!r}")
@@ -384,4 +415,5 @@ def _point(raw: Mapping[str, Any]) -> OperatingPoint:
         label=str(raw.get("label", "")),
         route_weight=None if raw.get("route_weight") is None else float(raw["route_weight"]),
         vote=bool(raw.get("vote", False)),
+        weighted=bool(raw.get("weighted", False)),
     )

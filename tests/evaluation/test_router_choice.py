@@ -4,7 +4,9 @@ to the single model when routing's cross-validated gain is within validation noi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,12 @@ from corl_graph.evaluation import (
     route_queries,
     router_outcomes,
 )
-from corl_graph.evaluation._router_fit import _choose, _Cloud, vote_position
+from corl_graph.evaluation._router_fit import (
+    _choose,
+    _Cloud,
+    vote_position,
+    weighted_vote_position,
+)
 from corl_graph.experts import OutcomeTable, PriceSheet
 from corl_graph.policies import CascadeRouter, OperatingPoint
 
@@ -35,6 +42,23 @@ def test_vote_position_by_hand():
     ])  # fmt: skip
     calls = np.array([3, 3, 3, 1, 3, 2])
     assert vote_position(ids, calls).tolist() == [1, 2, -1, -1, -1, -1]
+
+
+def test_weighted_vote_position_by_hand():
+    ids = np.array([
+        [3, 3, 5],  # 3 carries 0.2 + 0.3 = 0.5 against 5's 0.9: the lone trusted reply (2)
+        [3, 5, 3],  # 3 carries 0.8 against 0.3: its latest reply (2)
+        [3, 5, 6],  # no two agree: the most trusted reply (0)
+        [3, 3, 5],  # one reply made: it answers (0)
+        [-1, -1, -1],  # no answers: -1 (the last reply answers)
+        [4, 4, 9],  # tie 0.5 + 0.5 against 1.0: the one given latest (2)
+    ])  # fmt: skip
+    w = np.array([
+        [0.2, 0.3, 0.9], [0.4, 0.3, 0.4], [0.9, 0.5, 0.1], [0.1, 0.9, 0.9],
+        [0.5, 0.5, 0.5], [0.5, 0.5, 1.0],
+    ])  # fmt: skip
+    calls = np.array([3, 3, 3, 1, 3, 3])
+    assert weighted_vote_position(ids, w, calls).tolist() == [2, 2, 0, 0, -1, 2]
 
 
 def _voting_table(n: int = 90, seed: int = 3) -> tuple[OutcomeTable, dict[str, np.ndarray]]:
@@ -82,6 +106,36 @@ def test_a_voting_point_answers_alike_in_the_graph_and_the_simulation():
     assert not np.array_equal(correct, last)  # the vote changed some answers
 
 
+def test_a_weighted_voting_point_answers_alike_in_the_graph_and_the_simulation(tmp_path: Path):
+    table, emb = _voting_table()
+    setup = resolve_pool(table)
+    router = fit_router(table, setup.experts, setup.tiers, emb, controller=setup.controller,
+                        config=RouterFitConfig(seed=0))  # fmt: skip
+    arrays = dict(router.arrays)
+    for key in ("w/0-1/1", "w/0-1-2/1", "w/0-1-2/2"):
+        arrays[key] = np.zeros(11)  # every reply scores 0.5 < 0.9: every expert is called
+    ids = sorted(q for q in table.queries if table.queries[q].split == "test")
+    tier = list(setup.tiers)[-1]
+    cap = setup.tiers[tier].max_usd_per_query
+    changed = []
+    for cascade in ((0, 1), (0, 1, 2)):
+        point = OperatingPoint(cascade=cascade, theta=0.9, vote=True, weighted=True)
+        voting = CascadeRouter(router.spec, arrays, point=point)
+        correct, cost, calls = router_outcomes(voting, table, setup.experts, ids, emb, point, cap)
+        plain = OperatingPoint(cascade=cascade, theta=0.9, vote=True)
+        counted, _, _ = router_outcomes(voting, table, setup.experts, ids, emb, plain, cap)
+        out = asyncio.run(route_queries(table, setup.experts, voting, setup.tiers, tier,
+                                        query_ids=ids, features=emb))  # fmt: skip
+        assert [o.correct for o in out] == pytest.approx(list(correct))
+        assert [o.cost_usd for o in out] == pytest.approx(list(cost))
+        assert list(calls) == [len(cascade)] * len(ids)
+        changed.append(not np.array_equal(correct, counted))
+    assert any(changed)  # weighting changed some answers
+    spec = dataclasses.replace(router.spec, tiers={t: point for t in router.spec.tiers})
+    saved = CascadeRouter.load(CascadeRouter(spec, arrays).save(tmp_path / "r"))
+    assert all(p.weighted and p.vote for p in saved.spec.tiers.values())
+
+
 def _cloud(
     route_fold_acc: list[float], single_fold_acc: list[float], per_fold: int,
     route_cost: float = 1e-4,
@@ -90,7 +144,7 @@ def _cloud(
     acc = np.array([single_fold_acc, route_fold_acc]) * per_fold
     cost = np.array([[1e-4] * len(single_fold_acc), [route_cost] * len(route_fold_acc)])
     return _Cloud(
-        points=[((0,), 1.01, None, False), ((0, 1), 0.5, None, False)],
+        points=[((0,), 1.01, None, False, False), ((0, 1), 0.5, None, False, False)],
         acc=acc,
         cost=cost * per_fold,
         single=np.array([True, False]),
