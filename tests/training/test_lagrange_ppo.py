@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
-import torch
 from corl_graph.training import (
     PPOConfig,
     PPOTrainer,
     QuerySpec,
     TierMultipliers,
+    TierTeacher,
     episode_metrics,
-    tiny_llama,
-    tiny_tokenizer,
 )
 from corl_graph.training._tier_metrics import constraint_metrics, shaped_scores
-from training_tasks import FAST, SLOW, TinyTask, fast_slow_table
+from training_tasks import FAST, SLOW, TinyTask, fast_slow_table, warm_started_controller
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.experts import ReplayExpert
-from corl_graph.protocol import render_system_prompt, render_user_prompt
 
 TIERS = (
     BudgetTier("low", 1e-3, target_usd_per_query=2e-6),
@@ -124,91 +120,46 @@ def test_shaped_scores_and_constraint_step_on_hand_computed_numbers(tiny_task: T
 # ---------------------------------------------------------------- the 2-tier toy
 
 
-def _format_warm_start(lm, tok, experts, queries, tiers, steps: int) -> None:  # type: ignore[no-untyped-def]
-    """Teach the protocol, not a preference: a call to a random expert, then aggregate."""
-    rng = random.Random(0)
-    system = render_system_prompt([e.descriptor for e in experts])
-    opt = torch.optim.AdamW(lm.parameters(), lr=5e-3)
-    for _ in range(steps):
-        ids_b, lab_b = [], []
-        for _ in range(16):
-            q, tier, e = rng.choice(queries), rng.choice(tiers), rng.choice(experts).name
-            msgs = [
-                {"role": "system", "content": system},
-                {
-                    "role": "user",
-                    "content": render_user_prompt(q.text, tier.name, tier.max_usd_per_query),
-                },
-            ]
-            call = f'<call expert="{e}">solve</call>'
-            target = call
-            if rng.random() < 0.5:
-                msgs += [
-                    {"role": "assistant", "content": call},
-                    {"role": "user", "content": f'<expert name="{e}">{rng.randint(0, 9)}</expert>'},
-                ]
-                target = "<aggregate/>"
-            p = tok(
-                tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
-                add_special_tokens=False,
-            )["input_ids"]
-            t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids_b.append(p + t)
-            lab_b.append([-100] * len(p) + t)
-        L = max(map(len, ids_b))
-        ids = torch.tensor([x + [tok.pad_token_id] * (L - len(x)) for x in ids_b])
-        labels = torch.tensor([y + [-100] * (L - len(y)) for y in lab_b])
-        loss = lm(
-            input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels
-        ).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("CORL_LEARNING_TESTS") != "1",
-    reason="learning test, not yet passing: measured 870 s on the loaded 2-core machine and "
-    "failed (format errors 0.5-1.0 after the 150-step warm start, the high tier stayed on "
-    "the fast expert); set CORL_LEARNING_TESTS=1 to run it",
+    reason="learning test, not yet passing: measured 424 s on the loaded 2-core machine; the "
+    "warm start starts both tiers near 50/50 (6-19% format errors), the low tier's multiplier "
+    "rose to 0.53 and BOTH tiers moved to the fast expert (the high tier follows the low one's "
+    "larger shaped advantages, whitened over the whole batch), then the format broke at lr 1e-3; "
+    "set CORL_LEARNING_TESTS=1 to run it",
 )
 def test_two_tiers_learn_two_different_expert_choices(tmp_path: Path) -> None:
-    table = fast_slow_table(16)
+    """RL, not the warm start, must tell the tiers apart: the warm start teaches the protocol
+    with the SAME 50/50 mix of ``fast`` and ``slow`` in both tiers. PPO-Lagrangian then has to
+    move the low tier (target $1.2e-5: only ``fast`` fits) to ``fast`` and the high tier
+    (target $2.5e-4: ``slow`` fits, the constraint is slack) to ``slow``, the more accurate."""
+    table = fast_slow_table(48, name="toy_lagrange")
     experts = [ReplayExpert(table, m, max_output_tokens=8) for m in (FAST, SLOW)]
     queries = [QuerySpec(q.query_id, q.prompt or "", q.reference) for q in table.split("train")]
-    tiers = (
-        BudgetTier("low", 1e-3, target_usd_per_query=1.2e-5),  # fast only
-        BudgetTier("high", 1e-3, target_usd_per_query=2.5e-4),  # slow is affordable: slack
+    tiers = TierSet(
+        (
+            BudgetTier("low", 1e-3, target_usd_per_query=1.2e-5),  # fast only
+            BudgetTier("high", 1e-3, target_usd_per_query=2.5e-4),  # slow is affordable: slack
+        )
     )
-    corpus = [render_system_prompt([e.descriptor for e in experts])] * 4 + [q.text for q in queries]
-    tok = tiny_tokenizer(corpus, vocab_size=400, tiers=["low", "high"], extra_tokens=[FAST, SLOW])
-    torch.manual_seed(0)
-    lm = tiny_llama(
-        len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        num_kv_heads=1,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
+    mix = TierTeacher({FAST: 0.5, SLOW: 0.5}, 1.05e-4, 0.75, 0.0)  # tier-agnostic on purpose
+    lm, tok = warm_started_controller(
+        table, experts, tiers, {t: mix for t in tiers}, tmp_path / "warm", epochs=16
     )
-    _format_warm_start(lm, tok, experts, queries, tiers, steps=150)
-    lm.save_pretrained(tmp_path / "warm")
-    tok.save_pretrained(tmp_path / "warm")
     cfg = PPOConfig(
         model=str(tmp_path / "warm"),
         output_dir=str(tmp_path / "ppo"),
         table="unused",
         experts=(FAST, SLOW),
-        tiers=tiers,
-        iterations=25,
+        tiers=tuple(tiers[t] for t in tiers),
+        iterations=12,
         episodes_per_iter=32,
         minibatch_size=16,
         ppo_epochs=2,
         learning_rate=1e-3,
         kl_coef=0.0,
-        max_new_tokens=16,  # '<call expert="slow">solve</call>' + end: 10 tokens here
+        max_new_tokens=16,  # '<call expert="slow">solve the query</call>' + end fits
         max_steps=2,
         cost_constraint="lagrange",
         lagrange_lr=0.02,
@@ -218,14 +169,17 @@ def test_two_tiers_learn_two_different_expert_choices(tmp_path: Path) -> None:
     )
     trainer = PPOTrainer(cfg, lm=lm, tokenizer=tok, experts=experts, queries=queries)
     history = trainer.train()
-    last = history[-5:]
+    first, last = history[:2], history[-3:]
 
-    def share_slow(tier: str) -> float:
-        # expert_calls/<tier> counts calls; with one call per run the cost tells which
-        costs = [h[f"cost_usd/{tier}"] for h in last if f"cost_usd/{tier}" in h]
+    def share_slow(rows: list[dict[str, float]], tier: str) -> float:
+        # one call per run: the mean cost says which expert (fast $1e-5, slow $2e-4)
+        costs = [h[f"cost_usd/{tier}"] for h in rows if f"cost_usd/{tier}" in h]
         return (sum(costs) / len(costs) - 1e-5) / (2e-4 - 1e-5)
 
-    assert share_slow("high") > 0.8, [h.get("cost_usd/high") for h in history]
-    assert share_slow("low") < 0.2, [h.get("cost_usd/low") for h in history]
-    assert max(h["format_error_rate/low"] for h in last if "format_error_rate/low" in h) < 0.2
-    assert history[-1]["lagrange/low"] > 0  # the low tier's constraint binds
+    trace = {t: [round(h.get(f"cost_usd/{t}", -1), 6) for h in history] for t in tiers}
+    # the warm start is undifferentiated: both tiers near the 50/50 mix
+    assert abs(share_slow(first, "low") - share_slow(first, "high")) < 0.35, trace
+    assert share_slow(last, "high") > 0.8, trace
+    assert share_slow(last, "low") < 0.2, trace
+    assert max(h["format_error_rate/low"] for h in last if "format_error_rate/low" in h) < 0.1
+    assert max(h["format_error_rate/high"] for h in last if "format_error_rate/high" in h) < 0.1

@@ -12,21 +12,13 @@ import pytest
 from corl_graph.training import (
     ExpertStats,
     HFPolicy,
-    RewardConfig,
-    reward_from_config,
-    sft_warm_start,
     tier_teacher,
-    tiny_llama,
-    tiny_tokenizer,
-    warm_start_examples,
 )
-from training_tasks import FAST, SLOW, fast_slow_table
+from training_tasks import FAST, SLOW, fast_slow_table, warm_started_controller
 
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.evaluation import route_queries, summarize
 from corl_graph.experts import ReplayExpert
-from corl_graph.protocol import render_system_prompt
-from corl_graph.trajectories import Label
 
 SUBQUERY = "solve the query"
 
@@ -71,41 +63,7 @@ def test_warm_started_tiny_model_writes_well_formed_actions(tmp_path: Path) -> N
         for m in (FAST, SLOW)
     }
     teachers = {n: tier_teacher(stats, tiers[n].target_usd) for n in tiers}
-    corpus = [render_system_prompt([e.descriptor for e in experts]), SUBQUERY] * 4
-    corpus += [q.prompt or "" for q in train]
-    tok = tiny_tokenizer(corpus, vocab_size=400, tiers=list(tiers), extra_tokens=[FAST, SLOW])
-    import torch
-
-    torch.manual_seed(0)
-    lm = tiny_llama(len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    examples = warm_start_examples(
-        lm,
-        tok,
-        trajectories=(),
-        labels={q.query_id: Label(q.query_id, reference=q.reference) for q in train},
-        experts=experts,
-        tiers=tiers,
-        reward_fn=reward_from_config(RewardConfig()),
-        boundary=False,
-        max_new_tokens=16,
-        teachers=teachers,
-        queries={q.query_id: q.prompt or "" for q in train},
-        teacher_subquery=SUBQUERY,
-    )
-    assert len(examples) == 2 * len(train)
-    assert {e.source for e in examples if e.tier == "high"} == {f"teacher:{SLOW}"}
-    sft_warm_start(
-        lm,
-        tok,
-        examples,
-        tmp_path / "warm",
-        epochs=16,
-        learning_rate=3e-3,
-        batch_size=8,
-        warmup_steps=10,
-        lr_scheduler_type="cosine",
-        disable_tqdm=True,
-    )
+    lm, tok = warm_started_controller(table, experts, tiers, teachers, tmp_path / "warm", epochs=16)
     test_ids = [q.query_id for q in table.split("test")]
     errors, runs = 0, 0
     for tier in tiers:

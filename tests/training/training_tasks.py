@@ -6,11 +6,14 @@ the suite has several conftest.py files and that name resolves to whichever came
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from corl_graph.training import QuerySpec
+from corl_graph.training import QuerySpec, TierTeacher
 
+from corl_graph.budget import TierSet
 from corl_graph.experts import OutcomeTable, PriceSheet, ReplayExpert
 
 
@@ -77,3 +80,71 @@ def fast_slow_table(n: int, *, n_train: int | None = None, name: str = "toy2") -
             )
     prices = {FAST: PriceSheet(0.5, 0.5), SLOW: PriceSheet(10.0, 10.0)}
     return OutcomeTable.from_rows(rows, prices=prices, name=name)
+
+
+SUBQUERY = "solve the query"
+
+
+def warm_started_controller(
+    table: OutcomeTable,
+    experts: list[ReplayExpert],
+    tiers: TierSet,
+    teachers: Mapping[str, TierTeacher],
+    out: Path,
+    *,
+    epochs: int,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """The documented warm start on ``table``'s train split: a tokenizer trained on its text,
+    a random tiny Llama, one teacher run per (train query, tier) from ``warm_start_examples``
+    and ``sft_warm_start`` into ``out``. Returns the trained (model, tokenizer)."""
+    import torch
+    from corl_graph.training import (
+        RewardConfig,
+        reward_from_config,
+        sft_warm_start,
+        tiny_llama,
+        tiny_tokenizer,
+        warm_start_examples,
+    )
+
+    from corl_graph.protocol import render_system_prompt
+    from corl_graph.trajectories import Label
+
+    train = table.split("train")
+    names = [e.name for e in experts]
+    corpus = [render_system_prompt([e.descriptor for e in experts]), SUBQUERY] * 4
+    corpus += [q.prompt or "" for q in train]
+    tok = tiny_tokenizer(corpus, vocab_size=400, tiers=list(tiers), extra_tokens=names)
+    torch.manual_seed(seed)
+    lm = tiny_llama(len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    examples = warm_start_examples(
+        lm,
+        tok,
+        trajectories=(),
+        labels={q.query_id: Label(q.query_id, reference=q.reference) for q in train},
+        experts=experts,
+        tiers=tiers,
+        reward_fn=reward_from_config(RewardConfig()),
+        boundary=False,
+        max_new_tokens=16,
+        teachers=teachers,
+        queries={q.query_id: q.prompt or "" for q in train},
+        teacher_subquery=SUBQUERY,
+        seed=seed,
+    )
+    assert len(examples) == len(tiers) * len(train)
+    sft_warm_start(
+        lm,
+        tok,
+        examples,
+        out,
+        epochs=epochs,
+        learning_rate=3e-3,
+        batch_size=8,
+        warmup_steps=10,
+        lr_scheduler_type="cosine",
+        disable_tqdm=True,
+        seed=seed,
+    )
+    return lm, tok
