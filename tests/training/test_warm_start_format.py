@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from corl_graph.training import (
@@ -14,11 +15,17 @@ from corl_graph.training import (
     HFPolicy,
     tier_teacher,
 )
-from training_tasks import FAST, SLOW, fast_slow_table, warm_started_controller
+from training_tasks import (
+    FAST,
+    SLOW,
+    fast_slow_table,
+    teacher_examples,
+    warm_started_controller,
+)
 
 from corl_graph.budget import BudgetTier, TierSet
 from corl_graph.evaluation import route_queries, summarize
-from corl_graph.experts import ReplayExpert
+from corl_graph.experts import OutcomeTable, ReplayExpert
 
 SUBQUERY = "solve the query"
 
@@ -44,9 +51,7 @@ def test_tier_teacher_names_an_unreachable_target() -> None:
         tier_teacher({"cheap": ExpertStats(4e-5, 0.8)}, 1e-5)
 
 
-@pytest.mark.slow
-def test_warm_started_tiny_model_writes_well_formed_actions(tmp_path: Path) -> None:
-    table = fast_slow_table(64, n_train=48, name="toy_format")
+def _toy_teachers(table: OutcomeTable) -> tuple[list[ReplayExpert], TierSet, dict[str, Any]]:
     experts = [ReplayExpert(table, m, max_output_tokens=8) for m in (FAST, SLOW)]
     tiers = TierSet(
         (
@@ -62,7 +67,28 @@ def test_warm_started_tiny_model_writes_well_formed_actions(tmp_path: Path) -> N
         )
         for m in (FAST, SLOW)
     }
-    teachers = {n: tier_teacher(stats, tiers[n].target_usd) for n in tiers}
+    return experts, tiers, {n: tier_teacher(stats, tiers[n].target_usd) for n in tiers}
+
+
+def test_teacher_examples_follow_each_tiers_teacher() -> None:
+    table = fast_slow_table(64, n_train=48, name="toy_teacher_examples")
+    experts, tiers, teachers = _toy_teachers(table)
+    # The high target affords the slow expert on every query; the low one the fast expert
+    # on 99% of them (its spend is 1.2e-5 against the fast expert's ~1e-5).
+    assert dict(teachers["high"].shares) == {SLOW: 1.0}
+    assert teachers["low"].shares[FAST] > 0.95
+    _, _, examples = teacher_examples(table, experts, tiers, teachers)
+    assert len(examples) == len(tiers) * len(table.split("train"))
+    assert {e.source for e in examples if e.tier == "high"} == {f"teacher:{SLOW}"}
+    low = [e.source for e in examples if e.tier == "low"]
+    assert set(low) <= {f"teacher:{FAST}", f"teacher:{SLOW}"}
+    assert low.count(f"teacher:{FAST}") >= 0.9 * len(low)
+
+
+@pytest.mark.slow
+def test_warm_started_tiny_model_writes_well_formed_actions(tmp_path: Path) -> None:
+    table = fast_slow_table(64, n_train=48, name="toy_format")
+    experts, tiers, teachers = _toy_teachers(table)
     lm, tok = warm_started_controller(table, experts, tiers, teachers, tmp_path / "warm", epochs=16)
     test_ids = [q.query_id for q in table.split("test")]
     errors, runs = 0, 0

@@ -85,24 +85,21 @@ def fast_slow_table(n: int, *, n_train: int | None = None, name: str = "toy2") -
 SUBQUERY = "solve the query"
 
 
-def warm_started_controller(
+def teacher_examples(
     table: OutcomeTable,
     experts: list[ReplayExpert],
     tiers: TierSet,
     teachers: Mapping[str, TierTeacher],
-    out: Path,
     *,
-    epochs: int,
     seed: int = 0,
-) -> tuple[Any, Any]:
-    """The documented warm start on ``table``'s train split: a tokenizer trained on its text,
-    a random tiny Llama, one teacher run per (train query, tier) from ``warm_start_examples``
-    and ``sft_warm_start`` into ``out``. Returns the trained (model, tokenizer)."""
+) -> tuple[Any, Any, list[Any]]:
+    """The first half of the documented warm start on ``table``'s train split: a tokenizer
+    trained on its text, a random tiny Llama and one teacher run per (train query, tier) from
+    ``warm_start_examples``. Returns (model, tokenizer, examples)."""
     import torch
     from corl_graph.training import (
         RewardConfig,
         reward_from_config,
-        sft_warm_start,
         tiny_llama,
         tiny_tokenizer,
         warm_start_examples,
@@ -133,7 +130,24 @@ def warm_started_controller(
         teacher_subquery=SUBQUERY,
         seed=seed,
     )
-    assert len(examples) == len(tiers) * len(train)
+    return lm, tok, examples
+
+
+def warm_started_controller(
+    table: OutcomeTable,
+    experts: list[ReplayExpert],
+    tiers: TierSet,
+    teachers: Mapping[str, TierTeacher],
+    out: Path,
+    *,
+    epochs: int,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """The documented warm start: ``teacher_examples``, then ``sft_warm_start`` into ``out``.
+    Returns the trained (model, tokenizer)."""
+    from corl_graph.training import sft_warm_start
+
+    lm, tok, examples = teacher_examples(table, experts, tiers, teachers, seed=seed)
     sft_warm_start(
         lm,
         tok,
