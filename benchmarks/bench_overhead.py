@@ -1,18 +1,25 @@
 """Orchestration overhead: a routed query against the bare LangGraph graph with the same shape.
 
-Both graphs run think → call → think → call → think → aggregate → answer (7 node executions)
-with two instant fake LangChain chat models. The bare graph has no ledger, no tracing and a
-trivial routing rule on a conditional edge (as LangGraph's docs write it); ``bare_langgraph_
-command`` is the same graph routing with ``Command(goto=...)`` from the node, as corl_graph's
-graph does. The routed one is corl_graph's Router with the AlwaysExpert policy, a ledger
-(memory, SQLite, PostgreSQL; one reservation per attempt, ``per_query`` envelopes, or
-``leased`` envelopes carved in memory from $50 budget slices) and
-tracing off or on (an SDK TracerProvider with a BatchSpanProcessor into an exporter that drops
-the spans). Variants are interleaved in rounds in one process so machine noise hits them alike;
-ratios are against the bare graph measured in the same process. ``routed_memory_traced_calls_only``
+Both graphs run think → call → think → call → think → vote → answer with two instant fake
+LangChain chat models. The bare graph (the issue's reference) has no ledger, no tracing, a
+trivial routing rule on a conditional edge (as LangGraph's docs write it) and the vote and the
+answer as two nodes (7 node executions); ``bare_langgraph_command`` is the same graph routing
+with ``Command(goto=...)`` from the node; ``bare_langgraph_fused`` routes with ``Command``
+and votes in the answer node (6 node executions), as corl_graph's graph does. The routed one
+is corl_graph's Router with the AlwaysExpert policy, a ledger (memory, SQLite, PostgreSQL; one
+reservation per attempt, ``per_query`` envelopes, or ``leased`` envelopes carved in memory
+from $50 budget slices) and tracing off or on (an SDK TracerProvider with a
+BatchSpanProcessor into an exporter that drops the spans). ``routed_memory_traced_calls_only``
 is the in-memory router traced with ``RouterConfig(trace_steps=False)``: the query span and the
 expert calls' CLIENT spans, no span per step. benchmarks/profile_tracing.py says where the
 traced-minus-untraced time goes.
+
+Variants are interleaved in rounds in one process (odd rounds in reverse order) so machine
+noise hits them alike. Each variant's ratio is taken against the bare graph of the same round,
+then the median over rounds, for three measures of time per query: p50 latency, 1 / queries
+per second, and the process's CPU time per query (``time.process_time``, all threads, the
+batch span processor's export thread included): on a shared machine the steadiest of the
+three; at 100 concurrent the p50 latency swings most.
 
     python benchmarks/bench_overhead.py [--queries 300] [--rounds 3] [--concurrency 100]
         [--only memory,sqlite]   # substrings of variant names (the bare graphs always run)
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import operator
 import os
@@ -56,8 +64,10 @@ class Bare(TypedDict, total=False):
     answer: str
 
 
-def bare_graph(*, command: bool = False) -> Any:
+def bare_graph(*, command: bool = False, fused: bool = False) -> Any:
+    command = command or fused
     models = [FakeChatModel("It is 4"), FakeChatModel("The answer is 4")]
+    await_node = "answer" if fused else "aggregate"  # where think goes after the calls
 
     async def think(state: Bare) -> Any:
         update = {"steps": state.get("steps", 0) + 1}
@@ -73,24 +83,29 @@ def bare_graph(*, command: bool = False) -> Any:
         return {"answer": max(set(state["replies"]), key=state["replies"].count)}
 
     async def answer(state: Bare) -> dict[str, Any]:
+        if fused:  # the vote in the answer node
+            return {"answer": (await aggregate(state))["answer"]}
         return {"answer": state["answer"]}
 
     async def route(state: Bare) -> str:  # async: a sync router costs a thread-pool hop
-        return "call" if len(state.get("replies", [])) < 2 else "aggregate"
+        if len(state.get("replies", [])) < 2:
+            return "call"
+        return "answer" if fused else "aggregate"
 
     b = StateGraph(Bare)
-    b.add_node("think", think, destinations=("call", "aggregate") if command else None)
+    b.add_node("think", think, destinations=("call", await_node) if command else None)
     for name, fn in (
         ("call", call),
-        ("aggregate", aggregate),
         ("answer", answer),
+        *(() if fused else (("aggregate", aggregate),)),
     ):
         b.add_node(name, fn)
     b.add_edge(START, "think")
     if not command:
         b.add_conditional_edges("think", route, ["call", "aggregate"])
     b.add_edge("call", "think")
-    b.add_edge("aggregate", "answer")
+    if not fused:
+        b.add_edge("aggregate", "answer")
     b.add_edge("answer", END)
     graph = b.compile()
     return lambda: graph.ainvoke({"query": "What is 2 + 2?"})
@@ -142,6 +157,7 @@ class _DropExporter(SpanExporter):
 async def measure(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
     for _ in range(20):  # warm up
         await fn()
+    gc.collect()  # every variant starts from the same heap: no collection left by the last one
     latencies: list[float] = []
     gate = asyncio.Semaphore(concurrency)
 
@@ -151,6 +167,7 @@ async def measure(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) ->
             await fn()
             latencies.append(time.perf_counter() - t)
 
+    cpu = time.process_time()  # all threads: the batch span processor's export thread too
     start = time.perf_counter()
     if concurrency == 1:
         for _ in range(n):
@@ -158,12 +175,25 @@ async def measure(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) ->
     else:
         await asyncio.gather(*(one() for _ in range(n)))
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     latencies.sort()
     return {
         "p50_ms": 1e3 * statistics.median(latencies),
         "p95_ms": 1e3 * latencies[int(0.95 * (len(latencies) - 1))],
         "qps": n / wall,
+        "cpu_ms": 1e3 * cpu / n,
     }
+
+
+# Per round, each variant against the bare graph measured in the same round (the rounds are
+# minutes apart on a shared machine; neighbours in time share its load): time per query
+# (p50 latency; 1 / queries per second; CPU time of the process per query), then the median
+# over rounds. > 1 is slower than the bare graph.
+_RATIOS = {
+    "ratio_p50_vs_bare": lambda row, bare: row["p50_ms"] / bare["p50_ms"],
+    "ratio_qps_vs_bare": lambda row, bare: bare["qps"] / row["qps"],
+    "ratio_cpu_vs_bare": lambda row, bare: row["cpu_ms"] / bare["cpu_ms"],
+}
 
 
 async def _ledgers(tmp: str) -> dict[str, Ledger]:
@@ -187,6 +217,7 @@ async def main(
         variants: dict[str, Callable[[], Awaitable[Any]]] = {
             "bare_langgraph": bare_graph(),
             "bare_langgraph_command": bare_graph(command=True),
+            "bare_langgraph_fused": bare_graph(fused=True),
         }
         providers: list[TracerProvider] = []
         # A variant's batch span processor exports in a thread after the variant's last query;
@@ -211,25 +242,29 @@ async def main(
                 providers.append(provider)
                 flush[key] = provider
         results: dict[str, dict[str, list[float]]] = {}
+        names = list(variants)
         for mode, conc in (("sequential", 1), (f"concurrent_{concurrency}", concurrency)):
-            for _ in range(rounds):
-                for name, fn in variants.items():
-                    m = await measure(fn, queries, conc)
+            for r in range(rounds):
+                # odd rounds in reverse order, so no variant always runs first or last
+                for name in names if r % 2 == 0 else names[::-1]:
+                    m = await measure(variants[name], queries, conc)
                     if name in flush:
                         flush[name].force_flush()
                     for k, v in m.items():
                         results.setdefault(f"{mode}/{name}", {}).setdefault(k, []).append(v)
+                bare = {k: v[-1] for k, v in results[f"{mode}/bare_langgraph"].items()}
+                for name in names:
+                    row = results[f"{mode}/{name}"]
+                    this = {k: row[k][-1] for k in ("p50_ms", "qps", "cpu_ms")}
+                    for key, ratio in _RATIOS.items():
+                        row.setdefault(key, []).append(ratio(this, bare))
         for router in _ROUTERS:
             await router.aclose()
         for ledger in ledgers.values():
             await ledger.aclose()
         for provider in providers:
             provider.shutdown()
-    summary = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in results.items()}
-    for key, row in summary.items():
-        mode = key.split("/")[0]
-        row["ratio_p50_vs_bare"] = row["p50_ms"] / summary[f"{mode}/bare_langgraph"]["p50_ms"]
-    return summary
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in results.items()}
 
 
 if __name__ == "__main__":
@@ -251,8 +286,11 @@ if __name__ == "__main__":
             json.dumps({"machine": machine(), "args": vars(args), "results": summary}, indent=2)
             + "\n"
         )
+    print(f"{'':<48} {'p50 ms':>8} {'p95 ms':>8} {'q/s':>7} {'CPU ms':>7}  ratio to bare:"
+          "  p50  1/q/s  CPU")  # fmt: skip
     for key, row in summary.items():
         print(
-            f"{key:<52} p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
-            f"{row['qps']:7.1f} q/s  x{row['ratio_p50_vs_bare']:.2f}"
+            f"{key:<48} {row['p50_ms']:8.2f} {row['p95_ms']:8.2f} {row['qps']:7.1f} "
+            f"{row['cpu_ms']:7.2f}  {'':>13}x{row['ratio_p50_vs_bare']:.2f}  "
+            f"x{row['ratio_qps_vs_bare']:.2f}  x{row['ratio_cpu_vs_bare']:.2f}"
         )

@@ -7,7 +7,8 @@ loaded machine it moves far less than wall time) accumulated by timing wrappers 
 
 - the graph run (``Router._ainvoke`` / the bare graph's ``ainvoke``) and, outside it,
   ``Router.arun``'s own work (query id, span, the typed result): corl_graph;
-- each node function of the routed graph (think, call_expert, aggregate, answer); the graph
+- each node function of the routed graph (think, call_expert, answer: the vote and the answer,
+  ``finish``); the graph
   run minus its node functions is LangGraph's (the Pregel loop, channels, tasks);
 - inside call_expert: the chat model's ``ainvoke`` (langchain-core, the same fake model the
   bare graph calls), ``ChatModelExpert.agenerate`` around it, the in-memory ledger's
@@ -54,7 +55,7 @@ from corl_graph.testing import FakeChatModel
 RESULTS = Path(__file__).parent / "results" / "overhead_profile.json"
 _ACC: dict[str, float] = defaultdict(float)
 _CALLS: dict[str, int] = defaultdict(int)
-_NODES = ("think_and_route", "call_expert", "aggregate", "answer")
+_NODES = ("think_and_route", "call_expert", "finish")
 
 
 def _wrap(owner: Any, name: str, key: str) -> None:
@@ -132,7 +133,7 @@ def _split(bare: dict[str, float], routed: dict[str, float]) -> dict[str, dict[s
         "corl_graph: call_expert node minus agenerate and ledger": call_node - agenerate - ledger,
         "corl_graph: in-memory ledger reserve + settle": ledger,
         "corl_graph: ChatModelExpert.agenerate around the model": agenerate - model,
-        "corl_graph: aggregate + answer nodes": routed["node.aggregate"] + routed["node.answer"],
+        "corl_graph: answer node (vote, stop reason)": routed["node.finish"],
     }
     bare_split = {
         "langgraph + the benchmark's node functions": bare["total"] - bare["model.ainvoke"],
