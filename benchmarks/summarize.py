@@ -31,10 +31,12 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
         bare = r.get(f"{mode}/bare_langgraph")
         if not bare:
             continue
-        parts = [f"bare LangGraph {bare['p50_ms']:.1f} ms, {bare['qps']:.0f} q/s"]
+        cpu = f", CPU {bare['cpu_ms']:.1f} ms" if "cpu_ms" in bare else ""
+        parts = [f"bare LangGraph {bare['p50_ms']:.1f} ms, {bare['qps']:.0f} q/s{cpu}"]
         for name in (
             "memory_untraced",
             "memory_traced",
+            "memory_traced_calls_only",
             "sqlite_traced",
             "sqlite_per_query_traced",
             "sqlite_leased_traced",
@@ -45,9 +47,16 @@ def _overhead(d: dict[str, Any]) -> list[Row]:
             x = r.get(f"{mode}/routed_{name}")
             if x:
                 label, ratio = name.replace("_", " "), x["ratio_p50_vs_bare"]
-                parts.append(f"{label} {x['p50_ms']:.1f} ms (x{ratio:.2f}), {x['qps']:.0f} q/s")
+                part = f"{label} {x['p50_ms']:.1f} ms (x{ratio:.2f}), {x['qps']:.0f} q/s"
+                if "ratio_cpu_vs_bare" in x:  # files from before the CPU column lack them
+                    part += f" (x{x['ratio_qps_vs_bare']:.2f}), CPU x{x['ratio_cpu_vs_bare']:.2f}"
+                parts.append(part)
         rows.append(
-            ("orchestration overhead", f"p50 per query, {mode.replace('_', ' ')}", "; ".join(parts))
+            (
+                "orchestration overhead",
+                f"p50 per query, throughput, CPU per query; {mode.replace('_', ' ')}",
+                "; ".join(parts),
+            )
         )
     return rows
 
