@@ -34,6 +34,7 @@ __all__ = [
     "MixedPrecision",
     "PPOConfig",
     "RLConfig",
+    "RolloutBackend",
     "SFTConfig",
     "TrainConfig",
     "config_class",
@@ -47,6 +48,10 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 # "none": the reward alone (caps are the ledger's); "lagrange": maximise it subject to
 # E[cost | tier] <= tier.target_usd, one multiplier per tier (training/_lagrange.py).
 CostConstraint = Literal["none", "lagrange"]
+# where the controller's turns are sampled: "local" (HFPolicy, in process) or "vllm"
+# (VLLMPolicy: a vLLM server at vllm_url, the trainer's weights reloaded into it after each
+# update; training/_vllm_rollout.py)
+RolloutBackend = Literal["local", "vllm"]
 
 _C = TypeVar("_C", bound="TrainConfig")
 
@@ -248,6 +253,11 @@ class RLConfig(TrainConfig):
     # rollouts
     max_steps: int = 4
     temperature: float = 1.0
+    rollout: RolloutBackend = "local"
+    vllm_url: str | None = None  # the server's root or /v1 URL (rollout="vllm")
+    vllm_model: str | None = None  # its served model name (default: the first it lists)
+    vllm_timeout_s: float = 300.0
+    vllm_sync_dir: str | None = None  # the server reads it; default OUTPUT_DIR/vllm_weights
     # spend targets as constraints (PPO-Lagrangian)
     cost_constraint: CostConstraint = "none"
     lagrange_lr: float = 0.05
@@ -291,6 +301,23 @@ class RLConfig(TrainConfig):
         if self.mixed_precision != "no" and self.fsdp is False:
             raise ConfigError("mixed_precision needs FSDP: set fsdp=True (or leave it None)")
         self._check_constraint()
+        self._check_rollout()
+
+    def _check_rollout(self) -> None:
+        _choice("rollout", self.rollout, ("local", "vllm"))
+        if self.rollout == "vllm":
+            if not self.vllm_url:
+                raise ConfigError(
+                    "rollout='vllm' needs vllm_url (--vllm-url http://HOST:PORT/v1), a vLLM "
+                    "server on the controller's model folder started with VLLM_SERVER_DEV_MODE=1"
+                )
+            if not self.vllm_timeout_s > 0:
+                raise ConfigError(f"vllm_timeout_s must be > 0, got {self.vllm_timeout_s}")
+        elif self.vllm_url or self.vllm_model or self.vllm_sync_dir:
+            raise ConfigError(
+                "vllm_url, vllm_model and vllm_sync_dir apply to rollout='vllm' only "
+                "(--rollout vllm)"
+            )
 
     def _check_constraint(self) -> None:
         _choice("cost_constraint", self.cost_constraint, ("none", "lagrange"))
@@ -407,6 +434,11 @@ class GRPOConfig(RLConfig):
                 f"episodes_per_iter ({self.episodes_per_iter}) and minibatch_size "
                 f"({self.minibatch_size}) must be multiples of num_generations "
                 f"({self.num_generations}) so that every GRPO group is complete in a step"
+            )
+        if self.rollout == "vllm":
+            raise ConfigError(
+                "rollout='vllm' is PPO's (PPOConfig, --algo ppo) for now; GRPO samples in "
+                "process through TRL"
             )
         derived = sorted(set(self.trl_options) & set(GRPO_DERIVED_OPTIONS))
         if derived:

@@ -164,12 +164,7 @@ class HFPolicy:
     # ----------------------------------------------------------------- deciding
     async def decide(self, view: PolicyView) -> Decision:
         ids, segments = self.context(view)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[list[int], list[float]]] = loop.create_future()
-        self._pending.append((ids, future))
-        if self._flush is None or self._flush.done():
-            self._flush = loop.create_task(self._sample_pending())
-        gen_ids, logprobs = await future
+        gen_ids, logprobs = await self._sample(ids)
         text = self.tokenizer.decode(gen_ids, skip_special_tokens=True)
         if not isinstance(text, str):  # decode returns a list only for a batch of sequences
             raise TypeError(f"the tokenizer decoded one sequence to {type(text).__name__}")
@@ -179,6 +174,16 @@ class HFPolicy:
         return Decision(
             parsed.action, raw=text, format_error=parsed.error, segments=(*segments, controller)
         )
+
+    async def _sample(self, ids: list[int]) -> tuple[list[int], list[float]]:
+        """One turn after ``ids``: (token ids, log-probs). Here: joins the next in-process
+        batch; ``VLLMPolicy`` asks a vLLM server instead."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[list[int], list[float]]] = loop.create_future()
+        self._pending.append((ids, future))
+        if self._flush is None or self._flush.done():
+            self._flush = loop.create_task(self._sample_pending())
+        return await future
 
     def _remember(self, key: _Key, ids: list[int]) -> None:
         self._contexts[key] = ids

@@ -3,7 +3,8 @@ GAE over controller tokens only and a KL penalty to a frozen reference, under FS
 
 One iteration::
 
-    sync weights → rollout (HFPolicy in the Router, tiers drawn per episode) → rewards
+    sync weights (to the rollout copy, or to the vLLM server with rollout="vllm")
+      → rollout (HFPolicy or VLLMPolicy in the Router, tiers drawn per episode) → rewards
       → old log-probs / values / reference log-probs (no grad) → KL-shaped token rewards
       → GAE over the action mask → ppo_epochs x minibatches of clipped losses → AdamW step
 """
@@ -65,6 +66,7 @@ from ._tier_metrics import (
     warn_unaffordable_tiers,
 )
 from ._traces import CacheCounters, training_task
+from ._vllm_rollout import VLLMPolicy
 
 __all__ = ["PPOTrainer"]
 
@@ -150,14 +152,7 @@ class PPOTrainer:
         )
         warn_unaffordable_tiers(experts, cfg.tier_set, self.queries)
         self.cache_counters = CacheCounters(experts)  # hits / misses / live spend, if cached
-        self.policy = HFPolicy(
-            self.plain_lm,
-            self.tokenizer,
-            name="ppo",
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            seed=cfg.seed + 1000 * self.info.rank,
-        )
+        self.policy = self._make_policy()
         self.router = Router(
             RouterConfig(
                 experts=list(experts),
@@ -176,19 +171,57 @@ class PPOTrainer:
                 f"number of processes ({world})"
             )
 
+    def _make_policy(self) -> HFPolicy:
+        """The rollout policy: in process, or over the vLLM server (checked here, so that a
+        dead server or another model's tokenizer fails before any training)."""
+        cfg = self.config
+        kwargs: dict[str, Any] = dict(
+            name="ppo",
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed + 1000 * self.info.rank,
+        )
+        self._synced_iteration: int | None = None
+        self._last_sync_s = 0.0
+        if cfg.rollout != "vllm":
+            return HFPolicy(self.plain_lm, self.tokenizer, **kwargs)
+        assert cfg.vllm_url is not None  # RLConfig checks it
+        policy = VLLMPolicy(
+            self.plain_lm,
+            self.tokenizer,
+            base_url=cfg.vllm_url,
+            served_model=cfg.vllm_model,
+            timeout_s=cfg.vllm_timeout_s,
+            sync_dir=cfg.vllm_sync_dir or Path(cfg.output_dir) / "vllm_weights",
+            **kwargs,
+        )
+        policy.check()
+        return policy
+
     # ------------------------------------------------------------------ one iteration
     def rollout(self) -> list[Episode]:
-        """This rank's share of the iteration's episodes, run through the graph."""
+        """This rank's share of the iteration's episodes, run through the graph. With
+        rollout="vllm" the server first gets the weights of this iteration (once)."""
         if self.info.fsdp:  # the rollout copy gets the current weights
             full = unwrapped_state_dict(self.model, rank0_only=False)
             self.plain_lm.load_state_dict(
                 {k[3:]: v for k, v in full.items() if k.startswith("lm.")}
             )
+        self._last_sync_s = 0.0
+        if isinstance(self.policy, VLLMPolicy) and self._synced_iteration != self.iteration:
+            if self.info.is_main:  # one server, one sync
+                self._last_sync_s = self.policy.sync_weights()
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()
+            self._synced_iteration = self.iteration
         n = self.config.episodes_per_iter // self.info.world_size
         picks = [self.rng.choice(self.queries) for _ in range(n)]
-        return asyncio.run(
+        episodes = asyncio.run(
             collect(self.router, picks, self.config.tier_set, self.reward_fn, self.rng)
         )
+        if isinstance(self.policy, VLLMPolicy):
+            self.policy.raise_failure()  # a server error must stop training, not be learnt
+        return episodes
 
     def step(self) -> dict[str, float]:
         """Rollout + update; returns the iteration's metrics (reduced over ranks)."""
@@ -206,11 +239,20 @@ class PPOTrainer:
         metrics.update(constraint_metrics(metrics, tiers, self.multipliers, scores))
         for k, v in self.cache_counters.delta().items():  # summed over ranks
             metrics[k] = float(all_reduce_sum(torch.tensor(v, dtype=torch.float64)))
+        rollout_s = t1 - t0 - self._last_sync_s
+        written = sum(
+            len(s.token_ids)
+            for e in episodes
+            for s in e.trajectory.segments
+            if s.kind == "controller"
+        )
         metrics.update(
             {
-                "time/rollout_s": t1 - t0,
+                "time/rollout_s": rollout_s,
+                "time/sync_s": self._last_sync_s,
                 "time/update_s": t2 - t1,
                 "rollout/truncated": float(batch.truncated),
+                "perf/rollout_tokens_per_s": written / max(rollout_s, 1e-9),
             }
         )
         self.iteration += 1

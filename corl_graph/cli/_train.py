@@ -120,6 +120,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ("lagrange-max", float),
     ):
         p.add_argument(f"--{flag}", type=typ)
+    vllm = p.add_argument_group("rollouts on a vLLM server (--algo ppo)")
+    vllm.add_argument(
+        "--rollout",
+        choices=["local", "vllm"],
+        help="where the controller's turns are sampled: in process (default) or by the vLLM "
+        "server at --vllm-url, the trainer's weights reloaded into it after each update",
+    )
+    vllm.add_argument(
+        "--vllm-url",
+        help="the server's URL, e.g. http://127.0.0.1:8000/v1 (started on --model with "
+        "VLLM_SERVER_DEV_MODE=1)",
+    )
+    vllm.add_argument("--vllm-model", help="its served model name (default: the first it lists)")
+    vllm.add_argument("--vllm-timeout-s", type=float, help="per request (default 300)")
+    vllm.add_argument(
+        "--vllm-sync-dir",
+        help="where weights are written for the server to load (default OUTPUT_DIR/vllm_weights)",
+    )
     p.add_argument("--reward", choices=["corl", "graded"])
     p.add_argument("--verifier", choices=["exact", "math"])
     p.add_argument("--query-field", choices=["prompt", "question"])

@@ -5,7 +5,9 @@ A tiny random Llama (head_dim 64) with a tokenizer trained on the controller pro
 chat template is built in that venv, then trained for one PPO iteration by
 corl_graph.training (in this venv): what vLLM serves is the trainer's ``final/`` checkpoint
 folder, as a user would serve it. It is checked with check_controller_endpoint and then
-drives LLMPolicy through ChatOpenAI: the run must record token ids and log-probs.
+drives LLMPolicy through ChatOpenAI: the run must record token ids and log-probs. The
+server runs with VLLM_SERVER_DEV_MODE=1 so that PPO with rollout="vllm" can reload the
+trainer's weights into it (VLLMPolicy, corl_graph.training).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,7 +103,12 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     port = free_port()
     command = vllm_serve_command(str(model_dir), python=VLLM_PYTHON, port=port, max_model_len=1024)
     log = (folder / "vllm.log").open("wb")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_SERVER_DEV_MODE": "1",  # /collective_rpc reload_weights: rollout="vllm"
+    }
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_up(f"http://127.0.0.1:{port}/health", proc, folder / "vllm.log")
@@ -114,12 +122,10 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         log.close()
 
 
-def _ppo_checkpoint(model_dir: Path, out: Path) -> Path:
-    """One PPO iteration of corl_graph.training on the tiny model; its final/ folder."""
-    from corl_graph.training import PPOConfig, PPOTrainer, QuerySpec
+def _ppo_task() -> tuple[Any, list[Any]]:
+    from corl_graph.training import QuerySpec
 
-    from corl_graph.budget import BudgetTier
-    from corl_graph.experts import OutcomeTable, ReplayExpert
+    from corl_graph.experts import OutcomeTable
 
     rows = [
         dict(
@@ -137,7 +143,16 @@ def _ppo_checkpoint(model_dir: Path, out: Path) -> Path:
         for i in range(4)
     ]
     table = OutcomeTable.from_rows(rows, prices={"small": PriceSheet(0.1, 0.4)})
-    config = PPOConfig(
+    queries = [QuerySpec(q.query_id, q.prompt or "", q.reference) for q in table.split("train")]
+    return table, queries
+
+
+def _ppo_config(model_dir: Path, out: Path, **kw: Any) -> Any:
+    from corl_graph.training import PPOConfig
+
+    from corl_graph.budget import BudgetTier
+
+    return PPOConfig(
         model=str(model_dir),
         output_dir=str(out),
         table="unused",
@@ -150,8 +165,18 @@ def _ppo_checkpoint(model_dir: Path, out: Path) -> Path:
         max_new_tokens=6,
         max_steps=2,
         progress=False,
+        **kw,
     )
-    queries = [QuerySpec(q.query_id, q.prompt or "", q.reference) for q in table.split("train")]
+
+
+def _ppo_checkpoint(model_dir: Path, out: Path) -> Path:
+    """One PPO iteration of corl_graph.training on the tiny model; its final/ folder."""
+    from corl_graph.training import PPOTrainer
+
+    from corl_graph.experts import ReplayExpert
+
+    table, queries = _ppo_task()
+    config = _ppo_config(model_dir, out)
     PPOTrainer(config, experts=[ReplayExpert(table, "small")], queries=queries).train()
     final = out / "final"
     assert (final / "value_head.pt").is_file() and (final / "config.json").is_file()
@@ -204,3 +229,63 @@ async def test_llm_policy_records_vllm_token_ids_and_logprobs(
         assert segment.token_ids, "vLLM's token ids were not captured"
         assert len(segment.logprobs) == len(segment.token_ids)
         assert all(lp <= 0.0 for lp in segment.logprobs)
+
+
+def test_ppo_rollouts_on_vllm_with_a_weight_reload(
+    vllm_server: tuple[str, str], tmp_path: Path
+) -> None:
+    """PPO with rollout="vllm": the trainer's weights are reloaded into the server (one sync),
+    its turns (2 episodes) come back as token ids that the update trains on."""
+    from corl_graph.training import PPOTrainer, VLLMPolicy
+
+    from corl_graph.experts import ReplayExpert
+
+    base_url, model = vllm_server
+    table, queries = _ppo_task()
+    config = _ppo_config(
+        Path(model), tmp_path / "run", rollout="vllm", vllm_url=base_url, vllm_timeout_s=300
+    )
+    trainer = PPOTrainer(config, experts=[ReplayExpert(table, "small")], queries=queries)
+    (metrics,) = trainer.train()
+    policy = trainer.policy
+    assert isinstance(policy, VLLMPolicy) and policy.served_model == model
+    assert policy.requests >= 2 and policy.generated_tokens > 0
+    assert metrics["time/sync_s"] > 0 and metrics["perf/rollout_tokens_per_s"] > 0
+    assert metrics["losses/policy"] == metrics["losses/policy"]  # trained on, not NaN
+
+
+def test_a_weight_reload_changes_what_vllm_samples_and_restores_it(
+    vllm_server: tuple[str, str], tmp_path: Path
+) -> None:
+    """Greedy turns of one context before, after a reload of perturbed weights, and after
+    reloading the originals: the second differs, the third is the first again."""
+    import torch
+    from corl_graph.training import VLLMPolicy
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_url, model = vllm_server
+    tok = AutoTokenizer.from_pretrained(model)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    policy = VLLMPolicy(
+        lm, tok, base_url=base_url, temperature=0.0, max_new_tokens=8, sync_dir=tmp_path / "w"
+    )
+    policy.check()
+    context = list(tok("<|user|>What is 2 + 2?<|end|><|assistant|>")["input_ids"])
+
+    def greedy() -> list[int]:
+        import asyncio
+
+        return asyncio.run(policy._sample(context))[0]
+
+    policy.sync_weights()
+    first = greedy()
+    original = {k: v.clone() for k, v in lm.state_dict().items()}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert policy.sync_weights() > 0
+    perturbed = greedy()
+    lm.load_state_dict(original)
+    policy.sync_weights()
+    assert perturbed != first and greedy() == first
