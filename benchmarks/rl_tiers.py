@@ -27,7 +27,12 @@ Per seed:
    target_tier``, one multiplier per tier by dual ascent after every iteration, each
    starting at its teacher's dual price (``--lagrange-init teacher``: the multiplier at
    which the teacher's mix is a stationary point of the shaped reward);
-4. the same evaluation after RL.
+4. the same evaluation after RL. With ``--heldout-frac F`` a fixed share F of the TRAIN
+   queries is held out of the warm start and of RL; the policy is evaluated on it every
+   ``--select-every`` iterations and the iteration with the best held-out reward (0 = the
+   warm start) is the one evaluated on test as "rl" (``selection`` in the JSON says which,
+   and whether RL beat the warm start there). ``--target-margin`` and ``--whiten-by-tier``
+   pass PPOConfig's options of the same names.
 
 Writes benchmarks/results/rl_tiers.json (``rows``: seed, phase, tier, split, accuracy,
 mean_cost_usd, target_usd, expert_call_ratio, format_error_rate, reward, where reward =
@@ -50,6 +55,7 @@ import json
 import math
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -100,7 +106,8 @@ TIERS = (
 SUBQUERY = "solve the query"
 MAX_NEW_TOKENS = 16
 OUT = Path(__file__).parent / "results"
-WORK = Path("/tmp/corl_rl_tiers")
+HELDOUT_SEED = 20261203
+WORK = Path(tempfile.gettempdir()) / "corl_rl_tiers"  # default of --work
 
 
 def task_table(path: str) -> OutcomeTable:
@@ -160,8 +167,19 @@ def teachers(table: OutcomeTable) -> dict[str, TierTeacher]:
     return {t.name: tier_teacher(stats, t.target_usd) for t in TIERS}
 
 
-def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """Every tier on the test queries through the real graph; one row per tier."""
+def evaluate(
+    lm,
+    tok,
+    table,
+    experts,
+    query_ids,
+    seed: int,
+    phase: str,
+    split: str = "test",
+    quiet: bool = False,
+) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Every tier on ``query_ids`` (the test queries, or held-out TRAIN queries for
+    checkpoint selection) through the real graph; one row per tier."""
     tiers = TierSet(TIERS)
     rows = []
     for i, tier in enumerate(TIERS):
@@ -179,7 +197,7 @@ def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[
                 "seed": seed,
                 "phase": phase,
                 "tier": tier.name,
-                "split": "test",
+                "split": split,
                 "queries": m.queries,
                 "accuracy": m.accuracy,
                 "mean_cost_usd": m.mean_cost_usd,
@@ -191,6 +209,8 @@ def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[
                 "reward": m.accuracy - target_penalty(m.mean_cost_usd, tier.target_usd),
             }
         )
+        if quiet:
+            continue
         print(
             f"  {phase:10s} {tier.name:6s} acc {m.accuracy:.3f} cost {m.mean_cost_usd:.2e} "
             f"(target {tier.target_usd:.1e}) calls {m.expert_call_ratio:.2f} "
@@ -198,6 +218,14 @@ def evaluate(lm, tok, table, experts, query_ids, seed: int, phase: str) -> list[
             flush=True,
         )
     return rows
+
+
+def heldout_ids(table: OutcomeTable, frac: float) -> set[str]:
+    """A fixed ``frac`` of the TRAIN queries (the same for every seed) held out of the warm
+    start and of RL, for checkpoint selection; the test split is never used to choose."""
+    ids = sorted(q for q, info in table.queries.items() if info.split == "train")
+    random.Random(HELDOUT_SEED).shuffle(ids)
+    return set(ids[: round(frac * len(ids))])
 
 
 def setup(table: OutcomeTable) -> tuple[list[ReplayExpert], list[Any], list[str], Any]:
@@ -215,10 +243,12 @@ def setup(table: OutcomeTable) -> tuple[list[ReplayExpert], list[Any], list[str]
 
 def warm_model(args: argparse.Namespace, table: OutcomeTable, seed: int) -> dict[str, Any]:
     """The tier-aware supervised warm start (training's ``warm_start_examples`` with
-    per-tier teachers, then ``sft_warm_start``), saved to WORK/warm-<seed>."""
+    per-tier teachers, then ``sft_warm_start``), saved to <--work>/warm-<seed>."""
     t0 = time.time()
     torch.manual_seed(seed)
     experts, queries, _, tok = setup(table)
+    held = heldout_ids(table, args.heldout_frac)
+    queries = [q for q in queries if q.query_id not in held]
     lm = tiny_llama(
         len(tok),
         hidden_size=64,
@@ -243,7 +273,7 @@ def warm_model(args: argparse.Namespace, table: OutcomeTable, seed: int) -> dict
         teacher_subquery=SUBQUERY,
         seed=seed,
     )
-    model_dir = WORK / f"warm-{seed}"
+    model_dir = Path(args.work) / f"warm-{seed}"
     t_sft = time.time()
     trainer = sft_warm_start(
         lm,
@@ -263,6 +293,7 @@ def warm_model(args: argparse.Namespace, table: OutcomeTable, seed: int) -> dict
     info = {
         "dir": str(model_dir),
         "examples": len(examples),
+        "heldout_frac": args.heldout_frac,
         "steps": trainer.state.global_step,
         "loss": [losses[0], losses[-1]] if losses else None,
         "teachers": {
@@ -292,13 +323,16 @@ def run_seed(
     experts, queries, test_ids, _ = setup(table)
     if args.eval_queries:
         test_ids = test_ids[: args.eval_queries]
+    held = heldout_ids(table, args.heldout_frac)
+    held_ids = sorted(held)
+    queries = [q for q in queries if q.query_id not in held]
     tok = AutoTokenizer.from_pretrained(warm["dir"])
     lm = AutoModelForCausalLM.from_pretrained(warm["dir"], dtype=torch.float32)
     rows = evaluate(lm, tok, table, experts, test_ids, seed, "warm_start")
     t_eval0 = time.time()
     config = PPOConfig(
         model=warm["dir"],
-        output_dir=str(WORK / f"seed{seed}" / "ppo"),
+        output_dir=str(Path(args.work) / f"seed{seed}" / "ppo"),
         table=TABLE,
         experts=tuple(POOL),
         tiers=TIERS,
@@ -317,6 +351,8 @@ def run_seed(
         lagrange_lr=args.lagrange_lr,
         lagrange_init=0.0 if args.lagrange_init == "teacher" else float(args.lagrange_init),
         lagrange_max=2.0,
+        target_margin=args.target_margin,
+        whiten_by_tier=args.whiten_by_tier,
         controller_expert=OWN,
         seed=seed,
         progress=False,
@@ -329,9 +365,28 @@ def run_seed(
             max_lambda=config.lagrange_max,
         )
     history = []
+    selection: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def select() -> None:  # held-out TRAIN reward of the current policy; keep the best
+        nonlocal best
+        r = evaluate(trainer.plain_lm, tok, table, experts, held_ids, seed, "select", "train", True)
+        score = _mean([x["reward"] for x in r])
+        selection.append({"iteration": trainer.iteration, "heldout_reward": score, "rows": r})
+        print(f"  select it {trainer.iteration:3d} held-out train reward {score:.4f}", flush=True)
+        if best is None or score > best[0]:
+            state = {k: v.detach().clone() for k, v in trainer.plain_lm.state_dict().items()}
+            best = (score, trainer.iteration, state)
+
+    if held_ids:
+        select()  # iteration 0: the warm start
     while trainer.iteration < config.iterations:
         m = trainer.step()
         history.append(m)
+        if held_ids and (
+            trainer.iteration % args.select_every == 0 or trainer.iteration == config.iterations
+        ):
+            select()
         if trainer.iteration % 5 == 0 or trainer.iteration == config.iterations:
             print(
                 f"  it {trainer.iteration:3d} "
@@ -344,8 +399,26 @@ def run_seed(
                 flush=True,
             )
     t_rl = time.time()
+    chosen: dict[str, Any] | None = None
+    if best is not None:
+        chosen = {
+            "iteration": best[1],
+            "heldout_reward": best[0],
+            "warm_start_heldout_reward": selection[0]["heldout_reward"],
+            "rl_beat_warm_start_on_heldout_train": best[1] > 0,
+            # 0: the warm start was trained on the held-out queries too (a reused one)
+            "warm_start_heldout_frac": warm.get("heldout_frac", 0.0),
+            "heldout_queries": len(held_ids),
+        }
+        if args.eval_last:  # the last iteration on test too (reported, never chosen on)
+            last = evaluate(trainer.plain_lm, tok, table, experts, test_ids, seed, "rl_last")
+            chosen["last_iteration_test_rows"] = last
+        trainer.plain_lm.load_state_dict(best[2])
+        print(f"  chosen on held-out train: iteration {best[1]}", flush=True)
     rows += evaluate(trainer.plain_lm, tok, table, experts, test_ids, seed, "rl")
     return {
+        "selection": selection,
+        "chosen": chosen,
         "seed": seed,
         "warm_start": {k: v for k, v in warm.items() if k != "dir"},
         "rows": rows,
@@ -469,9 +542,36 @@ def main() -> None:
         default="teacher",
         help="a number, or 'teacher': each tier's dual price of its warm-start teacher (on TRAIN)",
     )
+    ap.add_argument(
+        "--target-margin",
+        type=float,
+        default=0.0,
+        help="train against target * (1 - margin), so noise does not cross the real target",
+    )
+    ap.add_argument(
+        "--whiten-by-tier",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="whiten PPO advantages within each tier's episodes (default: the whole batch)",
+    )
+    ap.add_argument(
+        "--heldout-frac",
+        type=float,
+        default=0.0,
+        help="share of TRAIN queries held out of the warm start and RL; with it, the RL "
+        "policy reported is the iteration (0 = the warm start) with the best held-out reward",
+    )
+    ap.add_argument("--select-every", type=int, default=10, help="held-out evaluation period")
+    ap.add_argument(
+        "--eval-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --heldout-frac, also evaluate the last iteration on test (reported only)",
+    )
     ap.add_argument("--eval-queries", type=int, default=0, help="0: the whole test split")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warm-from", help="a warm-start folder of an earlier run (skips it)")
+    ap.add_argument("--work", default=str(WORK), help="folder for checkpoints (warm-<seed>, ...)")
     ap.add_argument(
         "--combine", nargs="+", help="output files of per-seed runs to merge into --out"
     )
@@ -542,6 +642,11 @@ def write(
         "sampling at temperature 1 (the trained stochastic policy)",
         "rows": rows,
         "targets": verdicts(rows, done),
+        "selection": {
+            str(res["seed"]): {k: v for k, v in res["chosen"].items() if "rows" not in k}
+            for res in results
+            if res.get("chosen")
+        },
         "seconds_total": time.time() - t0,
         "per_seed": [{k: v for k, v in res.items() if k != "rows"} for res in results],
     }

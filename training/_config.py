@@ -263,6 +263,9 @@ class RLConfig(TrainConfig):
     lagrange_lr: float = 0.05
     lagrange_init: float = 0.0
     lagrange_max: float = 10.0
+    # train against target * (1 - target_margin): a tightened target, so sampling noise
+    # around the mean spend does not push the evaluated spend over the real target
+    target_margin: float = 0.0
     # the expert that is the controller's own model: calls to it are not expert calls in
     # expert_call_ratio (as in corl-graph eval --controller)
     controller_expert: str | None = None
@@ -327,6 +330,8 @@ class RLConfig(TrainConfig):
                 raise ConfigError(
                     f"{type(self).__name__}.{key} must be a finite number > 0, got {value}"
                 )
+        if not (math.isfinite(self.target_margin) and 0 <= self.target_margin < 1):
+            raise ConfigError(f"target_margin must be in [0, 1), got {self.target_margin}")
         if not 0 <= self.lagrange_init <= self.lagrange_max:
             raise ConfigError(
                 f"lagrange_init must be in [0, lagrange_max={self.lagrange_max}], "
@@ -362,6 +367,9 @@ class PPOConfig(RLConfig):
     ent_coef: float = 0.0
     kl_estimator: KLEstimator = "k1"
     whiten_advantages: bool = True
+    # whiten within each tier's episodes instead of over the whole batch (a tier whose
+    # Lagrangian penalties are large then does not drown the other tiers' signal)
+    whiten_by_tier: bool = False
 
     def _check(self) -> None:
         super()._check()

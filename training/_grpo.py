@@ -103,8 +103,10 @@ class GraphRollout:
         seed: int = 0,
         multipliers: TierMultipliers | None = None,
         controller: str | None = None,
+        target_margin: float = 0.0,
     ):
         self.multipliers, self.controller = multipliers, controller
+        self.target_margin = target_margin
         self.last_metrics: dict[str, float] = {}
         self.tokenizer, self.experts, self.tiers = tokenizer, list(experts), tiers
         self.reward_fn, self.max_steps = reward_fn, max_steps
@@ -152,13 +154,17 @@ class GraphRollout:
         for traj in results:
             for k, v in split_for_grpo(traj).items():
                 out[k].append(v)
-        scores = shaped_scores(episodes, self.tiers, self.multipliers)
+        scores = shaped_scores(episodes, self.tiers, self.multipliers, margin=self.target_margin)
         out["corl_reward"] = list(scores)
         out["corl_correct"] = [e.reward.correct for e in episodes]
         out["corl_cost_usd"] = [e.trajectory.cost_usd for e in episodes]
         out["corl_expert_calls"] = [e.trajectory.expert_calls for e in episodes]
         metrics = episode_metrics(episodes, list(self.tiers), self.controller)
-        metrics.update(constraint_metrics(metrics, self.tiers, self.multipliers, scores))
+        metrics.update(
+            constraint_metrics(
+                metrics, self.tiers, self.multipliers, scores, margin=self.target_margin
+            )
+        )
         metrics["grpo/zero_std_groups"] = zero_std_share([p for p in prompts], scores)
         self.last_metrics = metrics
         return out
@@ -264,6 +270,7 @@ def make_grpo_trainer(
         seed=cfg.seed,
         multipliers=_multipliers(cfg),
         controller=cfg.controller_expert,
+        target_margin=cfg.target_margin,
     )
     rows = rollout.dataset_rows()
     random.Random(cfg.seed).shuffle(rows)

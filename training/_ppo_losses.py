@@ -16,6 +16,7 @@ number of masked tokens of the *global* batch, so N ranks give the gradient of o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "logprobs_from_logits",
     "masked_mean",
     "masked_whiten",
+    "masked_whiten_by_group",
     "policy_loss",
     "token_rewards",
     "value_loss",
@@ -60,6 +62,34 @@ def masked_whiten(
     if var is None:
         var = masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def masked_whiten_by_group(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    *,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """``masked_whiten`` within each group of rows: row ``b`` is whitened with the mean and
+    variance of the masked entries of the rows whose ``group[b]`` is its own (``(B, T), (B, T),
+    (B,) long -> (B, T)``). ``reduce`` sums the per-group statistics over ranks. A group with a
+    single distinct value gets 0 advantages.
+
+    >>> x = torch.tensor([[1.0, 3.0], [10.0, 20.0], [5.0, 0.0]])
+    >>> mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    >>> masked_whiten_by_group(x, mask, torch.tensor([0, 1, 0]), 2)[1]
+    tensor([-1.,  1.])
+    """
+    reduce = reduce or (lambda t: t)
+    onehot = F.one_hot(group, num_groups).to(x.dtype)  # (B, G)
+    n = reduce(onehot.T @ mask.sum(1)).clamp_min(1)  # (G,)
+    mean = reduce(onehot.T @ (x * mask).sum(1)) / n  # (G,)
+    dev = (x - mean[group].unsqueeze(1)) * mask  # (B, T)
+    var = reduce(onehot.T @ (dev**2).sum(1)) / n  # (G,)
+    return dev * torch.rsqrt(var + eps)[group].unsqueeze(1) * mask
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ __all__ = [
     "multipliers_for",
     "reached_experts",
     "shaped_scores",
+    "training_target",
     "unaffordable_tiers",
     "warn_unaffordable_tiers",
 ]
@@ -56,11 +57,26 @@ def multipliers_for(config: RLConfig) -> TierMultipliers | None:
     )
 
 
+def training_target(tiers: TierSet, tier: str, margin: float = 0.0) -> float:
+    """The target a tier is trained against: ``target * (1 - margin)`` (``target_margin``).
+
+    >>> from corl_graph.budget import BudgetTier
+    >>> ts = TierSet([BudgetTier("low", 1e-3, target_usd_per_query=1e-4)])
+    >>> round(training_target(ts, "low", 0.1), 12)
+    9e-05
+    """
+    return tiers[tier].target_usd * (1.0 - margin)
+
+
 def shaped_scores(
-    episodes: Sequence[Episode], tiers: TierSet, multipliers: TierMultipliers | None
+    episodes: Sequence[Episode],
+    tiers: TierSet,
+    multipliers: TierMultipliers | None,
+    *,
+    margin: float = 0.0,
 ) -> list[float]:
     """The scalar each episode is trained on: its reward, minus ``lambda_tier * cost /
-    target_tier`` under the spend constraint."""
+    target_tier`` under the spend constraint (the target tightened by ``margin``)."""
     if multipliers is None:
         return [e.reward.reward for e in episodes]
     return [
@@ -68,7 +84,7 @@ def shaped_scores(
             e.tier,
             reward=e.reward.reward,
             cost_usd=e.trajectory.cost_usd,
-            target_usd=tiers[e.tier].target_usd,
+            target_usd=training_target(tiers, e.tier, margin),
         )
         for e in episodes
     ]
@@ -79,15 +95,20 @@ def constraint_metrics(
     tiers: TierSet,
     multipliers: TierMultipliers | None,
     scores: Sequence[float],
+    *,
+    margin: float = 0.0,
 ) -> dict[str, float]:
     """``target_usd/<tier>`` always; with multipliers, one dual-ascent step on this
     iteration's ``cost_usd/<tier>`` (from ``episode_metrics``, already reduced over ranks)
-    and the new ``lagrange/<tier>``."""
+    against the training target (``target * (1 - margin)``, logged as
+    ``train_target_usd/<tier>`` when ``margin > 0``) and the new ``lagrange/<tier>``."""
     out = {f"target_usd/{name}": tier.target_usd for name, tier in tiers.items()}
     if multipliers is None:
         return out
+    if margin > 0:
+        out.update({f"train_target_usd/{t}": training_target(tiers, t, margin) for t in tiers})
     seen = {t: metrics[f"cost_usd/{t}"] for t in tiers if f"cost_usd/{t}" in metrics}
-    multipliers.update(seen, {t: tiers[t].target_usd for t in seen})
+    multipliers.update(seen, {t: training_target(tiers, t, margin) for t in seen})
     out.update(multipliers.metrics())
     local = torch.tensor([float(sum(scores)), float(len(scores))], dtype=torch.float64)
     total = all_reduce_sum(local)

@@ -46,6 +46,7 @@ from ._ppo_losses import (
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
+    masked_whiten_by_group,
     policy_loss,
     token_rewards,
     value_loss,
@@ -229,14 +230,18 @@ class PPOTrainer:
         episodes = self.rollout()
         t1 = time.perf_counter()
         tiers = self.config.tier_set
-        scores = shaped_scores(episodes, tiers, self.multipliers)
+        scores = shaped_scores(episodes, tiers, self.multipliers, margin=self.config.target_margin)
         batch = build_batch(
             episodes, pad_id=self._pad_id(), max_len=self.config.max_seq_len, scores=scores
         )
         metrics = self.update(batch)
         t2 = time.perf_counter()
         metrics.update(episode_metrics(episodes, list(tiers), self.config.controller_expert))
-        metrics.update(constraint_metrics(metrics, tiers, self.multipliers, scores))
+        metrics.update(
+            constraint_metrics(
+                metrics, tiers, self.multipliers, scores, margin=self.config.target_margin
+            )
+        )
         for k, v in self.cache_counters.delta().items():  # summed over ranks
             metrics[k] = float(all_reduce_sum(torch.tensor(v, dtype=torch.float64)))
         rollout_s = t1 - t0 - self._last_sync_s
@@ -289,7 +294,11 @@ class PPOTrainer:
         adv, out["returns"] = compute_gae(
             rewards, out["old_values"], mask, gamma=cfg.gamma, lam=cfg.lam
         )
-        if cfg.whiten_advantages:  # statistics of the global batch, so N ranks match one
+        if cfg.whiten_advantages and cfg.whiten_by_tier:  # per tier, over the global batch
+            names = [t.name for t in cfg.tiers]
+            group = torch.tensor([names.index(t) for t in batch.tiers], device=dev)
+            adv = masked_whiten_by_group(adv, mask, group, len(names), reduce=all_reduce_sum)
+        elif cfg.whiten_advantages:  # statistics of the global batch, so N ranks match one
             n = all_reduce_sum(mask.sum())
             mean = all_reduce_sum((adv * mask).sum()) / n.clamp_min(1)
             var = all_reduce_sum((((adv - mean) * mask) ** 2).sum()) / n.clamp_min(1)

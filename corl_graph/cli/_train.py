@@ -118,6 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ("lagrange-lr", float),
         ("lagrange-init", float),
         ("lagrange-max", float),
+        ("target-margin", float),
     ):
         p.add_argument(f"--{flag}", type=typ)
     vllm = p.add_argument_group("rollouts on a vLLM server (--algo ppo)")
@@ -137,6 +138,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     vllm.add_argument(
         "--vllm-sync-dir",
         help="where weights are written for the server to load (default OUTPUT_DIR/vllm_weights)",
+    )
+    p.add_argument(
+        "--whiten-by-tier",
+        action="store_true",
+        default=None,
+        help="PPO: whiten advantages within each tier's episodes (default: the whole batch)",
     )
     p.add_argument("--reward", choices=["corl", "graded"])
     p.add_argument("--verifier", choices=["exact", "math"])

@@ -148,3 +148,20 @@ def test_traces_record_writes_runs_that_prepare_reads(
     assert "24 runs, 12 queries" in capsys.readouterr().out
     assert main([*args, "--store", store, "--policy", "always:nobody"]) == 2
     assert "always:NAME" in capsys.readouterr().err
+
+
+def test_cli_flags_set_the_target_margin_and_per_tier_whitening() -> None:
+    import argparse
+
+    from corl_graph.cli._train import add_parser, build_config
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    parser = add_parser(sub)
+    base = ["--model", "m", "--table", "t", "--experts", "a", "--output-dir", "o"]
+    flags = ["--tiers", "low=0.002:0.0005", "--cost-constraint", "lagrange"]
+    cfg = build_config(
+        parser.parse_args([*base, *flags, "--target-margin", "0.1", "--whiten-by-tier"])
+    )
+    assert (cfg.target_margin, cfg.whiten_by_tier) == (0.1, True)
+    cfg = build_config(parser.parse_args(base))
+    assert (cfg.target_margin, cfg.whiten_by_tier) == (0.0, False)

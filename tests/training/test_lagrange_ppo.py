@@ -58,6 +58,9 @@ def test_lagrange_needs_a_target_on_every_tier(tiny_task: TinyTask, tmp_path: Pa
         _config(tiny_task, tmp_path, lagrange_init=20.0)
     with pytest.raises(ConfigError, match="lagrange_lr"):
         _config(tiny_task, tmp_path, lagrange_lr=0.0)
+    for margin in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="target_margin must be in"):
+            _config(tiny_task, tmp_path, target_margin=margin)
 
 
 def test_multipliers_logged_saved_and_restored_on_resume(
@@ -115,6 +118,41 @@ def test_shaped_scores_and_constraint_step_on_hand_computed_numbers(tiny_task: T
     assert out["lagrange/low"] == pytest.approx(0.5)
     assert out["lagrange/high"] == pytest.approx(0.05)
     assert out["reward/shaped_mean"] == pytest.approx(sum(scores) / 3)
+
+    # a 50% margin trains against half the target: the cost counts twice as many targets,
+    # and the dual step sees low at 2x its training target (+1), high at 1x (0)
+    mult = TierMultipliers({"low": 0.5, "high": 0.1}, lr=0.1)
+    scores = shaped_scores(eps, tiers, mult, margin=0.5)
+    assert scores == pytest.approx([1.0 - 0.5 * 4.0, 1.0, 1.0 - 0.1 * 1.0])
+    out = constraint_metrics(metrics, tiers, mult, scores, margin=0.5)
+    assert out["lagrange/low"] == pytest.approx(0.6)
+    assert out["lagrange/high"] == pytest.approx(0.1)
+    assert out["target_usd/low"] == 2e-6  # the real target is what is logged as the target
+    assert out["train_target_usd/low"] == pytest.approx(1e-6)
+
+
+def test_whiten_by_tier_gives_each_tier_zero_mean_unit_variance_advantages(
+    tiny_task: TinyTask, tmp_path: Path
+) -> None:
+    from corl_graph.training import build_batch, masked_mean
+
+    cfg = _config(tiny_task, tmp_path, whiten_by_tier=True, episodes_per_iter=12)
+    trainer = PPOTrainer(cfg, experts=tiny_task.experts, queries=tiny_task.queries)
+    episodes = trainer.rollout()
+    # scores far apart by tier, as under a large low-tier multiplier
+    scores = [(-5.0 if e.tier == "low" else 1.0) + 0.1 * i for i, e in enumerate(episodes)]
+    batch = build_batch(episodes, pad_id=trainer._pad_id(), max_len=1024, scores=scores)
+    adv = trainer.prepare(batch)["advantages"]
+    checked = 0
+    for tier in ("low", "high"):
+        rows = [i for i, t in enumerate(batch.tiers) if t == tier]
+        mask = batch.action_mask[rows]
+        if len(rows) < 2 or mask.sum() < 2:
+            continue
+        assert masked_mean(adv[rows], mask).item() == pytest.approx(0.0, abs=1e-5)
+        assert masked_mean(adv[rows] ** 2, mask).item() == pytest.approx(1.0, abs=1e-3)
+        checked += 1
+    assert checked == 2, batch.tiers
 
 
 # ---------------------------------------------------------------- the 2-tier toy

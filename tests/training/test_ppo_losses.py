@@ -13,6 +13,7 @@ from corl_graph.training import (
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
+    masked_whiten_by_group,
     policy_loss,
     token_rewards,
     value_loss,
@@ -33,6 +34,34 @@ def test_masked_whiten_zero_mean_unit_variance_on_mask() -> None:
     assert w[0, 1] == 0
     assert masked_mean(w, m).item() == pytest.approx(0.0, abs=1e-6)
     assert masked_mean(w**2, m).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_masked_whiten_by_group_on_hand_computed_numbers() -> None:
+    # rows 0 and 2 are one tier (tokens 1, 3, 5: mean 3, variance 8/3), row 1 another
+    # (10, 20: mean 15, variance 25); the masked entry stays 0
+    x = torch.tensor([[1.0, 3.0], [10.0, 20.0], [5.0, 99.0]])
+    m = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    w = masked_whiten_by_group(x, m, torch.tensor([0, 1, 0]), 2)
+    s = (8 / 3) ** 0.5
+    assert w.tolist()[0] == pytest.approx([-2 / s, 0.0], abs=1e-6)
+    assert w.tolist()[1] == pytest.approx([-1.0, 1.0], abs=1e-6)
+    assert w.tolist()[2] == pytest.approx([2 / s, 0.0], abs=1e-6)
+    # over the whole batch the second tier's large values would dominate instead
+    assert masked_whiten(x, m)[0, 1].item() < -0.5
+    # one group is plain whitening; a reduce (over ranks) sees and returns per-group sums
+    one = masked_whiten_by_group(x, m, torch.tensor([0, 0, 0]), 1)
+    assert torch.allclose(one, masked_whiten(x, m), atol=1e-6)
+    seen: list[torch.Tensor] = []
+    masked_whiten_by_group(x, m, torch.tensor([0, 1, 0]), 2, reduce=lambda t: seen.append(t) or t)
+    assert [t.tolist() for t in seen[:2]] == [[3.0, 2.0], [9.0, 30.0]]
+
+
+def test_masked_whiten_by_group_single_valued_group_gets_zero() -> None:
+    x = torch.tensor([[2.0, 2.0], [1.0, 3.0]])
+    m = torch.ones(2, 2)
+    w = masked_whiten_by_group(x, m, torch.tensor([0, 1]), 3)  # group 2 is empty
+    assert w[0].tolist() == [0.0, 0.0]
+    assert w[1].tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
 
 
 def test_token_rewards_put_the_score_on_the_last_controller_token_and_kl_on_all() -> None:
