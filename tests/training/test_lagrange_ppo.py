@@ -161,10 +161,14 @@ def test_whiten_by_tier_gives_each_tier_zero_mean_unit_variance_advantages(
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("CORL_LEARNING_TESTS") != "1",
-    reason="learning test, not yet passing: measured 424 s on the loaded 2-core machine; the "
-    "warm start starts both tiers near 50/50 (6-19% format errors), the low tier's multiplier "
-    "rose to 0.53 and BOTH tiers moved to the fast expert (the high tier follows the low one's "
-    "larger shaped advantages, whitened over the whole batch), then the format broke at lr 1e-3; "
+    reason="learning test, not yet passing. With advantages whitened over the whole batch "
+    "(424 s, lr 1e-3) the warm start started both tiers near 50/50, the low multiplier rose "
+    "to 0.53 and BOTH tiers moved to the fast expert. Whitened per tier (whiten_by_tier, as "
+    "configured "
+    "here) the high tier still moved to fast: 387 s at lr 1e-3 (its slow share 0.03 over the "
+    "last 3 iterations), 228 s at lr 3e-4 (0.13; 0.8 needed), load 5-7 on 2 cores. Likely "
+    "cause (a guess, not measured): the warm start gives the shared policy no reason to read "
+    "the budget token, and the low tier's choice signal is the cleaner one; "
     "set CORL_LEARNING_TESTS=1 to run it",
 )
 def test_two_tiers_learn_two_different_expert_choices(tmp_path: Path) -> None:
@@ -195,13 +199,14 @@ def test_two_tiers_learn_two_different_expert_choices(tmp_path: Path) -> None:
         episodes_per_iter=32,
         minibatch_size=16,
         ppo_epochs=2,
-        learning_rate=1e-3,
+        learning_rate=3e-4,
         kl_coef=0.0,
         max_new_tokens=16,  # '<call expert="slow">solve the query</call>' + end fits
         max_steps=2,
         cost_constraint="lagrange",
         lagrange_lr=0.02,
         lagrange_init=0.05,
+        whiten_by_tier=True,  # tried: the low tier's penalties do not set the high tier's scale
         progress=False,
         seed=0,
     )
