@@ -1,6 +1,7 @@
 """Train-only check of the router's fitting procedure: outer folds over the TRAIN split.
 
     python benchmarks/router_train_cv.py TABLE [TABLE ...] [--folds 5] [--pools full|preset]
+        [--set FIELD=VALUE ...]
 
 For each table and each of ``--folds`` outer folds of its train split: fit the router
 (``corl-graph fit``'s code, ``RouterFitConfig(seed=...)`` defaults) on the other folds and
@@ -9,7 +10,8 @@ simulated rows only). The test split is never read. Per fold: the router's AIQ, 
 single-model hull's, kNN's (k by 5-fold CV on the fitting folds), the oracle's,
 ``difference`` = router - max(hull, kNN) and ``gap_closed`` = difference / (oracle -
 max(hull, kNN)); mean and population sd over the folds. This is the evidence model choices
-rest on (issue 15: "choose everything on train"). Writes
+rest on (issue 15: "choose everything on train"). ``--set FIELD=VALUE`` overrides a
+``RouterFitConfig`` field (a variant under test; the entry records it under ``config``). Writes
 benchmarks/results/router_train_cv.json (tables run before are kept; a rerun of a table and
 pool replaces its entry). Embeddings are cached under .cache/ (``--cache``).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -61,12 +64,14 @@ def outer_folds(train: list[str], folds: int, seed: int) -> list[set[str]]:
     return [{q for q, a in zip(train, assign, strict=True) if a == f} for f in range(folds)]
 
 
-def run_fold(table: OutcomeTable, emb: dict, preset: bool, seed: int) -> dict[str, Any]:
+def run_fold(
+    table: OutcomeTable, emb: dict, preset: bool, seed: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
     setup = resolve_pool(table, preset=preset)
     t0 = time.perf_counter()
     router = fit_router(
         table, setup.experts, setup.tiers, emb, controller=setup.controller,
-        config=RouterFitConfig(seed=seed),
+        config=RouterFitConfig(seed=seed, **overrides),
     )  # fmt: skip
     fit_s = time.perf_counter() - t0
     bench = run_benchmark(
@@ -89,11 +94,16 @@ def run_fold(table: OutcomeTable, emb: dict, preset: bool, seed: int) -> dict[st
     }
 
 
-def run_table(table: OutcomeTable, emb: dict, pool: str, folds: int, seed: int) -> dict[str, Any]:
+def run_table(
+    table: OutcomeTable, emb: dict, pool: str, folds: int, seed: int,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     train = sorted(q for q, info in table.queries.items() if info.split == "train")
     rows = []
     for f, held_out in enumerate(outer_folds(train, folds, seed)):
-        row = run_fold(fold_table(table, held_out, train), emb, pool == "preset", seed)
+        row = run_fold(
+            fold_table(table, held_out, train), emb, pool == "preset", seed, overrides or {}
+        )
         row = {"fold": f, "n_fit": len(train) - len(held_out), "n_held_out": len(held_out), **row}
         rows.append(row)
         print(f"{table.name} {pool} fold {f}: fit {row['fit_seconds']:.0f}s, " + ", ".join(
@@ -116,9 +126,23 @@ def main() -> int:
     parser.add_argument("--shared", default=str(SHARED))
     parser.add_argument("--cache", default=str(ROOT.parent / ".cache"))
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a RouterFitConfig field (JSON value)")  # fmt: skip
     args = parser.parse_args()
     if args.folds < 2:
         parser.error("--folds must be at least 2")
+    overrides = {}
+    fields = {f.name for f in dataclasses.fields(RouterFitConfig)}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or key == "seed":
+            parser.error(f"--set {item!r}: expected FIELD=VALUE, FIELD one of {sorted(fields)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+        if isinstance(overrides[key], list):
+            overrides[key] = tuple(overrides[key])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
     from _machine import machine
@@ -130,8 +154,10 @@ def main() -> int:
         table = OutcomeTable.load(Path(args.shared) / f"{name}.jsonl.gz")
         emb = table_embeddings(table, cache_dir=args.cache)
         key = name if args.pools == "full" else f"{name}_preset"
-        res = run_table(table, emb, args.pools, args.folds, args.seed)
+        res = run_table(table, emb, args.pools, args.folds, args.seed, overrides)
         results[key] = {**res, "n_folds": args.folds, "seed": args.seed}
+        if overrides:
+            results[key]["config"] = overrides
         m, s = res["mean"], res["sd"]
         print(f"{key}: difference {m['difference']:+.4f} ± {s['difference']:.4f}, gap closed "
               f"{m['gap_closed']:.3f} ± {s['gap_closed']:.3f}", flush=True)  # fmt: skip

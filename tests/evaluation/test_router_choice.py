@@ -181,3 +181,45 @@ def test_routing_as_accurate_and_cheaper_is_kept():
     worse = _cloud([0.79] * 5, [0.80] * 5, 100, route_cost=5e-5)
     i, fell_back, _ = _choose(worse, counts, None, 0.002, 1.0)
     assert (i, fell_back) == (0, True)
+
+
+def test_a_cost_band_chooses_only_points_inside_it():
+    counts = np.full(5, 100.0)
+    # a single model at 1e-4 and a routing point at 3e-4, both 0.80 on every fold
+    cloud = _cloud([0.80] * 5, [0.80] * 5, 100, route_cost=3e-4)
+    assert _choose(cloud, counts, 1e-3, 0.002, 1.0) == (0, True, pytest.approx(0.0))
+    i, fell_back, _ = _choose(cloud, counts, 1e-3, 0.002, 1.0, floor=2e-4)  # type: ignore[misc]
+    assert (i, fell_back) == (1, False)  # the single model lies below the band
+    assert _choose(cloud, counts, 1e-3, 0.002, 1.0, floor=5e-4) is None  # an empty band
+
+
+def test_a_banded_sweep_goes_on_past_the_cheapest_best_point_and_runs_alike_in_the_graph(
+    tmp_path: Path,
+):
+    table, emb = _voting_table()
+    setup = resolve_pool(table)
+    plain, banded = (
+        fit_router(table, setup.experts, setup.tiers, emb, controller=setup.controller,
+                   config=RouterFitConfig(seed=0, sweep_bands=bands))
+        for bands in (False, True)
+    )  # fmt: skip
+    costs = [p.train_cost_usd for p in banded.spec.sweep]
+    assert costs == sorted(costs)
+    # each point within its spend target (its label); on this table the plain sweep stops
+    # at fewer spend levels than the banded one
+    assert all(p.train_cost_usd <= float(p.label[2:]) * 1.01 for p in banded.spec.sweep)
+    assert len(banded.spec.sweep) > len(plain.spec.sweep), (banded.spec.sweep, plain.spec.sweep)
+    assert banded.spec.tiers == plain.spec.tiers  # the tiers are chosen as before
+    ids = sorted(q for q in table.queries if table.queries[q].split == "test")
+    tier = list(setup.tiers)[-1]
+    cap = setup.tiers[tier].max_usd_per_query
+    saved = CascadeRouter.load(banded.save(tmp_path / "r"))
+    assert [(p.label, p.cascade, p.route_weight, p.vote) for p in saved.spec.sweep] == [
+        (p.label, p.cascade, p.route_weight, p.vote) for p in banded.spec.sweep
+    ]
+    for point in saved.spec.sweep:
+        correct, cost, _ = router_outcomes(saved, table, setup.experts, ids, emb, point, cap)
+        out = asyncio.run(route_queries(table, setup.experts, saved.at(point), setup.tiers,
+                                        tier, query_ids=ids, features=emb))  # fmt: skip
+        assert [o.correct for o in out] == pytest.approx(list(correct))
+        assert [o.cost_usd for o in out] == pytest.approx(list(cost))
