@@ -11,7 +11,9 @@ benchmark (bench_replay.py, ~10 min) and the PPO learning check (~9 min) are not
 figures and are run on their own, as is the one long run, rl_tiers.py (PPO-Lagrangian with
 per-tier spend targets, 3 seeds, evaluated on the test split; see docs/training.md). So are the
 router's train-only outer CV (router_train_cv.py, about 1-1.5 minutes per table) and the
-derived "unseen" tables (bench_unseen.py); see docs/evaluation.md.
+derived "unseen" tables (bench_unseen.py); see docs/evaluation.md. The vLLM rollout benchmark
+(bench_vllm_rollout.py, ~12 min, needs CORL_VLLM_PYTHON) and SmolLM2 PPO through vLLM
+rollouts (smollm2_vllm_ppo.py, --minutes long) run on their own too; see docs/training.md.
 """
 
 from __future__ import annotations
