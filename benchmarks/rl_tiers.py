@@ -525,7 +525,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=36)
     ap.add_argument("--minibatch", type=int, default=12)
     ap.add_argument("--ppo-epochs", type=int, default=1)
-    ap.add_argument("--warm-epochs", type=float, default=2.0)
+    ap.add_argument("--warm-epochs", type=float, default=4.0)
     ap.add_argument("--warm-lr", type=float, default=3e-3)
     ap.add_argument("--warm-batch", type=int, default=16)
     ap.add_argument(
