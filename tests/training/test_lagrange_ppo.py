@@ -17,7 +17,14 @@ from corl_graph.training import (
     episode_metrics,
 )
 from corl_graph.training._tier_metrics import constraint_metrics, shaped_scores
-from training_tasks import FAST, SLOW, TinyTask, fast_slow_table, warm_started_controller
+from training_tasks import (
+    FAST,
+    SLOW,
+    TinyTask,
+    fast_slow_table,
+    tiny_ppo_config,
+    warm_started_controller,
+)
 
 from corl_graph._exceptions import ConfigError
 from corl_graph.budget import BudgetTier, TierSet
@@ -30,25 +37,17 @@ TIERS = (
 
 
 def _config(task: TinyTask, out: Path, **kw: object) -> PPOConfig:
-    base: dict[str, object] = dict(
-        model=str(task.model_dir),
-        output_dir=str(out),
-        table="unused",
-        experts=("cheap", "strong"),
-        tiers=TIERS,
-        iterations=1,
-        episodes_per_iter=4,
-        minibatch_size=2,
-        ppo_epochs=1,
-        max_new_tokens=6,
-        max_steps=2,
-        progress=False,
-        cost_constraint="lagrange",
-        lagrange_lr=0.5,
-        lagrange_init=0.25,
+    return tiny_ppo_config(
+        task,
+        out,
+        **{
+            "tiers": TIERS,
+            "cost_constraint": "lagrange",
+            "lagrange_lr": 0.5,
+            "lagrange_init": 0.25,
+            **kw,
+        },
     )
-    base.update(kw)
-    return PPOConfig(**base)  # type: ignore[arg-type]
 
 
 def test_lagrange_needs_a_target_on_every_tier(tiny_task: TinyTask, tmp_path: Path) -> None:

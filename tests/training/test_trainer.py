@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from corl_graph.training import PPOConfig, PPOTrainer
-from training_tasks import TinyTask
+from training_tasks import TinyTask, tiny_ppo_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from corl_graph._exceptions import ConfigError
@@ -19,23 +19,7 @@ TIERS = (BudgetTier("low", 1e-5), BudgetTier("high", 1e-2))
 
 
 def _config(task: TinyTask, out: Path, **kw: object) -> PPOConfig:
-    base: dict[str, object] = dict(
-        model=str(task.model_dir),
-        output_dir=str(out),
-        table="unused",
-        experts=("cheap", "strong"),
-        tiers=TIERS,
-        iterations=1,
-        episodes_per_iter=4,
-        minibatch_size=2,
-        ppo_epochs=1,
-        max_new_tokens=6,
-        max_steps=2,
-        progress=False,
-        learning_rate=1e-3,
-    )
-    base.update(kw)
-    return PPOConfig(**base)  # type: ignore[arg-type]
+    return tiny_ppo_config(task, out, **{"tiers": TIERS, "learning_rate": 1e-3, **kw})
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from corl_graph.training import (
     VLLMUnreachableError,
 )
 from test_cli_train import _write_table
-from training_tasks import TinyTask
+from training_tasks import TinyTask, tiny_ppo_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from vllm_fakes import fake_vllm
 
@@ -158,24 +158,11 @@ def test_a_context_longer_than_the_servers_limit_names_the_flag(tiny_task: TinyT
 
 
 def _config(task: TinyTask, out: Path, **kw: Any) -> PPOConfig:
-    base: dict[str, Any] = dict(
-        model=str(task.model_dir),
-        output_dir=str(out),
-        table="unused",
-        experts=("cheap", "strong"),
-        tiers=TIERS,
-        iterations=2,
-        episodes_per_iter=4,
-        minibatch_size=2,
-        ppo_epochs=1,
-        max_new_tokens=6,
-        max_steps=2,
-        progress=False,
-        learning_rate=1e-3,
-        rollout="vllm",
+    return tiny_ppo_config(
+        task,
+        out,
+        **{"tiers": TIERS, "iterations": 2, "learning_rate": 1e-3, "rollout": "vllm", **kw},
     )
-    base.update(kw)
-    return PPOConfig(**base)
 
 
 def test_ppo_reloads_its_weights_into_the_server_after_each_update(

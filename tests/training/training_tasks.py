@@ -162,3 +162,26 @@ def warm_started_controller(
         seed=seed,
     )
     return lm, tok
+
+
+def tiny_ppo_config(task: Any, out: Path, **kw: Any) -> Any:
+    """A PPOConfig for ``task``'s tiny controller on the cheap/strong pool: one iteration of 4
+    episodes in minibatches of 2, 6 new tokens, 2 steps, no progress bar; ``kw`` (``tiers``
+    among them) sets the rest and overrides."""
+    from corl_graph.training import PPOConfig
+
+    base: dict[str, Any] = dict(
+        model=str(task.model_dir),
+        output_dir=str(out),
+        table="unused",
+        experts=("cheap", "strong"),
+        iterations=1,
+        episodes_per_iter=4,
+        minibatch_size=2,
+        ppo_epochs=1,
+        max_new_tokens=6,
+        max_steps=2,
+        progress=False,
+    )
+    base.update(kw)
+    return PPOConfig(**base)
